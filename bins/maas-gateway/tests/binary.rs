@@ -1,0 +1,305 @@
+//! The real executable: start-up, HTTP, access logs, SIGTERM drain, restart, CLI subcommands.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use maas_cache::test_util::{TestRedis, UNREACHABLE_REDIS_URL};
+use maas_persistence::test_util::TestDatabase;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
+const EMPTY_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/empty.toml");
+/// Only a guard against a hung test, never an assertion on speed.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MAAS_CONFIG", EMPTY_CONFIG)
+        .envs(env.iter().copied());
+    cmd
+}
+
+struct Gateway {
+    child: Child,
+    port: u16,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Gateway {
+    fn start(db: &TestDatabase, redis: &TestRedis) -> Self {
+        let redis_url = redis.settings.connection_url();
+        let mut child = command(&[
+            ("MAAS_DATABASE__URL", db.url()),
+            ("MAAS_REDIS__URL", &redis_url),
+            ("MAAS_REDIS__KEY_PREFIX", &redis.prefix),
+            ("MAAS_SERVER__HOST", "127.0.0.1"),
+            ("MAAS_SERVER__PORT", "0"),
+            ("MAAS_SERVER__WORKERS", "2"),
+            ("MAAS_SERVER__SHUTDOWN_TIMEOUT_SECONDS", "30"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn maas-gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gateway = Self {
+            child,
+            port: 0,
+            lines,
+            seen: Vec::new(),
+        };
+        let listening = gateway.wait_for_line(|l| l["msg"] == "listening");
+        gateway.port = listening["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("port in the listening line");
+        gateway
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits for a JSON log line matching `pred`; every line must be JSON.
+    fn wait_for_line(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(found) = self
+                .seen
+                .iter()
+                .map(|l| serde_json::from_str::<Value>(l).expect("log lines are JSON"))
+                .find(|v| pred(v))
+            {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout) => panic!("no such log line; saw {:#?}", self.seen),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the gateway exited; it printed {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+            .expect("SIGTERM");
+    }
+
+    fn wait(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.child.wait().expect("wait");
+        self.seen.extend(self.lines.iter());
+        (status, self.seen)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_logs_drains_on_sigterm_and_keeps_data_across_restarts() {
+    let db = TestDatabase::empty().await; // the binary migrates it itself
+    let redis = TestRedis::start().await.expect("redis");
+    let client = reqwest::Client::new();
+
+    let mut gateway = Gateway::start(&db, &redis);
+    let res = client
+        .post(gateway.url("/api/v1/models"))
+        .json(&json!({"name": "persisted", "tags": ["t"]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 201);
+    let res = client
+        .get(gateway.url("/api/v1/models/persisted"))
+        .header("x-request-id", "binary-test-1")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 200);
+
+    // The access line of that request, with its id, route pattern, status and latency.
+    let access = gateway.wait_for_line(|l| l["request_id"] == "binary-test-1");
+    assert_eq!(access["msg"], "request");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["route"], "/api/v1/models/{name}");
+    assert_eq!(access["status"], 200);
+    assert!(access["latency_ms"].is_number());
+    assert_eq!(access["level"], "INFO");
+
+    // `healthcheck` against the running server.
+    let port = gateway.port.to_string();
+    let status = command(&[("MAAS_SERVER__PORT", &port)])
+        .arg("healthcheck")
+        .status()
+        .expect("healthcheck");
+    assert!(status.success());
+
+    // A request whose body is still arriving when SIGTERM comes is finished, not cut.
+    let body = br#"{"name": "in-flight"}"#;
+    let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).expect("connect");
+    write!(
+        stream,
+        "POST /api/v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("headers");
+    stream.write_all(&body[..5]).expect("first half");
+    stream.flush().expect("flush");
+    // Give the server a moment to take the request in before it is told to stop (ordering only).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body[5..]).expect("second half");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).expect("a response");
+    assert_eq!(&head, b"HTTP/1.1 201");
+    drop(stream);
+
+    let (status, lines) = gateway.wait();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"msg\":\"stopped\"")),
+        "{lines:#?}"
+    );
+
+    // Restarted, it finds both models.
+    let gateway = Gateway::start(&db, &redis);
+    for name in ["persisted", "in-flight"] {
+        let res = client
+            .get(gateway.url(&format!("/api/v1/models/{name}")))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(res.status(), 200, "{name} survived the restart");
+    }
+    gateway.terminate();
+    let (status, _) = gateway.wait();
+    assert!(status.success());
+    redis.cleanup().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_waits_for_postgres_with_logged_retries_then_gives_up() {
+    let mut child = command(&[
+        ("MAAS_DATABASE__URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("MAAS_DATABASE__STARTUP_TIMEOUT_SECONDS", "1"),
+        ("MAAS_REDIS__URL", UNREACHABLE_REDIS_URL),
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    let status = child.wait().expect("wait");
+    assert!(!status.success());
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["msg"] == "database not reachable yet; retrying"),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l["level"] == "ERRO"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_applies_the_schema_and_exits() {
+    let db = TestDatabase::empty().await;
+    let status = command(&[("MAAS_DATABASE__URL", db.url())])
+        .arg("migrate")
+        .stdout(Stdio::null())
+        .status()
+        .expect("migrate");
+    assert!(status.success());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'models'")
+            .await,
+        1
+    );
+    // Idempotent.
+    let status = command(&[("MAAS_DATABASE__URL", db.url())])
+        .arg("migrate")
+        .stdout(Stdio::null())
+        .status()
+        .expect("migrate again");
+    assert!(status.success());
+}
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> Output {
+    command(env).args(args).output().expect("run")
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_the_key() {
+    for (key, value, named) in [
+        ("MAAS_SERVER__PORT", "abc", "server.port"),
+        ("MAAS_LOG__FORMAT", "xml", "xml"),
+        (
+            "MAAS_DATABASE__POOL_MAX_SIZE",
+            "-3",
+            "database.pool_max_size",
+        ),
+    ] {
+        for args in [&[][..], &["config"][..], &["migrate"][..]] {
+            let out = run(&[(key, value)], args);
+            assert_eq!(out.status.code(), Some(78), "{key}={value} {args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(named), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn config_prints_the_effective_settings_with_passwords_redacted() {
+    let out = run(
+        &[
+            ("MAAS_DATABASE__PASSWORD", "hunter2"),
+            ("MAAS_DATABASE__HOST", "postgres"),
+            ("MAAS_REDIS__PASSWORD", "sekrit"),
+        ],
+        &["config"],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("hunter2") && !text.contains("sekrit"),
+        "{text}"
+    );
+    let settings: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(settings["database"]["host"], "postgres");
+    assert_eq!(settings["server"]["port"], 8000);
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_answers() {
+    let out = run(&[("MAAS_SERVER__PORT", "1")], &["healthcheck"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,331 @@
+//! Wire types: request bodies (raw, validated into domain types by `into_domain`) and responses.
+
+use chrono::{DateTime, Utc};
+use maas_domain::ValidationError;
+use maas_domain::model::{
+    Alias, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
+};
+use maas_domain::values::{
+    Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, VersionNumber,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`), for PATCH bodies.
+fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn opt<T>(
+    raw: Option<String>,
+    parse: impl Fn(String) -> Result<T, ValidationError>,
+) -> Result<Option<T>, ValidationError> {
+    raw.map(parse).transpose()
+}
+
+fn opt_opt<T>(
+    raw: Option<Option<String>>,
+    parse: impl Fn(String) -> Result<T, ValidationError>,
+) -> Result<Option<Option<T>>, ValidationError> {
+    raw.map(|inner| inner.map(&parse).transpose()).transpose()
+}
+
+fn metadata(raw: Option<serde_json::Value>) -> Result<Option<Metadata>, ValidationError> {
+    raw.map(Metadata::parse).transpose()
+}
+
+/// Body of `POST /api/v1/models`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModel {
+    /// 1–64 chars of `a-z 0-9 . _ -`, starting with a letter or digit.
+    #[schema(example = "llama-3.1-8b")]
+    pub name: String,
+    /// At most 4096 characters.
+    pub description: Option<String>,
+    /// At most 32 tags of 1–64 characters.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A JSON object of at most 64 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl CreateModel {
+    /// Validates every field.
+    pub fn into_domain(self) -> Result<NewModel, ValidationError> {
+        Ok(NewModel {
+            name: ModelName::parse(self.name)?,
+            description: opt(self.description, Description::parse)?,
+            tags: Tags::parse(self.tags)?,
+            metadata: metadata(self.metadata)?.unwrap_or_default(),
+        })
+    }
+}
+
+/// Body of `PATCH /api/v1/models/{name}`: absent fields stay, `null` clears `description`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModel {
+    /// New description; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    /// Replacement tags.
+    pub tags: Option<Vec<String>>,
+    /// Replacement metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl UpdateModel {
+    /// Validates every field given.
+    pub fn into_domain(self) -> Result<ModelPatch, ValidationError> {
+        Ok(ModelPatch {
+            description: opt_opt(self.description, Description::parse)?,
+            tags: self.tags.map(Tags::parse).transpose()?,
+            metadata: metadata(self.metadata)?,
+        })
+    }
+}
+
+/// A registered model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelResponse {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// JSON object.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Highest existing version, `null` before the first.
+    pub latest_version: Option<i32>,
+    /// Creation time (RFC 3339).
+    pub created_at: DateTime<Utc>,
+    /// Last change (RFC 3339).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Model> for ModelResponse {
+    fn from(m: Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name.into_inner(),
+            description: m.description.map(|d| d.as_str().to_owned()),
+            tags: m.tags.into_inner(),
+            metadata: m.metadata.into_inner(),
+            latest_version: m.latest_version.map(VersionNumber::get),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+/// A page of models.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Models ordered by name.
+    pub items: Vec<ModelResponse>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<Page<Model>> for ModelList {
+    fn from(p: Page<Model>) -> Self {
+        Self {
+            items: p.items.into_iter().map(Into::into).collect(),
+            next_cursor: p.next_cursor,
+        }
+    }
+}
+
+/// Query of `GET /api/v1/models`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListModelsQuery {
+    /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<u16>)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only models with this tag.
+    pub tag: Option<String>,
+    /// Case-insensitive substring of name or description.
+    pub q: Option<String>,
+}
+
+/// Query of `GET /api/v1/models/{name}/versions`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListVersionsQuery {
+    /// Page size, 1–200 (default 50).
+    #[param(value_type = Option<u16>)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Body of `POST /api/v1/models/{name}/versions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVersion {
+    /// Where the artifact lives (e.g. `s3://bucket/model.safetensors`).
+    pub source_uri: String,
+    /// Base URL of the OpenAI-compatible server serving this version (absolute http/https).
+    #[schema(example = "http://vllm:8000/v1")]
+    pub endpoint_url: Option<String>,
+    /// Framework name.
+    pub framework: Option<String>,
+    /// At most 4096 characters.
+    pub description: Option<String>,
+    /// A JSON object of at most 64 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl CreateVersion {
+    /// Validates every field.
+    pub fn into_domain(self) -> Result<NewVersion, ValidationError> {
+        Ok(NewVersion {
+            source_uri: SourceUri::parse(self.source_uri)?,
+            endpoint_url: opt(self.endpoint_url, EndpointUrl::parse)?,
+            framework: opt(self.framework, Framework::parse)?,
+            description: opt(self.description, Description::parse)?,
+            metadata: metadata(self.metadata)?.unwrap_or_default(),
+        })
+    }
+}
+
+/// Body of `PATCH /api/v1/models/{name}/versions/{version}`; `source_uri` cannot change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVersion {
+    /// New endpoint; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub endpoint_url: Option<Option<String>>,
+    /// New framework; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub framework: Option<Option<String>>,
+    /// New description; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    /// Replacement metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl UpdateVersion {
+    /// Validates every field given.
+    pub fn into_domain(self) -> Result<VersionPatch, ValidationError> {
+        Ok(VersionPatch {
+            endpoint_url: opt_opt(self.endpoint_url, EndpointUrl::parse)?,
+            framework: opt_opt(self.framework, Framework::parse)?,
+            description: opt_opt(self.description, Description::parse)?,
+            metadata: metadata(self.metadata)?,
+        })
+    }
+}
+
+/// A version of a model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionResponse {
+    /// Stable id.
+    pub id: Uuid,
+    /// The model's name.
+    pub model: String,
+    /// 1, 2, 3… per model.
+    pub version: i32,
+    /// Where the artifact lives.
+    pub source_uri: String,
+    /// Base URL of the model server.
+    pub endpoint_url: Option<String>,
+    /// Framework name.
+    pub framework: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// JSON object.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ModelVersion> for VersionResponse {
+    fn from(v: ModelVersion) -> Self {
+        Self {
+            id: v.id,
+            model: v.model.into_inner(),
+            version: v.version.get(),
+            source_uri: v.source_uri.as_str().to_owned(),
+            endpoint_url: v.endpoint_url.map(|u| u.as_str().to_owned()),
+            framework: v.framework.map(|f| f.as_str().to_owned()),
+            description: v.description.map(|d| d.as_str().to_owned()),
+            metadata: v.metadata.into_inner(),
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+/// A page of versions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    /// Versions, newest first.
+    pub items: Vec<VersionResponse>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<Page<ModelVersion>> for VersionList {
+    fn from(p: Page<ModelVersion>) -> Self {
+        Self {
+            items: p.items.into_iter().map(Into::into).collect(),
+            next_cursor: p.next_cursor,
+        }
+    }
+}
+
+/// Body of `PUT /api/v1/models/{name}/aliases/{alias}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAlias {
+    /// The version the alias points to.
+    pub version: i64,
+}
+
+/// An alias and the version it points to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AliasResponse {
+    /// The model's name.
+    pub model: String,
+    /// The alias.
+    pub alias: String,
+    /// The version it points to.
+    pub version: i32,
+    /// When it was last moved.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Alias> for AliasResponse {
+    fn from(a: Alias) -> Self {
+        Self {
+            model: a.model.into_inner(),
+            alias: a.alias.into_inner(),
+            version: a.version.get(),
+            updated_at: a.updated_at,
+        }
+    }
+}

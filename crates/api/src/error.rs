@@ -1,0 +1,148 @@
+//! The one place where errors become HTTP responses: RFC 9457 `application/problem+json`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use maas_domain::{DomainError, ValidationError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::middleware::current_request_id;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (`about:blank` style tags under `urn:maas:problem:`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, fixed summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, naming the offending field where there is one.
+    pub detail: String,
+    /// The field at fault, when one is (`name`, `tags[3]`, `limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The request's id (also in the `x-request-id` header and the log line).
+    pub request_id: Option<String>,
+}
+
+/// Everything a handler or extractor can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A use-case failed.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The body is not well-formed JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// No such route.
+    #[error("no route matches {0}")]
+    RouteNotFound(String),
+    /// The route exists, not with this method.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// The body could not be read from the connection.
+    #[error("could not read the request body: {0}")]
+    BadRequest(String),
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Domain(DomainError::Validation(e))
+    }
+}
+
+impl ApiError {
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Domain(DomainError::Validation(_)) => ("validation", "Invalid field"),
+            Self::Domain(DomainError::NotFound(_)) | Self::RouteNotFound(_) => {
+                ("not-found", "Not found")
+            }
+            Self::Domain(DomainError::Conflict(_)) => ("conflict", "Conflict"),
+            Self::Domain(DomainError::Unavailable(_)) => {
+                ("unavailable", "Service temporarily unavailable")
+            }
+            Self::Domain(DomainError::Internal(_)) => ("internal", "Internal server error"),
+            Self::MalformedJson(_) => ("malformed-json", "Malformed JSON"),
+            Self::BadRequest(_) => ("bad-request", "Bad request"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
+            Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+        }
+    }
+
+    /// The problem document for this error, with the current request's id.
+    pub fn problem(&self) -> Problem {
+        let (kind, title) = self.kind();
+        let (detail, field) = match self {
+            Self::Domain(DomainError::Validation(v)) => (v.to_string(), Some(v.field.clone())),
+            // Internals are logged by the access-log middleware, never shown to clients.
+            Self::Domain(DomainError::Internal(_)) => (
+                "the server failed to handle the request; it has been logged".to_owned(),
+                None,
+            ),
+            Self::Domain(DomainError::Unavailable(_)) => (
+                "a dependency of the gateway is unavailable; retry later".to_owned(),
+                None,
+            ),
+            other => (other.to_string(), None),
+        };
+        Problem {
+            kind: format!("urn:maas:problem:{kind}"),
+            title: title.to_owned(),
+            status: self.status_code().as_u16(),
+            detail,
+            field,
+            request_id: current_request_id(),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Domain(DomainError::Validation(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Domain(DomainError::NotFound(_)) | Self::RouteNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Domain(DomainError::Conflict(_)) => StatusCode::CONFLICT,
+            Self::Domain(DomainError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Domain(DomainError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        if matches!(self, Self::Domain(DomainError::Unavailable(_))) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = response.body(body);
+        // Lets the access log record why a request failed without exposing it to the client.
+        response
+            .extensions_mut()
+            .insert(ErrorDetail(self.to_string()));
+        response
+    }
+}
+
+/// The internal text of an error, carried on the response for the access log only.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);

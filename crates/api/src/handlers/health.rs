@@ -1,0 +1,126 @@
+//! `/health`, `/health/ready` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use futures_util::future::join_all;
+use maas_telemetry::names;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::state::{AppState, Dependency};
+
+/// Each dependency check of `/health/ready` is cut off after this long.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Body of `/health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Body of `/health/ready`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` (all up), `degraded` (an optional dependency is down; still serving) or
+    /// `unavailable` (a required dependency is down; 503).
+    pub status: String,
+    /// One report per dependency, by name.
+    pub checks: BTreeMap<String, CheckReport>,
+}
+
+/// The outcome of one dependency check.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckReport {
+    /// `up` or `down`.
+    pub status: String,
+    /// Whether the gateway needs it to serve.
+    pub required: bool,
+    /// How long the check took, in milliseconds.
+    pub latency_ms: f64,
+    /// Why it is down (`timeout` or `error`; details are in the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Liveness: answers as long as the process serves HTTP; checks nothing else.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Liveness)))]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness {
+        status: "ok".to_owned(),
+    })
+}
+
+async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, dep.check.check()).await;
+    let elapsed = started.elapsed();
+    let name = dep.check.name();
+    metrics::histogram!(names::READINESS_CHECK_DURATION_SECONDS, "dependency" => name)
+        .record(elapsed.as_secs_f64());
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            slog::warn!(state.logger, "readiness check failed"; "dependency" => name, "error" => e);
+            Some("error".to_owned())
+        }
+        Err(_) => {
+            slog::warn!(state.logger, "readiness check timed out"; "dependency" => name);
+            Some("timeout".to_owned())
+        }
+    };
+    let report = CheckReport {
+        status: if error.is_none() { "up" } else { "down" }.to_owned(),
+        required: dep.required,
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        error,
+    };
+    (name.to_owned(), report)
+}
+
+/// Readiness: checks every dependency concurrently, each within one second.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready, or degraded (an optional dependency is down)", body = Readiness),
+        (status = 503, description = "A required dependency is down", body = Readiness),
+    ))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let reports = join_all(state.dependencies.iter().map(|dep| check(&state, dep))).await;
+    let required_down = reports.iter().any(|(_, r)| r.required && r.error.is_some());
+    let any_down = reports.iter().any(|(_, r)| r.error.is_some());
+    let (status, code) = match (required_down, any_down) {
+        (true, _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        (false, true) => ("degraded", StatusCode::OK),
+        (false, false) => ("ready", StatusCode::OK),
+    };
+    HttpResponse::build(code).json(Readiness {
+        status: status.to_owned(),
+        checks: reports.into_iter().collect(),
+    })
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    for dep in state.dependencies.iter() {
+        if let Some(pool) = dep.check.pool_status() {
+            let name = dep.check.name();
+            for (s, n) in [
+                ("idle", pool.idle),
+                ("in_use", pool.in_use()),
+                ("max", pool.max),
+            ] {
+                metrics::gauge!(names::DB_POOL_CONNECTIONS, "pool" => name, "state" => s)
+                    .set(f64::from(n));
+            }
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,120 @@
+//! `/api/v1/models/{name}/versions` and `/api/v1/models/{name}/versions/{version}`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{model_name, page_limit, version_number};
+use crate::dto::{CreateVersion, ListVersionsQuery, UpdateVersion, VersionList, VersionResponse};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Json, parse_query};
+use crate::state::AppState;
+
+/// Adds the next version (1, 2, 3…, gapless even under concurrent calls).
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions", tag = "versions",
+    request_body = CreateVersion,
+    params(("name" = String, Path, description = "Model name")),
+    responses(
+        (status = 201, description = "Created; `Location` names the version", body = VersionResponse),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Json<CreateVersion>,
+) -> Result<HttpResponse, ApiError> {
+    let name = model_name(path.into_inner())?;
+    let version = state
+        .registry
+        .create_version(&name, body.0.into_domain()?)
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("/api/v1/models/{name}/versions/{}", version.version),
+        ))
+        .json(VersionResponse::from(version)))
+}
+
+/// Lists a model's versions, newest first.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions", tag = "versions",
+    params(("name" = String, Path, description = "Model name"), ListVersionsQuery),
+    responses(
+        (status = 200, description = "A page of versions", body = VersionList),
+        (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = model_name(path.into_inner())?;
+    let query: ListVersionsQuery = parse_query(&req)?;
+    let limit = page_limit(query.limit.as_deref())?;
+    let page = state
+        .registry
+        .list_versions(&name, query.cursor.as_deref(), limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(VersionList::from(page)))
+}
+
+/// One version.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", tag = "versions",
+    params(("name" = String, Path, description = "Model name"),
+           ("version" = i32, Path, description = "Version number")),
+    responses(
+        (status = 200, description = "The version", body = VersionResponse),
+        (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path.into_inner();
+    let (name, version) = (model_name(name)?, version_number(&version)?);
+    let version = state.registry.get_version(&name, version).await?;
+    Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
+}
+
+/// Changes a version's endpoint, framework, description or metadata.
+#[utoipa::path(patch, path = "/api/v1/models/{name}/versions/{version}", tag = "versions",
+    request_body = UpdateVersion,
+    params(("name" = String, Path, description = "Model name"),
+           ("version" = i32, Path, description = "Version number")),
+    responses(
+        (status = 200, description = "The changed version", body = VersionResponse),
+        (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: Json<UpdateVersion>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path.into_inner();
+    let (name, version) = (model_name(name)?, version_number(&version)?);
+    let version = state
+        .registry
+        .update_version(&name, version, body.0.into_domain()?)
+        .await?;
+    Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
+}
+
+/// Deletes a version and the aliases on it; its number is not reused.
+#[utoipa::path(delete, path = "/api/v1/models/{name}/versions/{version}", tag = "versions",
+    params(("name" = String, Path, description = "Model name"),
+           ("version" = i32, Path, description = "Version number")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such version", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, version) = path.into_inner();
+    let (name, version) = (model_name(name)?, version_number(&version)?);
+    state.registry.delete_version(&name, version).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

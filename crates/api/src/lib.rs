@@ -1,0 +1,131 @@
+//! # maas-api
+//!
+//! The HTTP face of maas-gateway on actix-web: routes, handlers, request-id / access-log /
+//! metrics middleware, extractors that turn bad input into `application/problem+json` 4xx
+//! responses naming the field, and the OpenAPI document with a vendored Swagger UI.
+//!
+//! It depends only on `maas-domain` (use-cases and ports) and `maas-telemetry`; storage and
+//! cache adapters are handed in through [`AppState`], so another service can mount the registry
+//! API over its own adapters:
+//!
+//! ```no_run
+//! # async fn demo(state: maas_api::AppState) -> std::io::Result<()> {
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let settings = maas_api::ServerSettings::default();
+//! maas_api::run(listener, state, &settings)?.await
+//! # }
+//! ```
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod middleware;
+pub mod openapi;
+pub mod settings;
+pub mod state;
+
+use std::net::TcpListener;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
+
+use crate::error::ApiError;
+use crate::extract::BodyLimit;
+use crate::handlers::{aliases, docs, health, models, versions};
+
+pub use crate::settings::ServerSettings;
+pub use crate::state::{AppState, Dependency};
+
+/// A resource whose wrong-method requests get a 405 problem instead of an empty body.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
+}
+
+async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound(req.path().to_owned()))
+}
+
+/// Registers every route of the gateway.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/health").route(web::get().to(health::live)))
+        .service(resource("/health/ready").route(web::get().to(health::ready)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
+        .service(resource("/api/openapi.json").route(web::get().to(docs::openapi_json)))
+        .service(resource("/docs").route(web::get().to(docs::swagger_ui)))
+        .service(resource("/docs/swagger-ui-bundle.js").route(web::get().to(docs::swagger_js)))
+        .service(resource("/docs/swagger-ui.css").route(web::get().to(docs::swagger_css)))
+        .service(
+            resource("/api/v1/models")
+                .route(web::post().to(models::create))
+                .route(web::get().to(models::list)),
+        )
+        .service(
+            resource("/api/v1/models/{name}")
+                .route(web::get().to(models::get))
+                .route(web::patch().to(models::update))
+                .route(web::delete().to(models::delete)),
+        )
+        .service(
+            resource("/api/v1/models/{name}/versions")
+                .route(web::post().to(versions::create))
+                .route(web::get().to(versions::list)),
+        )
+        .service(
+            resource("/api/v1/models/{name}/versions/{version}")
+                .route(web::get().to(versions::get))
+                .route(web::patch().to(versions::update))
+                .route(web::delete().to(versions::delete)),
+        )
+        .service(
+            resource("/api/v1/models/{name}/aliases/{alias}")
+                .route(web::put().to(aliases::put))
+                .route(web::get().to(aliases::get))
+                .route(web::delete().to(aliases::delete)),
+        );
+}
+
+/// The whole application: state, routes, a problem+json 404 for unknown paths, and the
+/// request-context middleware outermost. `max_body_bytes` bounds every JSON body.
+pub fn app(
+    state: AppState,
+    max_body_bytes: usize,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(web::Data::new(BodyLimit(max_body_bytes)))
+        .configure(routes)
+        .default_service(web::to(route_not_found))
+        .wrap(actix_web::middleware::from_fn(middleware::request_context))
+}
+
+/// Serves the app on `listener` until SIGTERM or SIGINT, then drains in-flight requests for
+/// up to `server.shutdown_timeout_seconds`. Await the returned server; it resolves after the
+/// drain.
+pub fn run(
+    listener: TcpListener,
+    state: AppState,
+    settings: &ServerSettings,
+) -> std::io::Result<Server> {
+    let max_body_bytes = settings.max_body_bytes;
+    let mut server = HttpServer::new(move || app(state.clone(), max_body_bytes))
+        .shutdown_timeout(settings.shutdown_timeout_seconds)
+        .listen(listener)?;
+    if let Some(workers) = settings.workers {
+        server = server.workers(workers.max(1));
+    }
+    Ok(server.run())
+}

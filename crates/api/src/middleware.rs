@@ -1,0 +1,108 @@
+//! The outermost middleware: request ids, the access log line and the HTTP metrics.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, web};
+use maas_telemetry::names;
+
+use crate::error::ErrorDetail;
+use crate::state::AppState;
+
+/// The header carrying the request id, in both directions.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Route label of requests that matched no route (keeps metric cardinality bounded).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Accepts the caller's id when it is 1–128 visible ASCII characters, else makes a UUID.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    // Runs even when the client goes away and the request future is dropped.
+    fn drop(&mut self) {
+        metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// Gives every request an id (echoed in `x-request-id` and in problem bodies), writes one access
+/// log line per request and records `http_requests_total` and `http_request_duration_seconds`
+/// under the matched route pattern.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let _in_flight = InFlight::enter();
+    let id = request_id(&req);
+    // Handlers and extractors turn their errors into responses inside this scope, so problem
+    // bodies carry the id. (Cloning the request here would break routing: it must stay unique.)
+    let mut response = REQUEST_ID.scope(id.clone(), next.call(req)).await?;
+
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
+    let method = response.request().method().as_str().to_owned();
+
+    metrics::counter!(names::HTTP_REQUESTS_TOTAL,
+        "method" => method.clone(), "route" => route.clone(), "status" => status.as_str().to_owned())
+    .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
+        "method" => method.clone(), "route" => route.clone())
+    .record(elapsed.as_secs_f64());
+
+    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+        let log = &state.logger;
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let path = response.request().path().to_owned();
+        let error = response
+            .response()
+            .extensions()
+            .get::<ErrorDetail>()
+            .map(|d| d.0.clone());
+        if status.is_server_error() {
+            slog::error!(log, "request";
+                "request_id" => &id, "method" => &method, "route" => &route, "path" => path,
+                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
+        } else {
+            slog::info!(log, "request";
+                "request_id" => &id, "method" => &method, "route" => &route, "path" => path,
+                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
+        }
+    }
+
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,30 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use maas_domain::Registry;
+use maas_domain::ports::HealthCheck;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// A dependency reported by `/health/ready`.
+#[derive(Clone)]
+pub struct Dependency {
+    /// The adapter's check.
+    pub check: Arc<dyn HealthCheck>,
+    /// When a required dependency is down the gateway is not ready (503); when an optional one
+    /// is down it is `degraded` but still serves (200).
+    pub required: bool,
+}
+
+/// Shared state of the app: use-cases, dependencies to report on, telemetry.
+#[derive(Clone)]
+pub struct AppState {
+    /// Registry use-cases.
+    pub registry: Registry,
+    /// Dependencies checked by `/health/ready`.
+    pub dependencies: Arc<[Dependency]>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Where access lines and errors go.
+    pub logger: slog::Logger,
+}

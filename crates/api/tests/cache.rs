@@ -1,0 +1,127 @@
+//! Cache-aside of registry reads in Redis: used, invalidated on every write, shared by replicas.
+
+mod common;
+
+use common::{Options, spawn_app, spawn_with};
+use redis::AsyncCommands as _;
+use serde_json::{Value, json};
+
+async fn cached_fields(app: &common::TestApp, model: &str) -> Vec<String> {
+    let mut conn = app.redis.pool.get().await.expect("redis");
+    let key = format!("{}c:model:{model}", app.redis.prefix);
+    let mut fields: Vec<String> = conn.hkeys(key).await.expect("HKEYS");
+    fields.sort();
+    fields
+}
+
+#[tokio::test]
+async fn reads_fill_the_cache_and_writes_invalidate_it_before_responding() {
+    let app = spawn_app().await;
+    app.create_model("c").await;
+    app.create_version("c").await;
+    app.put_json("/api/v1/models/c/aliases/prod", &json!({"version": 1}))
+        .await;
+    assert!(cached_fields(&app, "c").await.is_empty());
+
+    app.get("/api/v1/models/c").await;
+    app.get("/api/v1/models/c/versions/1").await;
+    app.get("/api/v1/models/c/aliases/prod").await;
+    app.get("/api/v1/models/c/aliases/latest").await;
+    assert_eq!(
+        cached_fields(&app, "c").await,
+        ["a:latest", "a:prod", "m", "v:1"]
+    );
+
+    let res = app
+        .patch_json("/api/v1/models/c/versions/1", &json!({"framework": "vllm"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        cached_fields(&app, "c").await.is_empty(),
+        "the write invalidated the scope"
+    );
+    let body: Value = app
+        .get("/api/v1/models/c/aliases/prod")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["framework"], "vllm");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_write_on_one_replica_is_seen_at_once_by_another() {
+    let a = spawn_app().await;
+    let b = spawn_with(Options {
+        db: Some(a.db.clone()),
+        redis: Some(a.redis.clone()),
+        ..Options::default()
+    })
+    .await;
+    a.create_model("shared").await;
+    a.create_version("shared").await;
+    a.create_version("shared").await;
+    a.put_json(
+        "/api/v1/models/shared/aliases/production",
+        &json!({"version": 1}),
+    )
+    .await;
+    // Replica A caches the model and the alias.
+    let model: Value = a
+        .get("/api/v1/models/shared")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(model["description"], Value::Null);
+    let prod: Value = a
+        .get("/api/v1/models/shared/aliases/production")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(prod["version"], 1);
+
+    // Replica B writes.
+    b.patch_json("/api/v1/models/shared", &json!({"description": "v2"}))
+        .await;
+    b.put_json(
+        "/api/v1/models/shared/aliases/production",
+        &json!({"version": 2}),
+    )
+    .await;
+
+    let model: Value = a
+        .get("/api/v1/models/shared")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(model["description"], "v2");
+    let prod: Value = a
+        .get("/api/v1/models/shared/aliases/production")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(prod["version"], 2);
+
+    b.delete("/api/v1/models/shared").await;
+    assert_eq!(a.get("/api/v1/models/shared").await.status(), 404);
+    b.server.stop(true).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_cache_disabled_nothing_is_written_to_redis() {
+    let app = spawn_with(Options {
+        cache: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_model("nc").await;
+    assert_eq!(app.get("/api/v1/models/nc").await.status(), 200);
+    assert!(cached_fields(&app, "nc").await.is_empty());
+    app.stop().await;
+}

@@ -1,0 +1,239 @@
+//! One place for the api tests' set-up: a real server on a free port over a database of its own
+//! (cloned from the migrated template) and a Redis key prefix of its own.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use maas_api::{AppState, Dependency, ServerSettings};
+use maas_cache::test_util::TestRedis;
+use maas_domain::Registry;
+use maas_domain::ports::{Cache, NoCache};
+use maas_persistence::test_util::TestDatabase;
+use serde_json::{Value, json};
+
+/// A running gateway app and what it runs on.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Arc<TestDatabase>,
+    pub redis: TestRedis,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+/// How to build a [`TestApp`]; the defaults are a healthy app with the cache on.
+pub struct Options {
+    pub cache: bool,
+    pub max_body_bytes: usize,
+    /// Share another app's database (a second replica).
+    pub db: Option<Arc<TestDatabase>>,
+    /// Share another app's Redis prefix (a second replica).
+    pub redis: Option<TestRedis>,
+    /// Point the Redis pool somewhere else (down or hung Redis).
+    pub redis_url: Option<String>,
+    /// Point the Postgres pool at a dead address.
+    pub postgres_down: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache: true,
+            max_body_bytes: 256 * 1024,
+            db: None,
+            redis: None,
+            redis_url: None,
+            postgres_down: false,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let db = match options.db {
+        Some(db) => db,
+        None => Arc::new(TestDatabase::new().await),
+    };
+    let redis = match options.redis {
+        Some(redis) => redis,
+        None => TestRedis::start().await.expect("test redis"),
+    };
+    let mut db_settings = db.settings();
+    if options.postgres_down {
+        db_settings.url = Some("postgres://postgres@127.0.0.1:1/nothing".to_owned());
+        db_settings.connect_timeout_seconds = 1;
+    }
+    let pg = maas_persistence::connect(&db_settings)
+        .await
+        .expect("pg pool");
+    let mut redis_settings = redis.settings.clone();
+    if let Some(url) = &options.redis_url {
+        redis_settings.url = Some(url.clone());
+        redis_settings.command_timeout_ms = 200;
+    }
+    let redis_pool = maas_cache::connect(&redis_settings)
+        .await
+        .expect("redis pool");
+    let cache: Arc<dyn Cache> = if options.cache {
+        Arc::new(maas_cache::RedisCache::new(
+            redis_pool.clone(),
+            redis_settings.key_prefix.clone(),
+            Duration::from_secs(300),
+            redis_settings.command_timeout(),
+        ))
+    } else {
+        Arc::new(NoCache)
+    };
+    let state = AppState {
+        registry: Registry::new(
+            Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
+            cache,
+        ),
+        dependencies: Arc::new([
+            Dependency {
+                check: Arc::new(maas_persistence::PgHealth::new(pg)),
+                required: true,
+            },
+            Dependency {
+                check: Arc::new(maas_cache::RedisHealth::new(
+                    redis_pool,
+                    redis_settings.command_timeout(),
+                )),
+                required: false,
+            },
+        ]),
+        metrics: maas_telemetry::metrics::install_recorder("test").expect("recorder"),
+        logger: maas_telemetry::logging::discard_logger(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let settings = ServerSettings {
+        workers: Some(2),
+        max_body_bytes: options.max_body_bytes,
+        shutdown_timeout_seconds: 1,
+        ..ServerSettings::default()
+    };
+    let server = maas_api::run(listener, state, &settings).expect("server");
+    let handle = server.handle();
+    tokio::spawn(server);
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        db,
+        redis,
+        server: handle,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    /// Registers a model and asserts it was created.
+    pub async fn create_model(&self, name: &str) -> Value {
+        let res = self
+            .post_json("/api/v1/models", &json!({ "name": name }))
+            .await;
+        assert_eq!(res.status(), 201, "creating {name}");
+        res.json().await.expect("model json")
+    }
+
+    /// Adds a version and returns its number.
+    pub async fn create_version(&self, model: &str) -> i64 {
+        let res = self
+            .post_json(
+                &format!("/api/v1/models/{model}/versions"),
+                &json!({ "source_uri": "s3://bucket/model.bin", "endpoint_url": "http://vllm:8000/v1" }),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "creating a version of {model}");
+        let body: Value = res.json().await.expect("version json");
+        body["version"].as_i64().expect("version number")
+    }
+
+    /// Stops the server and deletes this app's Redis keys.
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        self.redis.cleanup().await.ok();
+    }
+}
+
+/// Asserts a problem+json response with `status` naming `field` (when given), and that its
+/// `request_id` matches the `x-request-id` header. Returns the body.
+pub async fn assert_problem(res: reqwest::Response, status: u16, field: Option<&str>) -> Value {
+    assert_eq!(res.status(), status);
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let header_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = res.json().await.expect("problem json");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["type"].is_string() && body["title"].is_string(),
+        "{body}"
+    );
+    assert!(body["detail"].is_string(), "{body}");
+    assert_eq!(body["request_id"].as_str(), header_id.as_deref(), "{body}");
+    if let Some(field) = field {
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(field),
+            "detail names the field: {body}"
+        );
+    }
+    body
+}

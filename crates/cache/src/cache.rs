@@ -1,0 +1,370 @@
+//! [`RedisCache`]: the Redis adapter of [`maas_domain::ports::Cache`], an invalidation-safe
+//! cache-aside.
+//!
+//! # Key layout
+//! With key prefix `P`, scope `S` is one hash `P` `c:` `S` (one hash field per cached value) and
+//! its generation counter is the string key `P` `g:` `S`:
+//!
+//! - **lookup** reads the field and the generation in one pipelined round trip. A miss hands the
+//!   generation back as the [`FillToken`].
+//! - **fill** runs a Lua script that writes the field (and gives the hash a TTL if it has none)
+//!   only if the generation still equals the token, so a value loaded before a concurrent
+//!   invalidation is never cached after it.
+//! - **invalidate** atomically bumps the generation (kept `ttl + 1 h`) and deletes the hash.
+//!
+//! # Failure handling
+//! Every call, pool checkout included, is bounded by the command timeout; a command that failed
+//! because its connection was dead (say, after a Redis restart) runs once more on a fresh
+//! connection within that bound (see [`crate::pool`]). A call that still fails or times out
+//! opens a breaker: for a short cool-down, lookups return [`CacheLookup::Bypass`] and fills do
+//! nothing without touching Redis, so a dead or black-holed Redis costs reads at most one
+//! timeout per cool-down. Invalidations are always attempted, breaker or not, and once more after
+//! a failure (so one may take up to twice the timeout), since skipping one could leave stale
+//! data behind.
+//!
+//! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`] (`hit`, `miss`, or `error` for a
+//! failure or a breaker bypass); failed fills and invalidations in
+//! [`names::CACHE_WRITE_ERRORS_TOTAL`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use maas_domain::ports::{Cache, CacheLookup, FillToken};
+use maas_telemetry::names::{self, cache_result};
+use redis::{RedisError, Script};
+
+use crate::pool::{RedisConnection, RedisPool, checkout, is_connection_error};
+use crate::settings::{CacheSettings, RedisSettings};
+
+/// How long reads skip Redis after a failed lookup or fill, unless
+/// [`RedisCache::with_breaker_cooldown`] says otherwise.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// How much longer than the values a generation counter lives. It must outlive any fill in
+/// flight, so that an expired counter cannot make an old token match again.
+const GENERATION_EXTRA_TTL_SECS: u64 = 3600;
+
+/// Writes `field = value` into the scope's hash only if the generation is still the token's.
+/// KEYS: hash, generation. ARGV: token (`""` = no generation yet), field, value, TTL seconds.
+const FILL_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[2]) or ''
+if current ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4], 'NX')
+return 1
+";
+
+/// The `op` label of [`names::CACHE_WRITE_ERRORS_TOTAL`] for fills.
+const OP_FILL: &str = "fill";
+/// The `op` label of [`names::CACHE_WRITE_ERRORS_TOTAL`] for invalidations.
+const OP_INVALIDATE: &str = "invalidate";
+
+/// The Redis cache-aside adapter. Cheap to clone; clones share the pool and the breaker.
+///
+/// See the [module documentation](self) for the key layout and the failure handling.
+#[derive(Clone)]
+pub struct RedisCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: RedisPool,
+    key_prefix: String,
+    ttl_secs: u64,
+    command_timeout: Duration,
+    /// How long lookups and fills skip Redis after a failure, in milliseconds.
+    breaker_cooldown_ms: AtomicU64,
+    fill_script: Script,
+    /// Reference point of `bypass_until_ms`.
+    epoch: Instant,
+    /// Milliseconds after `epoch` until which lookups and fills skip Redis.
+    bypass_until_ms: AtomicU64,
+    /// Whether the last call failed; only a change is logged, not every failure.
+    failing: AtomicBool,
+}
+
+/// Why one Redis call did not succeed.
+#[derive(Debug)]
+enum Failure {
+    Pool(bb8::RunError<RedisError>),
+    Command(RedisError),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pool(e) => write!(f, "no connection: {e}"),
+            Self::Command(e) => write!(f, "command failed: {e}"),
+            Self::Timeout(t) => write!(f, "timed out after {} ms", t.as_millis()),
+        }
+    }
+}
+
+impl RedisCache {
+    /// A cache over `pool` whose keys start with `key_prefix`, whose values live at most `ttl`
+    /// (at least one second), and whose every call gives up after `command_timeout`.
+    pub fn new(
+        pool: RedisPool,
+        key_prefix: impl Into<String>,
+        ttl: Duration,
+        command_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                key_prefix: key_prefix.into(),
+                ttl_secs: ttl.as_secs().max(1),
+                command_timeout,
+                breaker_cooldown_ms: AtomicU64::new(millis(DEFAULT_BREAKER_COOLDOWN)),
+                fill_script: Script::new(FILL_SCRIPT),
+                epoch: Instant::now(),
+                bypass_until_ms: AtomicU64::new(0),
+                failing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// [`new`](Self::new) with the prefix and timeout of `redis` and the TTL of `cache`.
+    pub fn from_settings(pool: RedisPool, redis: &RedisSettings, cache: &CacheSettings) -> Self {
+        Self::new(
+            pool,
+            redis.key_prefix.clone(),
+            cache.ttl(),
+            redis.command_timeout(),
+        )
+    }
+
+    /// Sets how long lookups and fills skip Redis after one of them failed (default
+    /// [`DEFAULT_BREAKER_COOLDOWN`]); clones share the setting.
+    #[must_use]
+    pub fn with_breaker_cooldown(self, cooldown: Duration) -> Self {
+        self.inner
+            .breaker_cooldown_ms
+            .store(millis(cooldown), Ordering::Relaxed);
+        self
+    }
+
+    /// Whether lookups and fills currently skip Redis because a recent one failed.
+    pub fn is_bypassing(&self) -> bool {
+        self.inner.bypass_until_ms.load(Ordering::Relaxed) > self.inner.now_ms()
+    }
+
+    /// The Redis key of the hash that holds `scope`'s values.
+    pub fn scope_key(&self, scope: &str) -> String {
+        format!("{}c:{scope}", self.inner.key_prefix)
+    }
+
+    /// The Redis key of `scope`'s generation counter.
+    pub fn generation_key(&self, scope: &str) -> String {
+        format!("{}g:{scope}", self.inner.key_prefix)
+    }
+
+    /// Runs `command` on a pooled connection, the checkout included in the timeout. A command
+    /// that fails because its connection was dead runs once more on a fresh one: after a Redis
+    /// restart the first call then still succeeds.
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T, Failure>
+    where
+        F: Fn(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let timeout = self.inner.command_timeout;
+        let mut in_flight: Option<RedisConnection> = None;
+        let call = async {
+            let mut attempts_left = 2;
+            loop {
+                let conn = checkout(&self.inner.pool).await.map_err(Failure::Pool)?;
+                in_flight = Some(conn.clone());
+                attempts_left -= 1;
+                match command(conn).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) if attempts_left > 0 && is_connection_error(&error) => {}
+                    Err(error) => return Err(Failure::Command(error)),
+                }
+            }
+        };
+        let result = tokio::time::timeout(timeout, call).await;
+        match result {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                // A connection that did not answer in time is not trusted again.
+                if let Some(conn) = in_flight {
+                    conn.condemn();
+                }
+                Err(Failure::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Opens the breaker and logs the first failure of a streak.
+    fn record_failure(&self, op: &str, failure: &Failure) {
+        let inner = &self.inner;
+        let cooldown_ms = inner.breaker_cooldown_ms.load(Ordering::Relaxed);
+        let until = inner.now_ms().saturating_add(cooldown_ms);
+        inner.bypass_until_ms.fetch_max(until, Ordering::Relaxed);
+        if !inner.failing.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "Redis cache {op} failed ({failure}); reads bypass the cache for {cooldown_ms} ms \
+                 at a time until Redis answers again"
+            );
+        }
+    }
+
+    /// Logs the end of a failure streak.
+    fn record_success(&self) {
+        if self.inner.failing.load(Ordering::Relaxed)
+            && self.inner.failing.swap(false, Ordering::Relaxed)
+        {
+            log::info!("Redis cache answers again");
+        }
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("ttl_secs", &self.inner.ttl_secs)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field(
+                "breaker_cooldown_ms",
+                &self.inner.breaker_cooldown_ms.load(Ordering::Relaxed),
+            )
+            .field("bypassing", &self.is_bypassing())
+            .finish_non_exhaustive()
+    }
+}
+
+fn count_lookup(result: &'static str) {
+    metrics::counter!(names::CACHE_REQUESTS_TOTAL, "result" => result).increment(1);
+}
+
+fn count_write_error(op: &'static str) {
+    metrics::counter!(names::CACHE_WRITE_ERRORS_TOTAL, "op" => op).increment(1);
+}
+
+#[async_trait]
+impl Cache for RedisCache {
+    async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
+        if self.is_bypassing() {
+            count_lookup(cache_result::ERROR);
+            return CacheLookup::Bypass;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET")
+            .arg(self.scope_key(scope))
+            .arg(field)
+            .cmd("GET")
+            .arg(self.generation_key(scope));
+        let pipe = &pipe;
+        let found = self
+            .run(|mut conn| async move {
+                pipe.query_async::<(Option<Vec<u8>>, Option<String>)>(&mut conn)
+                    .await
+            })
+            .await;
+        match found {
+            Ok((Some(value), _)) => {
+                self.record_success();
+                count_lookup(cache_result::HIT);
+                CacheLookup::Hit(value)
+            }
+            Ok((None, generation)) => {
+                self.record_success();
+                count_lookup(cache_result::MISS);
+                CacheLookup::Miss(FillToken(generation))
+            }
+            Err(failure) => {
+                self.record_failure("lookup", &failure);
+                count_lookup(cache_result::ERROR);
+                CacheLookup::Bypass
+            }
+        }
+    }
+
+    async fn fill(&self, scope: &str, field: &str, token: FillToken, value: Vec<u8>) {
+        if self.is_bypassing() {
+            return;
+        }
+        let mut invocation = self.inner.fill_script.prepare_invoke();
+        invocation
+            .key(self.scope_key(scope))
+            .key(self.generation_key(scope))
+            .arg(token.0.as_deref().unwrap_or(""))
+            .arg(field)
+            .arg(value)
+            .arg(self.inner.ttl_secs);
+        let invocation = &invocation;
+        let stored = self
+            .run(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
+            .await;
+        match stored {
+            // 0 means the scope was invalidated since the lookup: correctly not stored.
+            Ok(_) => self.record_success(),
+            Err(failure) => {
+                self.record_failure(OP_FILL, &failure);
+                count_write_error(OP_FILL);
+            }
+        }
+    }
+
+    async fn invalidate(&self, scope: &str) {
+        let generation = self.generation_key(scope);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("INCR")
+            .arg(&generation)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&generation)
+            .arg(
+                self.inner
+                    .ttl_secs
+                    .saturating_add(GENERATION_EXTRA_TTL_SECS),
+            )
+            .ignore()
+            .cmd("DEL")
+            .arg(self.scope_key(scope))
+            .ignore();
+        let mut failure = None;
+        for _attempt in 0..2 {
+            let pipe = &pipe;
+            match self
+                .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+                .await
+            {
+                Ok(()) => {
+                    self.record_success();
+                    return;
+                }
+                Err(error) => failure = Some(error),
+            }
+        }
+        if let Some(failure) = failure {
+            // Not rate-limited like read failures: a lost invalidation may leave stale values
+            // in Redis for up to the TTL, which an operator must be able to see.
+            log::error!(
+                "Redis cache invalidation of scope {scope:?} failed twice ({failure}); its values \
+                 may be stale for up to {} s if Redis kept them",
+                self.inner.ttl_secs
+            );
+            self.record_failure(OP_INVALIDATE, &failure);
+            count_write_error(OP_INVALIDATE);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! # maas-cache
+//!
+//! The Redis side of maas-gateway: typed settings ([`RedisSettings`], [`CacheSettings`]), the
+//! bb8-redis pool ([`connect`], the only place that opens Redis connections; [`checkout`] for
+//! callers with commands of their own), the cache-aside
+//! adapter of the domain's cache port ([`RedisCache`], invalidation-safe, never failing a read)
+//! and the readiness check ([`RedisHealth`]).
+//!
+//! A service wires it up once and hands the adapters to the domain as trait objects:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use maas_cache::{connect, CacheSettings, RedisCache, RedisHealth, RedisSettings};
+//! use maas_domain::ports::{Cache, CacheLookup, HealthCheck};
+//!
+//! # async fn run() -> Result<(), maas_cache::CacheError> {
+//! let redis = RedisSettings::default();
+//! let pool = connect(&redis).await?; // never waits for Redis
+//! let cache: Arc<dyn Cache> =
+//!     Arc::new(RedisCache::from_settings(pool.clone(), &redis, &CacheSettings::default()));
+//! let health: Arc<dyn HealthCheck> = Arc::new(RedisHealth::new(pool, redis.command_timeout()));
+//!
+//! let bytes = match cache.lookup("model:llama", "v1").await {
+//!     CacheLookup::Hit(bytes) => bytes,
+//!     CacheLookup::Miss(token) => {
+//!         let bytes = b"loaded from Postgres".to_vec();
+//!         cache.fill("model:llama", "v1", token, bytes.clone()).await;
+//!         bytes
+//!     }
+//!     CacheLookup::Bypass => b"loaded from Postgres".to_vec(),
+//! };
+//! // After a write: drop the whole scope before answering.
+//! cache.invalidate("model:llama").await;
+//! # let _ = (bytes, health);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Tests of this and other crates enable the `test-util` feature for [`test_util`]: a key prefix
+//! per test, clean-up of that prefix, and stand-ins for an unreachable or hung Redis.
+
+pub mod cache;
+pub mod error;
+pub mod health;
+pub mod pool;
+pub mod settings;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use cache::RedisCache;
+pub use error::CacheError;
+pub use health::RedisHealth;
+pub use pool::{RedisConnection, RedisManager, RedisPool, checkout, connect};
+pub use settings::{CacheSettings, RedisSettings};

@@ -1,0 +1,160 @@
+//! Helpers for tests that talk to the real Redis (feature `test-util`): a key prefix per test,
+//! settings pointing at the test server, clean-up of one prefix, and stand-ins for a Redis that
+//! is down or hangs. Nothing here ever flushes the shared server.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::CacheError;
+use crate::pool::RedisPool;
+use crate::settings::RedisSettings;
+
+/// Every prefix from [`unique_prefix`] starts with this; [`delete_prefix`] refuses others.
+pub const TEST_PREFIX_ROOT: &str = "maas:test:";
+
+/// A Redis URL where nothing listens (connections are refused at once).
+pub const UNREACHABLE_REDIS_URL: &str = "redis://127.0.0.1:1";
+
+/// The test server: `MAAS_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+pub fn test_redis_url() -> String {
+    std::env::var("MAAS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test uses: `maas:test:<uuid>:`.
+pub fn unique_prefix() -> String {
+    format!("{TEST_PREFIX_ROOT}{}:", uuid::Uuid::new_v4())
+}
+
+/// Settings for the test server with `prefix` as key prefix. The command timeout is a generous
+/// 2 s so that a busy test machine does not turn hits into bypasses.
+pub fn test_settings(prefix: &str) -> RedisSettings {
+    RedisSettings {
+        url: Some(test_redis_url()),
+        key_prefix: prefix.to_owned(),
+        command_timeout_ms: 2_000,
+        ..RedisSettings::default()
+    }
+}
+
+/// A pool on the test server with a prefix of its own; [`cleanup`](Self::cleanup) at the end.
+#[derive(Debug, Clone)]
+pub struct TestRedis {
+    /// [`test_settings`] with this test's prefix.
+    pub settings: RedisSettings,
+    /// A pool on the test server.
+    pub pool: RedisPool,
+    /// This test's key prefix, from [`unique_prefix`].
+    pub prefix: String,
+}
+
+impl TestRedis {
+    /// A fresh prefix and a pool on the test server.
+    ///
+    /// # Errors
+    /// When the test server URL is invalid.
+    pub async fn start() -> Result<Self, CacheError> {
+        let prefix = unique_prefix();
+        let settings = test_settings(&prefix);
+        let pool = crate::pool::connect(&settings).await?;
+        Ok(Self {
+            settings,
+            pool,
+            prefix,
+        })
+    }
+
+    /// Deletes this test's keys; returns how many.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn cleanup(self) -> Result<u64, CacheError> {
+        delete_prefix(&self.pool, &self.prefix).await
+    }
+}
+
+/// Deletes every key that starts with `prefix` (SCAN + DEL), and only those; returns how many.
+///
+/// # Errors
+/// [`CacheError::InvalidSetting`] for a prefix that does not start with [`TEST_PREFIX_ROOT`]
+/// (so a test cannot wipe real data), else pool or command errors.
+pub async fn delete_prefix(pool: &RedisPool, prefix: &str) -> Result<u64, CacheError> {
+    if !prefix.starts_with(TEST_PREFIX_ROOT) || prefix.len() == TEST_PREFIX_ROOT.len() {
+        return Err(CacheError::InvalidSetting {
+            key: "prefix",
+            reason: "delete_prefix only deletes under a unique_prefix()",
+        });
+    }
+    let pattern = format!("{}*", escape_glob(prefix));
+    let mut conn = pool.get().await?;
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await?;
+        if !keys.is_empty() {
+            let removed: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut *conn).await?;
+            deleted += removed;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+/// Escapes the characters SCAN's MATCH treats as a pattern.
+fn escape_glob(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A TCP server that accepts connections and never answers: a hung or black-holed Redis.
+/// Stops (and drops its connections) when dropped.
+#[derive(Debug)]
+pub struct BlackHole {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl BlackHole {
+    /// Listens on a free loopback port.
+    ///
+    /// # Errors
+    /// When no loopback port can be bound.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _peer)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

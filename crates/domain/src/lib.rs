@@ -1,0 +1,27 @@
+//! # maas-domain
+//!
+//! The core of maas-gateway, free of I/O: the registry's entities ([`model`]), validated value
+//! types ([`values`]: parse once, trust afterwards), errors ([`error`]), the ports that storage,
+//! cache and health adapters implement ([`ports`]), and the registry use-cases ([`Registry`]).
+//!
+//! Another service embeds it by implementing the ports (or taking `maas-persistence` and
+//! `maas-cache`) and calling the use-cases:
+//!
+//! ```
+//! use maas_domain::values::{ModelName, VersionNumber};
+//!
+//! let name = ModelName::parse("llama-3.1-8b").expect("a valid name");
+//! assert_eq!(name.as_str(), "llama-3.1-8b");
+//! assert!(ModelName::parse("Not Valid").is_err());
+//! assert_eq!(VersionNumber::parse("2").map(VersionNumber::get), Ok(2));
+//! ```
+
+pub mod cursor;
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod registry;
+pub mod values;
+
+pub use error::{DomainError, RepoError, ValidationError};
+pub use registry::Registry;

@@ -1,0 +1,259 @@
+//! Registry use-cases: storage through [`RegistryRepository`], hot reads through [`Cache`].
+//!
+//! Reads of a model, a version and an alias resolution are cache-aside. Every write to a model,
+//! its versions or its aliases invalidates the model's whole cache scope after the write commits
+//! and before the use-case returns, so a read that follows a write never sees the old value.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cursor;
+use crate::error::DomainError;
+use crate::model::{
+    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
+};
+use crate::ports::{Cache, CacheLookup, RegistryRepository};
+use crate::values::{AliasName, ModelName, PageLimit, VersionNumber};
+
+/// The model registry's use-cases.
+#[derive(Clone)]
+pub struct Registry {
+    repo: Arc<dyn RegistryRepository>,
+    cache: Arc<dyn Cache>,
+}
+
+fn scope(model: &ModelName) -> String {
+    format!("model:{model}")
+}
+
+impl Registry {
+    /// A registry over a store and a cache (use [`crate::ports::NoCache`] for none).
+    pub fn new(repo: Arc<dyn RegistryRepository>, cache: Arc<dyn Cache>) -> Self {
+        Self { repo, cache }
+    }
+
+    async fn cached<T, F>(&self, model: &ModelName, field: &str, load: F) -> Result<T, DomainError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, DomainError>>,
+    {
+        let scope = scope(model);
+        let token = match self.cache.lookup(&scope, field).await {
+            CacheLookup::Hit(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(value) => return Ok(value),
+                // An entry from an incompatible build: reload and overwrite it.
+                Err(_) => Some(crate::ports::FillToken(None)),
+            },
+            CacheLookup::Miss(token) => Some(token),
+            CacheLookup::Bypass => None,
+        };
+        let value = load.await?;
+        if let Some(token) = token
+            && let Ok(bytes) = serde_json::to_vec(&value)
+        {
+            self.cache.fill(&scope, field, token, bytes).await;
+        }
+        Ok(value)
+    }
+
+    async fn invalidate(&self, model: &ModelName) {
+        self.cache.invalidate(&scope(model)).await;
+    }
+
+    /// Registers a model.
+    pub async fn create_model(&self, new: NewModel) -> Result<Model, DomainError> {
+        let name = new.name.clone();
+        let model = self.repo.create_model(new).await?;
+        self.invalidate(&name).await;
+        Ok(model)
+    }
+
+    /// One model (cached).
+    pub async fn get_model(&self, name: &ModelName) -> Result<Model, DomainError> {
+        self.cached(name, "m", async { Ok(self.repo.get_model(name).await?) })
+            .await
+    }
+
+    /// A page of models ordered by name.
+    pub async fn list_models(
+        &self,
+        filter: &ModelFilter,
+        cursor: Option<&str>,
+        limit: PageLimit,
+    ) -> Result<Page<Model>, DomainError> {
+        let after = cursor.map(cursor::decode_model_cursor).transpose()?;
+        let rows = self.repo.list_models(filter, after.as_ref(), limit).await?;
+        Ok(paginate(rows, limit, |m| {
+            cursor::encode_model_cursor(&m.name)
+        }))
+    }
+
+    /// Changes a model's description, tags or metadata.
+    pub async fn update_model(
+        &self,
+        name: &ModelName,
+        patch: ModelPatch,
+    ) -> Result<Model, DomainError> {
+        let result = self.repo.update_model(name, patch).await;
+        self.invalidate(name).await;
+        Ok(result?)
+    }
+
+    /// Deletes a model, its versions and aliases.
+    pub async fn delete_model(&self, name: &ModelName) -> Result<(), DomainError> {
+        let result = self.repo.delete_model(name).await;
+        self.invalidate(name).await;
+        Ok(result?)
+    }
+
+    /// Adds the next version of a model.
+    pub async fn create_version(
+        &self,
+        model: &ModelName,
+        new: NewVersion,
+    ) -> Result<ModelVersion, DomainError> {
+        let result = self.repo.create_version(model, new).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// A page of a model's versions, newest first.
+    pub async fn list_versions(
+        &self,
+        model: &ModelName,
+        cursor: Option<&str>,
+        limit: PageLimit,
+    ) -> Result<Page<ModelVersion>, DomainError> {
+        let before = cursor.map(cursor::decode_version_cursor).transpose()?;
+        let rows = self.repo.list_versions(model, before, limit).await?;
+        Ok(paginate(rows, limit, |v| {
+            cursor::encode_version_cursor(v.version)
+        }))
+    }
+
+    /// One version (cached).
+    pub async fn get_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<ModelVersion, DomainError> {
+        self.cached(model, &format!("v:{version}"), async {
+            Ok(self.repo.get_version(model, version).await?)
+        })
+        .await
+    }
+
+    /// Changes a version's endpoint, framework, description or metadata.
+    pub async fn update_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+        patch: VersionPatch,
+    ) -> Result<ModelVersion, DomainError> {
+        let result = self.repo.update_version(model, version, patch).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// Deletes a version and the aliases on it.
+    pub async fn delete_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<(), DomainError> {
+        let result = self.repo.delete_version(model, version).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// Points `alias` at `version`, creating or moving it. `latest` is reserved.
+    pub async fn set_alias(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+        version: VersionNumber,
+    ) -> Result<Alias, DomainError> {
+        reject_latest(alias)?;
+        let result = self.repo.set_alias(model, alias, version).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// The version an alias points to (cached); `latest` is the highest version.
+    pub async fn resolve_alias(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+    ) -> Result<ModelVersion, DomainError> {
+        self.cached(model, &format!("a:{alias}"), async {
+            if alias.is_latest() {
+                Ok(self.repo.latest_version(model).await?)
+            } else {
+                Ok(self.repo.resolve_alias(model, alias).await?)
+            }
+        })
+        .await
+    }
+
+    /// Removes an alias. `latest` is reserved.
+    pub async fn delete_alias(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+    ) -> Result<(), DomainError> {
+        reject_latest(alias)?;
+        let result = self.repo.delete_alias(model, alias).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+}
+
+fn reject_latest(alias: &AliasName) -> Result<(), DomainError> {
+    if alias.is_latest() {
+        return Err(crate::error::ValidationError::new(
+            "alias",
+            "'latest' is reserved: it always resolves to the highest version",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Cuts the `limit + 1` rows a repository returns into a page and its next cursor.
+fn paginate<T>(mut rows: Vec<T>, limit: PageLimit, key: impl Fn(&T) -> String) -> Page<T> {
+    let limit = usize::from(limit.get());
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(key)
+    } else {
+        None
+    };
+    Page {
+        items: rows,
+        next_cursor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_more_rows_exist() {
+        let limit = PageLimit::new(2).expect("valid");
+        let full = paginate(vec![1, 2, 3], limit, |n| n.to_string());
+        assert_eq!(full.items, [1, 2]);
+        assert_eq!(full.next_cursor.as_deref(), Some("2"));
+        let last = paginate(vec![1, 2], limit, |n| n.to_string());
+        assert_eq!(last.next_cursor, None);
+    }
+
+    #[test]
+    fn latest_cannot_be_set_or_deleted() {
+        let latest = AliasName::parse("latest").expect("valid");
+        let err = reject_latest(&latest).expect_err("reserved");
+        assert!(matches!(err, DomainError::Validation(v) if v.field == "alias"));
+    }
+}

@@ -1,0 +1,55 @@
+//! # maas-persistence
+//!
+//! The PostgreSQL side of maas-gateway: the diesel schema of `migrations/`, the embedded
+//! migrations and their runner, the bb8 connection pool, and the adapters of the domain's ports
+//! ([`PgRegistryRepository`] for `RegistryRepository`, [`PgHealth`] for `HealthCheck`). It is the
+//! only crate that opens database connections; nothing here needs libpq or OpenSSL.
+//!
+//! Another service uses it in four steps: settings, wait, migrate, pool.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use maas_domain::ports::RegistryRepository;
+//! use maas_persistence::{
+//!     DatabaseSettings, PgRegistryRepository, connect, run_migrations, wait_for_database,
+//! };
+//!
+//! # async fn start() -> Result<(), maas_persistence::PersistenceError> {
+//! let settings = DatabaseSettings { host: "postgres".into(), ..DatabaseSettings::default() };
+//! wait_for_database(&settings, |attempt, delay, error| {
+//!     eprintln!("database not ready (attempt {attempt}, retrying in {delay:?}): {error}");
+//! })
+//! .await?;
+//! let applied = run_migrations(&settings.connection_url()).await?;
+//! eprintln!("applied migrations: {applied:?}");
+//! let pool = connect(&settings).await?;
+//! let repo: Arc<dyn RegistryRepository> = Arc::new(PgRegistryRepository::new(pool));
+//! # drop(repo);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Query failures come back as the domain's `RepoError`: a pool that cannot hand out a connection
+//! within `connect_timeout_seconds` (database down or saturated) is `Unavailable` and is counted
+//! in `maas_db_unavailable_total{op}`; a duplicate is `Conflict`; a missing model, version or
+//! alias is `NotFound` with a message naming it. Tests of this and other crates get a database of
+//! their own from [`test_util::TestDatabase`] (feature `test-util`).
+
+mod error;
+mod health;
+mod migrate;
+mod pool;
+mod repo;
+mod rows;
+mod schema;
+mod settings;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use error::PersistenceError;
+pub use health::PgHealth;
+pub use migrate::{MIGRATIONS, run_migrations};
+pub use pool::{PgPool, connect, wait_for_database};
+pub use repo::PgRegistryRepository;
+pub use settings::DatabaseSettings;

@@ -1,0 +1,506 @@
+//! [`PgRegistryRepository`]: the registry port over PostgreSQL.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::dsl::{max, now};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::Text;
+use diesel::upsert::excluded;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use maas_domain::RepoError;
+use maas_domain::model::{
+    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+};
+use maas_domain::ports::RegistryRepository;
+use maas_domain::values::{AliasName, ModelName, PageLimit, VersionNumber};
+use uuid::Uuid;
+
+use crate::error::Failure;
+use crate::pool::PgPool;
+use crate::rows::{ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow};
+use crate::schema::{model_aliases, model_versions, models};
+
+type PooledConnection<'a> =
+    bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+/// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PgRegistryRepository {
+    pool: PgPool,
+}
+
+impl PgRegistryRepository {
+    /// A repository running its queries through `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A pooled connection; waiting longer than the pool's connection timeout is a failure.
+    async fn conn(&self) -> Result<PooledConnection<'_>, Failure> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Runs one repository operation and maps its failure, counted under `op`.
+async fn observe<T>(
+    op: &'static str,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, RepoError> {
+    work.await.map_err(|failure| failure.into_repo(op))
+}
+
+fn model_not_found(model: &ModelName) -> RepoError {
+    RepoError::NotFound(format!("model '{model}' not found"))
+}
+
+fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
+    RepoError::NotFound(format!("version {version} of model '{model}' not found"))
+}
+
+fn alias_not_found(model: &ModelName, alias: &AliasName) -> RepoError {
+    RepoError::NotFound(format!("alias '{alias}' of model '{model}' not found"))
+}
+
+async fn model_exists(conn: &mut AsyncPgConnection, model: &ModelName) -> Result<bool, Failure> {
+    Ok(diesel::select(diesel::dsl::exists(
+        models::table.filter(models::name.eq(model.as_str())),
+    ))
+    .get_result(conn)
+    .await?)
+}
+
+/// The error for something of `model` that was not found: the model itself when it is missing,
+/// else `otherwise`. Costs a query, but only on the not-found path.
+async fn missing(conn: &mut AsyncPgConnection, model: &ModelName, otherwise: RepoError) -> Failure {
+    match model_exists(conn, model).await {
+        Ok(true) => otherwise.into(),
+        Ok(false) => model_not_found(model).into(),
+        Err(e) => e,
+    }
+}
+
+/// A `LIKE` pattern matching `text` anywhere, with the wildcards `%` and `_` and the escape
+/// character `\` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `limit + 1` rows: the extra one tells the caller that a further page exists.
+fn rows_for(limit: PageLimit) -> i64 {
+    i64::from(limit.get()) + 1
+}
+
+fn versions_of(rows: Vec<VersionRow>, model: &ModelName) -> Result<Vec<ModelVersion>, RepoError> {
+    rows.into_iter().map(|row| row.into_domain(model)).collect()
+}
+
+#[async_trait]
+impl RegistryRepository for PgRegistryRepository {
+    async fn create_model(&self, new: NewModel) -> Result<Model, RepoError> {
+        observe("create_model", async {
+            let mut conn = self.conn().await?;
+            let name = new.name.clone();
+            let inserted = diesel::insert_into(models::table)
+                .values(NewModelRow::from(new))
+                .returning(ModelRow::as_returning())
+                .get_result(&mut conn)
+                .await;
+            match inserted {
+                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                    Err(RepoError::Conflict(format!("model '{name}' already exists")).into())
+                }
+                other => Ok(other?.try_into()?),
+            }
+        })
+        .await
+    }
+
+    async fn get_model(&self, name: &ModelName) -> Result<Model, RepoError> {
+        observe("get_model", async {
+            let mut conn = self.conn().await?;
+            let row = models::table
+                .filter(models::name.eq(name.as_str()))
+                .select(ModelRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()?;
+            Ok(row.ok_or_else(|| model_not_found(name))?.try_into()?)
+        })
+        .await
+    }
+
+    async fn list_models(
+        &self,
+        filter: &ModelFilter,
+        after: Option<&ModelName>,
+        limit: PageLimit,
+    ) -> Result<Vec<Model>, RepoError> {
+        observe("list_models", async {
+            let mut conn = self.conn().await?;
+            let mut query = models::table
+                .select(ModelRow::as_select())
+                .order(models::name.asc())
+                .limit(rows_for(limit))
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(models::name.gt(after.as_str()));
+            }
+            if let Some(tag) = &filter.tag {
+                query = query.filter(models::tags.contains(vec![tag.clone()]));
+            }
+            if let Some(q) = &filter.q {
+                let pattern = contains_pattern(q);
+                query = query.filter(
+                    models::name
+                        .ilike(pattern.clone())
+                        .or(models::description.ilike(pattern)),
+                );
+            }
+            let rows = query.load(&mut conn).await?;
+            Ok(rows
+                .into_iter()
+                .map(Model::try_from)
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn update_model(&self, name: &ModelName, patch: ModelPatch) -> Result<Model, RepoError> {
+        observe("update_model", async {
+            let mut conn = self.conn().await?;
+            let row = diesel::update(models::table.filter(models::name.eq(name.as_str())))
+                .set((ModelChanges::from(patch), models::updated_at.eq(now)))
+                .returning(ModelRow::as_returning())
+                .get_result(&mut conn)
+                .await
+                .optional()?;
+            Ok(row.ok_or_else(|| model_not_found(name))?.try_into()?)
+        })
+        .await
+    }
+
+    async fn delete_model(&self, name: &ModelName) -> Result<(), RepoError> {
+        observe("delete_model", async {
+            let mut conn = self.conn().await?;
+            // Versions and aliases go with it through ON DELETE CASCADE.
+            let deleted = diesel::delete(models::table.filter(models::name.eq(name.as_str())))
+                .execute(&mut conn)
+                .await?;
+            if deleted == 0 {
+                return Err(model_not_found(name).into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_version(
+        &self,
+        model: &ModelName,
+        new: NewVersion,
+    ) -> Result<ModelVersion, RepoError> {
+        observe("create_version", async {
+            let mut conn = self.conn().await?;
+            let created = conn
+                .transaction::<_, DieselError, _>(async |conn| {
+                    // Takes the model's row lock until commit, so concurrent creates queue up
+                    // here; a rollback undoes the increment, so numbers stay gapless.
+                    let (model_id, number): (Uuid, i32) =
+                        diesel::update(models::table.filter(models::name.eq(model.as_str())))
+                            .set((
+                                models::next_version.eq(models::next_version + 1),
+                                models::latest_version.eq(models::next_version.nullable()),
+                                models::updated_at.eq(now),
+                            ))
+                            .returning((models::id, models::next_version - 1))
+                            .get_result(conn)
+                            .await?;
+                    diesel::insert_into(model_versions::table)
+                        .values(NewVersionRow::new(model_id, number, new))
+                        .returning(VersionRow::as_returning())
+                        .get_result(conn)
+                        .await
+                })
+                .await;
+            match created {
+                Err(DieselError::NotFound) => Err(model_not_found(model).into()),
+                other => Ok(other?.into_domain(model)?),
+            }
+        })
+        .await
+    }
+
+    async fn list_versions(
+        &self,
+        model: &ModelName,
+        before: Option<VersionNumber>,
+        limit: PageLimit,
+    ) -> Result<Vec<ModelVersion>, RepoError> {
+        observe("list_versions", async {
+            let mut conn = self.conn().await?;
+            let mut query = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .select(VersionRow::as_select())
+                .order(model_versions::version.desc())
+                .limit(rows_for(limit))
+                .into_boxed();
+            if let Some(before) = before {
+                query = query.filter(model_versions::version.lt(before.get()));
+            }
+            let rows = query.load(&mut conn).await?;
+            if rows.is_empty() && !model_exists(&mut conn, model).await? {
+                return Err(model_not_found(model).into());
+            }
+            Ok(versions_of(rows, model)?)
+        })
+        .await
+    }
+
+    async fn get_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<ModelVersion, RepoError> {
+        observe("get_version", async {
+            let mut conn = self.conn().await?;
+            let row = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .filter(model_versions::version.eq(version.get()))
+                .select(VersionRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()?;
+            match row {
+                Some(row) => Ok(row.into_domain(model)?),
+                None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
+            }
+        })
+        .await
+    }
+
+    async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError> {
+        observe("latest_version", async {
+            let mut conn = self.conn().await?;
+            let row = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .select(VersionRow::as_select())
+                .order(model_versions::version.desc())
+                .first(&mut conn)
+                .await
+                .optional()?;
+            match row {
+                Some(row) => Ok(row.into_domain(model)?),
+                None => {
+                    let none = RepoError::NotFound(format!("model '{model}' has no versions"));
+                    Err(missing(&mut conn, model, none).await)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn update_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+        patch: VersionPatch,
+    ) -> Result<ModelVersion, RepoError> {
+        observe("update_version", async {
+            let mut conn = self.conn().await?;
+            let model_id = models::table
+                .filter(models::name.eq(model.as_str()))
+                .select(models::id);
+            let row = diesel::update(
+                model_versions::table
+                    .filter(model_versions::model_id.eq_any(model_id))
+                    .filter(model_versions::version.eq(version.get())),
+            )
+            .set((
+                VersionChanges::from(patch),
+                model_versions::updated_at.eq(now),
+            ))
+            .returning(VersionRow::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()?;
+            match row {
+                Some(row) => Ok(row.into_domain(model)?),
+                None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
+            }
+        })
+        .await
+    }
+
+    async fn delete_version(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<(), RepoError> {
+        observe("delete_version", async {
+            let mut conn = self.conn().await?;
+            conn.transaction::<_, Failure, _>(async |conn| {
+                // Lock the model first, as create_version does, so the two never interleave and
+                // latest_version is computed over a settled set of versions.
+                let model_id: Uuid = models::table
+                    .filter(models::name.eq(model.as_str()))
+                    .select(models::id)
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or_else(|| model_not_found(model))?;
+                // Aliases on the version go with it through ON DELETE CASCADE.
+                let deleted = diesel::delete(
+                    model_versions::table
+                        .filter(model_versions::model_id.eq(model_id))
+                        .filter(model_versions::version.eq(version.get())),
+                )
+                .execute(conn)
+                .await?;
+                if deleted == 0 {
+                    return Err(version_not_found(model, version).into());
+                }
+                // next_version stays as it is: a deleted number is never handed out again.
+                let highest_left = model_versions::table
+                    .filter(model_versions::model_id.eq(model_id))
+                    .select(max(model_versions::version))
+                    .single_value();
+                diesel::update(models::table.find(model_id))
+                    .set((
+                        models::latest_version.eq(highest_left),
+                        models::updated_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn set_alias(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+        version: VersionNumber,
+    ) -> Result<Alias, RepoError> {
+        observe("set_alias", async {
+            let mut conn = self.conn().await?;
+            // One statement: insert or move the alias to the version found by name and number;
+            // no row when either is missing.
+            let target = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .filter(model_versions::version.eq(version.get()))
+                .select((
+                    model_versions::model_id,
+                    alias.as_str().into_sql::<Text>(),
+                    model_versions::id,
+                ));
+            let upserted = diesel::insert_into(model_aliases::table)
+                .values(target)
+                .into_columns((
+                    model_aliases::model_id,
+                    model_aliases::alias,
+                    model_aliases::version_id,
+                ))
+                .on_conflict((model_aliases::model_id, model_aliases::alias))
+                .do_update()
+                .set((
+                    model_aliases::version_id.eq(excluded(model_aliases::version_id)),
+                    model_aliases::updated_at.eq(now),
+                ))
+                .returning(model_aliases::updated_at)
+                .get_result::<DateTime<Utc>>(&mut conn)
+                .await
+                .optional();
+            match upserted {
+                Ok(Some(updated_at)) => Ok(Alias {
+                    model: model.clone(),
+                    alias: alias.clone(),
+                    version,
+                    updated_at,
+                }),
+                // The version was deleted between finding it and inserting the alias.
+                Err(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => {
+                    Err(version_not_found(model, version).into())
+                }
+                Ok(None) => Err(missing(&mut conn, model, version_not_found(model, version)).await),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn resolve_alias(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+    ) -> Result<ModelVersion, RepoError> {
+        observe("resolve_alias", async {
+            let mut conn = self.conn().await?;
+            let row = model_aliases::table
+                .inner_join(model_versions::table.inner_join(models::table))
+                .filter(models::name.eq(model.as_str()))
+                .filter(model_aliases::model_id.eq(models::id))
+                .filter(model_aliases::alias.eq(alias.as_str()))
+                .select(VersionRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()?;
+            match row {
+                Some(row) => Ok(row.into_domain(model)?),
+                None => Err(missing(&mut conn, model, alias_not_found(model, alias)).await),
+            }
+        })
+        .await
+    }
+
+    async fn delete_alias(&self, model: &ModelName, alias: &AliasName) -> Result<(), RepoError> {
+        observe("delete_alias", async {
+            let mut conn = self.conn().await?;
+            let model_id = models::table
+                .filter(models::name.eq(model.as_str()))
+                .select(models::id);
+            let deleted = diesel::delete(
+                model_aliases::table
+                    .filter(model_aliases::model_id.eq_any(model_id))
+                    .filter(model_aliases::alias.eq(alias.as_str())),
+            )
+            .execute(&mut conn)
+            .await?;
+            if deleted == 0 {
+                return Err(missing(&mut conn, model, alias_not_found(model, alias)).await);
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_and_the_escape_character_are_taken_literally() {
+        assert_eq!(contains_pattern("50%"), "%50\\%%");
+        assert_eq!(contains_pattern("a_b\\c"), "%a\\_b\\\\c%");
+        assert_eq!(contains_pattern("llama"), "%llama%");
+    }
+}

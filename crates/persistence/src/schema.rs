@@ -1,0 +1,70 @@
+//! The diesel schema of `migrations/`, written by hand to match it column for column.
+
+diesel::table! {
+    /// Registered models.
+    models (id) {
+        /// Stable identifier.
+        id -> Uuid,
+        /// Unique name (`COLLATE "C"`).
+        name -> Text,
+        /// Free text.
+        description -> Nullable<Text>,
+        /// Labels; GIN-indexed.
+        tags -> Array<Text>,
+        /// JSON object.
+        metadata -> Jsonb,
+        /// The number the next version gets.
+        next_version -> Int4,
+        /// The highest existing version.
+        latest_version -> Nullable<Int4>,
+        /// Creation time.
+        created_at -> Timestamptz,
+        /// Last change.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Versions of models.
+    model_versions (id) {
+        /// Stable identifier.
+        id -> Uuid,
+        /// The model.
+        model_id -> Uuid,
+        /// 1, 2, 3… per model.
+        version -> Int4,
+        /// Where the artifact lives.
+        source_uri -> Text,
+        /// Model server base URL.
+        endpoint_url -> Nullable<Text>,
+        /// Framework name.
+        framework -> Nullable<Text>,
+        /// Free text.
+        description -> Nullable<Text>,
+        /// JSON object.
+        metadata -> Jsonb,
+        /// Creation time.
+        created_at -> Timestamptz,
+        /// Last change.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Named pointers to versions.
+    model_aliases (model_id, alias) {
+        /// The model.
+        model_id -> Uuid,
+        /// The alias name.
+        alias -> Text,
+        /// The version it points to.
+        version_id -> Uuid,
+        /// When it was last moved.
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(model_versions -> models (model_id));
+diesel::joinable!(model_aliases -> model_versions (version_id));
+
+diesel::allow_tables_to_appear_in_same_query!(models, model_versions, model_aliases);

@@ -1,0 +1,70 @@
+//! The process-wide Prometheus recorder and the descriptions of every metric.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::TelemetryError;
+use crate::names;
+
+/// Histogram buckets (seconds) for latencies, from 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How often [`PrometheusHandle::run_upkeep`] should run (it drains histogram buffers).
+pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder (once per process; later calls return the same
+/// handle) and records `maas_build_info{version}`.
+///
+/// Render the text format with [`PrometheusHandle::render`]; call
+/// [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`].
+pub fn install_recorder(version: &str) -> Result<PrometheusHandle, TelemetryError> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Two threads may race here; the loser's recorder is dropped and the winner's handle used.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+        describe();
+    }
+    let handle = HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| TelemetryError::Metrics("another metrics recorder is installed".into()))?;
+    metrics::gauge!(names::BUILD_INFO, "version" => version.to_owned()).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(names::HTTP_REQUESTS_TOTAL, "HTTP requests served");
+    describe_histogram!(
+        names::HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency"
+    );
+    describe_gauge!(names::HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served");
+    describe_gauge!(names::DB_POOL_CONNECTIONS, "Pool connections by state");
+    describe_counter!(names::CACHE_REQUESTS_TOTAL, "Cache lookups by result");
+    describe_counter!(names::CACHE_WRITE_ERRORS_TOTAL, "Cache writes that failed");
+    describe_gauge!(names::BUILD_INFO, "Build information; always 1");
+    describe_counter!(
+        names::DB_UNAVAILABLE_TOTAL,
+        "Database operations refused because the database was unreachable or saturated"
+    );
+    describe_histogram!(
+        names::READINESS_CHECK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Latency of readiness checks of dependencies"
+    );
+}

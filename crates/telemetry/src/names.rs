@@ -1,0 +1,32 @@
+//! Every metric name the gateway emits, in one place. Other crates use these constants, never
+//! string literals, so a rename cannot miss a call site.
+
+/// Counter of HTTP requests, labelled `method`, `route` (the matched pattern) and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+/// Histogram of request latency in seconds, labelled `method` and `route`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+/// Gauge of requests being served.
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+/// Gauge of pool connections, labelled `pool` (`postgres`, `redis`) and `state` (`idle`, `in_use`, `max`).
+pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
+/// Counter of cache lookups, labelled `result` (`hit`, `miss`, `error`).
+pub const CACHE_REQUESTS_TOTAL: &str = "maas_cache_requests_total";
+/// Counter of cache writes (fills, invalidations) that failed, labelled `op`.
+pub const CACHE_WRITE_ERRORS_TOTAL: &str = "maas_cache_write_errors_total";
+/// Gauge, always 1, labelled `version`.
+pub const BUILD_INFO: &str = "maas_build_info";
+/// Counter of database operations that failed because the database was unreachable or the pool
+/// was exhausted, labelled `op`.
+pub const DB_UNAVAILABLE_TOTAL: &str = "maas_db_unavailable_total";
+/// Histogram of dependency check latency in seconds, labelled `dependency`.
+pub const READINESS_CHECK_DURATION_SECONDS: &str = "maas_readiness_check_duration_seconds";
+
+/// Label values of [`CACHE_REQUESTS_TOTAL`].
+pub mod cache_result {
+    /// Found in the cache.
+    pub const HIT: &str = "hit";
+    /// Not in the cache; loaded from the source.
+    pub const MISS: &str = "miss";
+    /// The cache failed or timed out; the source was used.
+    pub const ERROR: &str = "error";
+}

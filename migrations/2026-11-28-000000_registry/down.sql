@@ -1,0 +1,3 @@
+DROP TABLE model_aliases;
+DROP TABLE model_versions;
+DROP TABLE models;
