@@ -34,7 +34,7 @@ mkdir -p "$results_dir"
 gateway_log="$results_dir/gateway.log"
 key_prefix="maas:bench:$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
 
-psql_admin() { psql -h "$host" -p "$pg_port" -U "$pg_user" -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"; }
+psql_admin() { PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 gateway_pid=""
 cleanup() {
@@ -50,6 +50,8 @@ cleanup() {
         wait "$gateway_pid" 2>/dev/null || true
     fi
     psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
+    # One access line per request makes hundreds of MB per run; JSON lines compress about tenfold.
+    if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
     # Only this run's keys: the prefix is unique to it.
     redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" \
         | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null || true
@@ -73,7 +75,7 @@ psql_admin -c "CREATE DATABASE \"$db_name\""
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 base="http://$host:$port"
 
-echo "bench: starting the gateway on $base (log: $gateway_log)" >&2
+echo "bench: starting the gateway on $base (log: $gateway_log, gzipped at the end)" >&2
 MAAS_SERVER__HOST="$host" \
 MAAS_SERVER__PORT="$port" \
 MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \

@@ -33,11 +33,14 @@ struct Gateway {
 
 impl Gateway {
     fn start(db: &TestDatabase, redis: &TestRedis) -> Self {
-        let redis_url = redis.settings.connection_url();
+        Self::start_with(db, &redis.settings.connection_url(), &redis.prefix)
+    }
+
+    fn start_with(db: &TestDatabase, redis_url: &str, key_prefix: &str) -> Self {
         let mut child = command(&[
             ("MAAS_DATABASE__URL", db.url()),
-            ("MAAS_REDIS__URL", &redis_url),
-            ("MAAS_REDIS__KEY_PREFIX", &redis.prefix),
+            ("MAAS_REDIS__URL", redis_url),
+            ("MAAS_REDIS__KEY_PREFIX", key_prefix),
             ("MAAS_SERVER__HOST", "127.0.0.1"),
             ("MAAS_SERVER__PORT", "0"),
             ("MAAS_SERVER__WORKERS", "2"),
@@ -194,6 +197,37 @@ async fn serves_logs_drains_on_sigterm_and_keeps_data_across_restarts() {
     let (status, _) = gateway.wait();
     assert!(status.success());
     redis.cleanup().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn library_logs_reach_the_json_log_and_redis_down_still_serves() {
+    let db = TestDatabase::empty().await;
+    let mut gateway = Gateway::start_with(&db, UNREACHABLE_REDIS_URL, "maas:test:unused:");
+    let client = reqwest::Client::new();
+    let res = client
+        .post(gateway.url("/api/v1/models"))
+        .json(&json!({"name": "no-redis"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 201);
+    let res = client
+        .get(gateway.url("/api/v1/models/no-redis"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 200);
+    // The cache crate reports through the `log` crate; the bridge turns it into a JSON line.
+    let warning = gateway.wait_for_line(|l| {
+        l["level"] == "WARN"
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Redis cache"))
+    });
+    assert_eq!(warning["service"], "maas-gateway");
+    gateway.terminate();
+    let (status, _) = gateway.wait();
+    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
