@@ -33,6 +33,8 @@ results_dir="$repo_root/bench/results/$run_id"
 mkdir -p "$results_dir"
 gateway_log="$results_dir/gateway.log"
 key_prefix="maas:bench:$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
+# The bootstrap admin's key: every /api/v1 request of the benchmark is authenticated with it.
+admin_key="maas_bench$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 
 psql_admin() { PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"; }
 
@@ -81,6 +83,9 @@ MAAS_SERVER__PORT="$port" \
 MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
 MAAS_REDIS__URL="redis://$host:$redis_port/0" \
 MAAS_REDIS__KEY_PREFIX="$key_prefix" \
+MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
+MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
+MAAS_RATE_LIMIT__BURST=1000000 \
 MAAS_LOG__LEVEL=info \
 MAAS_LOG__FORMAT=json \
     "$binary" serve >"$gateway_log" 2>&1 &
@@ -103,7 +108,8 @@ for i in $(seq 1 120); do
 done
 
 post_json() { # PATH BODY: fails unless the gateway answers 2xx
-    curl -fsS --max-time 5 -o /dev/null -H 'content-type: application/json' -X POST --data "$2" "$base$1"
+    curl -fsS --max-time 5 -o /dev/null -H "authorization: Bearer $admin_key" \
+        -H 'content-type: application/json' -X POST --data "$2" "$base$1"
 }
 
 echo "bench: seeding $models models and bench-model with one version" >&2
@@ -113,11 +119,11 @@ done
 post_json /api/v1/models '{"name":"bench-model","description":"the benchmark model","tags":["bench"]}'
 post_json /api/v1/models/bench-model/versions '{"source_uri":"s3://b/m.bin"}'
 # Warm the cache so that the GET scenario measures cache hits.
-curl -fsS --max-time 5 -o /dev/null "$base/api/v1/models/bench-model"
+curl -fsS --max-time 5 -o /dev/null -H "authorization: Bearer $admin_key" "$base/api/v1/models/bench-model"
 
 scenarios=(
     "GET /health|$base/health|"
-    "GET /api/v1/models/bench-model (cached)|$base/api/v1/models/bench-model|"
+    "GET /api/v1/models/bench-model (cached, auth)|$base/api/v1/models/bench-model|"
     "GET /api/v1/models?limit=50|$base/api/v1/models?limit=50|"
     "POST /api/v1/models/bench-model/versions|$base/api/v1/models/bench-model/versions|$repo_root/bench/post_version.lua"
 )
@@ -143,7 +149,10 @@ for scenario in "${scenarios[@]}"; do
     IFS='|' read -r name url script <<<"$scenario"
     n=$((n + 1))
     out="$results_dir/wrk-$n.txt"
-    args=(-t"$threads" -c"$connections" -d"$duration" --latency --timeout 5s)
+    # The rate limit is set far above what wrk can send: every request still pays for its
+    # key lookup and its rate-limit decision, none is refused.
+    args=(-t"$threads" -c"$connections" -d"$duration" --latency --timeout 5s
+        -H "authorization: Bearer $admin_key")
     if [ -n "$script" ]; then
         args+=(-s "$script")
     fi

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use maas_api::{AppState, Dependency};
-use maas_domain::Registry;
+use maas_domain::identity::{KeyName, NewUser, PlaintextKey, Role};
 use maas_domain::ports::{Cache, NoCache};
+use maas_domain::values::Username;
+use maas_domain::{Accounts, Registry};
 use slog::{Logger, error, info, warn};
 
 use crate::settings::Settings;
@@ -34,6 +36,42 @@ enum Command {
     Healthcheck,
     /// Print the effective settings as JSON, passwords redacted.
     Config,
+    /// Manage users (for operators without HTTP access).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Manage API keys (for operators without HTTP access).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create a user and print a first API key for it.
+    Create {
+        /// Same rules as model names.
+        #[arg(long)]
+        username: String,
+        /// `admin` or `member`.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key for a user and print it (shown this once).
+    Create {
+        /// The user.
+        #[arg(long)]
+        username: String,
+        /// A label for the key.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
 }
 
 /// Exit status of a configuration error (as BSD's EX_CONFIG).
@@ -60,7 +98,76 @@ async fn main() -> ExitCode {
             let (log, _guard) = maas_telemetry::logging::init_process_logger(&settings.log);
             exit(&log, serve(&log, settings).await)
         }
+        // Their stdout is the new key alone; logs go to stderr.
+        Command::Users { command } => {
+            let (log, _guard) =
+                maas_telemetry::logging::init_process_logger_on(&settings.log, std::io::stderr());
+            exit(&log, users(&log, &settings, command).await)
+        }
+        Command::Keys { command } => {
+            let (log, _guard) =
+                maas_telemetry::logging::init_process_logger_on(&settings.log, std::io::stderr());
+            exit(&log, keys(&log, &settings, command).await)
+        }
     }
+}
+
+/// Identity use-cases straight on Postgres, for the command line (no cache involved: the
+/// commands only create, so no cached lookup can go stale).
+async fn operator_accounts(log: &Logger, settings: &Settings) -> Result<Accounts, String> {
+    migrate(log, settings).await?;
+    let pg = maas_persistence::connect(&settings.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Accounts::new(
+        Arc::new(maas_persistence::PgIdentityRepository::new(pg)),
+        Arc::new(NoCache),
+    ))
+}
+
+async fn users(log: &Logger, settings: &Settings, command: UsersCommand) -> Result<(), String> {
+    let UsersCommand::Create { username, role } = command;
+    let new = NewUser {
+        username: Username::parse_as("username", username).map_err(|e| e.to_string())?,
+        role: Role::parse(&role).map_err(|e| e.to_string())?,
+    };
+    let accounts = operator_accounts(log, settings).await?;
+    let user = accounts
+        .create_user_as_operator(new)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = accounts
+        .create_key_as_operator(&user.username, cli_key_name("cli")?)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(log, "user created"; "username" => user.username.as_str(), "role" => user.role.as_str(),
+        "key_prefix" => &key.key.prefix);
+    print_stdout(key.plaintext.expose())
+}
+
+async fn keys(log: &Logger, settings: &Settings, command: KeysCommand) -> Result<(), String> {
+    let KeysCommand::Create { username, name } = command;
+    let username = Username::parse_as("username", username).map_err(|e| e.to_string())?;
+    let name = cli_key_name(&name)?;
+    let accounts = operator_accounts(log, settings).await?;
+    let key = accounts
+        .create_key_as_operator(&username, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(log, "key created"; "username" => username.as_str(), "key_prefix" => &key.key.prefix);
+    print_stdout(key.plaintext.expose())
+}
+
+/// Writes one line to stdout; a closed pipe is an error, not a panic (as `println!` would be).
+fn print_stdout(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn cli_key_name(name: &str) -> Result<KeyName, String> {
+    KeyName::parse(name.to_owned()).map_err(|e| e.to_string())
 }
 
 fn exit(log: &Logger, result: Result<(), String>) -> ExitCode {
@@ -74,11 +181,11 @@ fn exit(log: &Logger, result: Result<(), String>) -> ExitCode {
 }
 
 fn print_config(settings: &Settings) -> ExitCode {
-    match serde_json::to_string_pretty(&settings.redacted()) {
-        Ok(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
+    let printed = serde_json::to_string_pretty(&settings.redacted())
+        .map_err(|e| e.to_string())
+        .and_then(|text| print_stdout(&text));
+    match printed {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("could not print the settings: {e}");
             ExitCode::FAILURE
@@ -128,6 +235,37 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
         Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
         cache,
     );
+    let key_cache: Arc<dyn Cache> = if settings.cache.enabled {
+        Arc::new(maas_cache::RedisCache::new(
+            redis.clone(),
+            settings.redis.key_prefix.clone(),
+            Duration::from_secs(settings.auth.key_cache_ttl_seconds),
+            Duration::from_millis(settings.redis.command_timeout_ms),
+        ))
+    } else {
+        Arc::new(NoCache)
+    };
+    let accounts = Accounts::new(
+        Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
+        key_cache,
+    );
+    if let Some(raw) = &settings.auth.bootstrap_admin_key {
+        // The settings loader already checked the key's shape.
+        let key = PlaintextKey::parse(raw).map_err(|e| e.to_string())?;
+        match accounts.bootstrap_admin(&key).await {
+            Ok(Some(user)) => {
+                info!(log, "bootstrap admin created"; "username" => user.username.as_str(),
+                "key_prefix" => key.display_prefix())
+            }
+            Ok(None) => info!(log, "an admin exists; bootstrap key not used"),
+            Err(e) => return Err(format!("creating the bootstrap admin failed: {e}")),
+        }
+    }
+    let rate_limiter = Arc::new(maas_cache::RedisRateLimiter::new(
+        redis.clone(),
+        settings.redis.key_prefix.clone(),
+        Duration::from_millis(settings.redis.command_timeout_ms),
+    ));
     let dependencies: Arc<[Dependency]> = Arc::new([
         Dependency {
             check: Arc::new(maas_persistence::PgHealth::new(pg)),
@@ -143,6 +281,9 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     ]);
     let state = AppState {
         registry,
+        accounts: accounts.clone(),
+        rate_limiter,
+        rate_limit: settings.rate_limit,
         dependencies,
         metrics: metrics.clone(),
         logger: log.clone(),
@@ -155,6 +296,18 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
             metrics.run_upkeep();
         }
     });
+    let usage_flush = {
+        let accounts = accounts.clone();
+        let log = log.clone();
+        let every = Duration::from_secs(settings.auth.usage_flush_seconds);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                flush_key_usage(&log, &accounts).await;
+            }
+        })
+    };
 
     let address = format!("{}:{}", settings.server.host, settings.server.port);
     let listener =
@@ -164,8 +317,16 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     let server = maas_api::run(listener, state, &settings.server).map_err(|e| e.to_string())?;
     let result = server.await.map_err(|e| e.to_string());
     upkeep.abort();
+    usage_flush.abort();
+    flush_key_usage(log, &accounts).await;
     info!(log, "stopped");
     result
+}
+
+async fn flush_key_usage(log: &Logger, accounts: &Accounts) {
+    if let Err(e) = accounts.flush_key_usage().await {
+        warn!(log, "writing last_used_at of API keys failed; will retry"; "error" => e.to_string());
+    }
 }
 
 /// GET /health over plain TCP: the runtime image has no shell or curl.

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use maas_api::ServerSettings;
+use maas_api::{AuthSettings, RateLimitSettings, ServerSettings};
 use maas_cache::{CacheSettings, RedisSettings};
+use maas_domain::identity::PlaintextKey;
 use maas_persistence::DatabaseSettings;
 use maas_telemetry::logging::LogSettings;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,10 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Logging.
     pub log: LogSettings,
+    /// API keys.
+    pub auth: AuthSettings,
+    /// Per-key rate limits.
+    pub rate_limit: RateLimitSettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -77,9 +82,47 @@ impl Settings {
             )
             .build()
             .map_err(|e| SettingsError(one_line(&e.to_string())))?;
-        source
+        let mut settings: Self = source
             .try_deserialize()
-            .map_err(|e| SettingsError(one_line(&e.to_string())))
+            .map_err(|e| SettingsError(one_line(&e.to_string())))?;
+        // Compose passes `${MAAS_ADMIN_KEY:-}`: an empty value means "not set".
+        if settings
+            .auth
+            .bootstrap_admin_key
+            .as_deref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            settings.auth.bootstrap_admin_key = None;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rules that serde cannot express, each naming its key.
+    fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(key) = &self.auth.bootstrap_admin_key {
+            PlaintextKey::parse(key)
+                .map_err(|e| SettingsError(format!("auth.bootstrap_admin_key {}", e.message)))?;
+        }
+        let positive = [
+            (
+                "rate_limit.default_rpm",
+                u64::from(self.rate_limit.default_rpm),
+            ),
+            ("rate_limit.burst", u64::from(self.rate_limit.burst)),
+            (
+                "auth.key_cache_ttl_seconds",
+                self.auth.key_cache_ttl_seconds,
+            ),
+            ("auth.usage_flush_seconds", self.auth.usage_flush_seconds),
+            ("cache.ttl_seconds", self.cache.ttl_seconds),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(SettingsError(format!("{key} must be at least 1")));
+            }
+        }
+        Ok(())
     }
 
     /// A copy safe to print: passwords (also inside URLs) are replaced.
@@ -87,6 +130,7 @@ impl Settings {
         Self {
             database: self.database.redacted(),
             redis: self.redis.redacted(),
+            auth: self.auth.redacted(),
             ..self.clone()
         }
     }
@@ -187,8 +231,40 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_rate_limit_settings_load_and_are_checked() {
+        let key = format!("maas_{}", "k".repeat(40));
+        let s = Settings::load_from(env(&[
+            ("MAAS_AUTH__BOOTSTRAP_ADMIN_KEY", key.as_str()),
+            ("MAAS_RATE_LIMIT__DEFAULT_RPM", "120"),
+            ("MAAS_RATE_LIMIT__BURST", "5"),
+            ("MAAS_RATE_LIMIT__FAIL_OPEN", "false"),
+        ]))
+        .expect("loads");
+        assert_eq!(s.auth.bootstrap_admin_key.as_deref(), Some(key.as_str()));
+        assert_eq!(s.rate_limit.default_rpm, 120);
+        assert_eq!(s.rate_limit.burst, 5);
+        assert!(!s.rate_limit.fail_open);
+
+        let unset =
+            Settings::load_from(env(&[("MAAS_AUTH__BOOTSTRAP_ADMIN_KEY", "")])).expect("empty");
+        assert_eq!(unset.auth.bootstrap_admin_key, None);
+        let err = Settings::load_from(env(&[("MAAS_AUTH__BOOTSTRAP_ADMIN_KEY", "short")]))
+            .expect_err("bad key");
+        assert!(
+            err.to_string().contains("auth.bootstrap_admin_key"),
+            "{err}"
+        );
+        let err = Settings::load_from(env(&[("MAAS_RATE_LIMIT__BURST", "0")])).expect_err("0");
+        assert!(err.to_string().contains("rate_limit.burst"), "{err}");
+    }
+
+    #[test]
     fn redaction_hides_passwords_everywhere() {
         let s = Settings::load_from(env(&[
+            (
+                "MAAS_AUTH__BOOTSTRAP_ADMIN_KEY",
+                "maas_0123456789abcdef0123456789abcdef",
+            ),
             ("MAAS_DATABASE__PASSWORD", "hunter2"),
             ("MAAS_REDIS__URL", "redis://:sekrit@redis:6379/0"),
         ]))

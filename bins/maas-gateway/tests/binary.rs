@@ -14,6 +14,24 @@ const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
 const EMPTY_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/empty.toml");
 /// Only a guard against a hung test, never an assertion on speed.
 const PATIENCE: Duration = Duration::from_secs(120);
+/// The key the bootstrap admin gets.
+const ADMIN_KEY: &str = "maas_binary-test-admin-key-0123456789abcdefghij";
+
+fn admin_client() -> reqwest::Client {
+    client_with(ADMIN_KEY)
+}
+
+fn client_with(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
 
 fn command(env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
@@ -45,6 +63,7 @@ impl Gateway {
             ("MAAS_SERVER__PORT", "0"),
             ("MAAS_SERVER__WORKERS", "2"),
             ("MAAS_SERVER__SHUTDOWN_TIMEOUT_SECONDS", "30"),
+            ("MAAS_AUTH__BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -117,7 +136,7 @@ impl Gateway {
 async fn serves_logs_drains_on_sigterm_and_keeps_data_across_restarts() {
     let db = TestDatabase::empty().await; // the binary migrates it itself
     let redis = TestRedis::start().await.expect("redis");
-    let client = reqwest::Client::new();
+    let client = admin_client();
 
     let mut gateway = Gateway::start(&db, &redis);
     let res = client
@@ -157,7 +176,7 @@ async fn serves_logs_drains_on_sigterm_and_keeps_data_across_restarts() {
     let mut stream = TcpStream::connect(("127.0.0.1", gateway.port)).expect("connect");
     write!(
         stream,
-        "POST /api/v1/models HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .expect("headers");
@@ -203,7 +222,7 @@ async fn serves_logs_drains_on_sigterm_and_keeps_data_across_restarts() {
 async fn library_logs_reach_the_json_log_and_redis_down_still_serves() {
     let db = TestDatabase::empty().await;
     let mut gateway = Gateway::start_with(&db, UNREACHABLE_REDIS_URL, "maas:test:unused:");
-    let client = reqwest::Client::new();
+    let client = admin_client();
     let res = client
         .post(gateway.url("/api/v1/models"))
         .json(&json!({"name": "no-redis"}))
@@ -336,4 +355,83 @@ fn config_prints_the_effective_settings_with_passwords_redacted() {
 fn healthcheck_fails_when_nothing_answers() {
     let out = run(&[("MAAS_SERVER__PORT", "1")], &["healthcheck"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_create_users_and_keys_from_the_command_line() {
+    let db = TestDatabase::empty().await;
+    let redis = TestRedis::start().await.expect("redis");
+    let env = [("MAAS_DATABASE__URL", db.url())];
+    let out = run(
+        &env,
+        &["users", "create", "--username", "ops", "--role", "member"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // stdout is the key alone (logs go to stderr), so scripts can capture it.
+    let first_key = stdout.trim().to_owned();
+    assert!(
+        first_key.starts_with("maas_") && !first_key.contains('\n'),
+        "{stdout}"
+    );
+    let out = run(
+        &env,
+        &["keys", "create", "--username", "ops", "--name", "second"],
+    );
+    assert!(out.status.success());
+    let second_key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(second_key.starts_with("maas_") && second_key != first_key);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM api_keys k JOIN users u ON u.id = k.user_id WHERE u.username = 'ops'")
+            .await,
+        2
+    );
+    for (args, complaint) in [
+        (&["users", "create", "--username", "ops"][..], "exists"),
+        (
+            &["users", "create", "--username", "Bad Name"][..],
+            "username",
+        ),
+        (
+            &["users", "create", "--username", "x", "--role", "root"][..],
+            "role",
+        ),
+        (&["keys", "create", "--username", "ghost"][..], "ghost"),
+    ] {
+        let out = run(&env, args);
+        assert!(!out.status.success(), "{args:?}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains(complaint), "{args:?}: {all}");
+    }
+
+    // The keys work against a running gateway.
+    let gateway = Gateway::start(&db, &redis);
+    for key in [&first_key, &second_key] {
+        let res = client_with(key)
+            .get(gateway.url("/api/v1/users/me"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(res.status(), 200);
+        let me: Value = res.json().await.expect("json");
+        assert_eq!(me["username"], "ops");
+    }
+    let res = reqwest::Client::new()
+        .get(gateway.url("/api/v1/models"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 401);
+    gateway.terminate();
+    let (status, _) = gateway.wait();
+    assert!(status.success());
+    redis.cleanup().await.ok();
 }

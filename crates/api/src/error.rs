@@ -52,6 +52,18 @@ pub enum ApiError {
     /// The route exists, not with this method.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// No usable API key. The reason is for logs and metrics only: every case looks the same.
+    #[error("a valid API key is required (Authorization: Bearer <key>, or x-api-key)")]
+    Unauthorized,
+    /// The key's rate limit is exhausted.
+    #[error("rate limit exceeded; retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// Seconds until one more request would be admitted.
+        retry_after_seconds: u64,
+    },
+    /// The rate limiter is down and `rate_limit.fail_open` is false.
+    #[error("the rate limiter is unavailable; retry later")]
+    RateLimiterUnavailable,
     /// The body could not be read from the connection.
     #[error("could not read the request body: {0}")]
     BadRequest(String),
@@ -71,6 +83,10 @@ impl ApiError {
                 ("not-found", "Not found")
             }
             Self::Domain(DomainError::Conflict(_)) => ("conflict", "Conflict"),
+            Self::Domain(DomainError::Forbidden(_)) => ("forbidden", "Forbidden"),
+            Self::Unauthorized => ("unauthorized", "Unauthorized"),
+            Self::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            Self::RateLimiterUnavailable => ("unavailable", "Service temporarily unavailable"),
             Self::Domain(DomainError::Unavailable(_)) => {
                 ("unavailable", "Service temporarily unavailable")
             }
@@ -118,6 +134,10 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::Domain(DomainError::Conflict(_)) => StatusCode::CONFLICT,
+            Self::Domain(DomainError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -130,8 +150,22 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
-        if matches!(self, Self::Domain(DomainError::Unavailable(_))) {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        match self {
+            Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::RateLimited {
+                retry_after_seconds,
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_seconds.to_string()));
+            }
+            Self::Unauthorized => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"maas-gateway\""),
+                ));
+            }
+            _ => {}
         }
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = response.body(body);

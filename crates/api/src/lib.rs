@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -33,9 +34,9 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
 
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
-use crate::handlers::{aliases, docs, health, models, versions};
+use crate::handlers::{aliases, docs, health, keys, models, users, versions};
 
-pub use crate::settings::ServerSettings;
+pub use crate::settings::{AuthSettings, RateLimitSettings, ServerSettings};
 pub use crate::state::{AppState, Dependency};
 
 /// A resource whose wrong-method requests get a 405 problem instead of an empty body.
@@ -61,33 +62,56 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/docs/swagger-ui-bundle.js").route(web::get().to(docs::swagger_js)))
         .service(resource("/docs/swagger-ui.css").route(web::get().to(docs::swagger_css)))
         .service(
-            resource("/api/v1/models")
-                .route(web::post().to(models::create))
-                .route(web::get().to(models::list)),
-        )
-        .service(
-            resource("/api/v1/models/{name}")
-                .route(web::get().to(models::get))
-                .route(web::patch().to(models::update))
-                .route(web::delete().to(models::delete)),
-        )
-        .service(
-            resource("/api/v1/models/{name}/versions")
-                .route(web::post().to(versions::create))
-                .route(web::get().to(versions::list)),
-        )
-        .service(
-            resource("/api/v1/models/{name}/versions/{version}")
-                .route(web::get().to(versions::get))
-                .route(web::patch().to(versions::update))
-                .route(web::delete().to(versions::delete)),
-        )
-        .service(
-            resource("/api/v1/models/{name}/aliases/{alias}")
-                .route(web::put().to(aliases::put))
-                .route(web::get().to(aliases::get))
-                .route(web::delete().to(aliases::delete)),
+            web::scope("/api/v1")
+                .wrap(actix_web::middleware::from_fn(auth::authenticate))
+                .configure(api_v1)
+                .default_service(web::to(route_not_found)),
         );
+}
+
+/// The authenticated registry and identity API (paths relative to `/api/v1`).
+fn api_v1(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/models")
+            .route(web::post().to(models::create))
+            .route(web::get().to(models::list)),
+    )
+    .service(
+        resource("/models/{name}")
+            .route(web::get().to(models::get))
+            .route(web::patch().to(models::update))
+            .route(web::delete().to(models::delete)),
+    )
+    .service(
+        resource("/models/{name}/versions")
+            .route(web::post().to(versions::create))
+            .route(web::get().to(versions::list)),
+    )
+    .service(
+        resource("/models/{name}/versions/{version}")
+            .route(web::get().to(versions::get))
+            .route(web::patch().to(versions::update))
+            .route(web::delete().to(versions::delete)),
+    )
+    .service(
+        resource("/models/{name}/aliases/{alias}")
+            .route(web::put().to(aliases::put))
+            .route(web::get().to(aliases::get))
+            .route(web::delete().to(aliases::delete)),
+    )
+    .service(
+        resource("/users")
+            .route(web::post().to(users::create))
+            .route(web::get().to(users::list)),
+    )
+    .service(resource("/users/me").route(web::get().to(users::me)))
+    .service(resource("/users/{username}").route(web::patch().to(users::update)))
+    .service(
+        resource("/keys")
+            .route(web::post().to(keys::create))
+            .route(web::get().to(keys::list)),
+    )
+    .service(resource("/keys/{id}").route(web::delete().to(keys::revoke)));
 }
 
 /// The whole application: state, routes, a problem+json 404 for unknown paths, and the

@@ -1,10 +1,11 @@
 //! The OpenAPI 3 document, assembled from the handlers' `#[utoipa::path]` annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::error::Problem;
-use crate::handlers::{aliases, health, models, versions};
+use crate::handlers::{aliases, health, keys, models, users, versions};
 
 /// The gateway's API description, served at `/api/openapi.json`.
 #[derive(OpenApi)]
@@ -15,17 +16,41 @@ use crate::handlers::{aliases, health, models, versions};
         models::create, models::list, models::get, models::update, models::delete,
         versions::create, versions::list, versions::get, versions::update, versions::delete,
         aliases::put, aliases::get, aliases::delete,
+        users::create, users::list, users::me, users::update,
+        keys::create, keys::list, keys::revoke,
     ),
+    modifiers(&Security),
+    security(("bearer" = []), ("api_key" = [])),
     components(schemas(
         Problem, dto::CreateModel, dto::UpdateModel, dto::ModelResponse, dto::ModelList,
         dto::CreateVersion, dto::UpdateVersion, dto::VersionResponse, dto::VersionList,
         dto::SetAlias, dto::AliasResponse, health::Liveness, health::Readiness, health::CheckReport,
+        dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::UserList,
+        dto::CreateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
     )),
     tags(
         (name = "models", description = "The model registry"),
         (name = "versions", description = "Versions of a model"),
         (name = "aliases", description = "Named pointers to versions"),
-        (name = "operations", description = "Health and metrics"),
+        (name = "identity", description = "Users and API keys"),
+        (name = "operations", description = "Health and metrics (no API key needed)"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the two ways to present an API key.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}

@@ -29,3 +29,73 @@ impl Default for ServerSettings {
         }
     }
 }
+
+/// The `auth` section: API keys.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// At start-up, if no admin exists, user `admin` is created holding this key (stored hashed).
+    /// `maas_` followed by at least 32 characters of A-Z a-z 0-9 - _.
+    pub bootstrap_admin_key: Option<String>,
+    /// How long a key lookup stays cached in Redis. Revocation, disabling and role changes
+    /// invalidate it at once; the TTL only bounds staleness if an invalidation is lost.
+    pub key_cache_ttl_seconds: u64,
+    /// How often `last_used_at` of used keys is written (in one batch).
+    pub usage_flush_seconds: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_admin_key: None,
+            key_cache_ttl_seconds: 60,
+            usage_flush_seconds: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field(
+                "bootstrap_admin_key",
+                &self.bootstrap_admin_key.as_ref().map(|_| "***"),
+            )
+            .field("key_cache_ttl_seconds", &self.key_cache_ttl_seconds)
+            .field("usage_flush_seconds", &self.usage_flush_seconds)
+            .finish()
+    }
+}
+
+impl AuthSettings {
+    /// A copy safe to print: the bootstrap key becomes `***`.
+    pub fn redacted(&self) -> Self {
+        Self {
+            bootstrap_admin_key: self.bootstrap_admin_key.as_ref().map(|_| "***".to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// The `rate_limit` section: per-key requests per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Requests per minute of a key that has no `rate_limit_rpm` of its own.
+    pub default_rpm: u32,
+    /// Requests that may arrive at once on top of the steady rate; over any minute a key gets
+    /// at most `rpm + burst` requests admitted.
+    pub burst: u32,
+    /// When Redis is down or slow: admit (`true`, counted) or refuse with 503 (`false`).
+    pub fail_open: bool,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            default_rpm: 600,
+            burst: 20,
+            fail_open: true,
+        }
+    }
+}

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use maas_domain::Registry;
-use maas_domain::ports::HealthCheck;
+use maas_domain::ports::{HealthCheck, RateLimiter};
+use maas_domain::{Accounts, Registry};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// A dependency reported by `/health/ready`.
@@ -21,6 +21,12 @@ pub struct Dependency {
 pub struct AppState {
     /// Registry use-cases.
     pub registry: Registry,
+    /// Identity use-cases (authentication, users, keys).
+    pub accounts: Accounts,
+    /// The shared per-key rate limiter.
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Default limit, burst and what to do when the limiter is down.
+    pub rate_limit: crate::settings::RateLimitSettings,
     /// Dependencies checked by `/health/ready`.
     pub dependencies: Arc<[Dependency]>,
     /// Renders `/metrics`.

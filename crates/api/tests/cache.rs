@@ -56,6 +56,7 @@ async fn a_write_on_one_replica_is_seen_at_once_by_another() {
     let b = spawn_with(Options {
         db: Some(a.db.clone()),
         redis: Some(a.redis.clone()),
+        admin_key: Some(a.admin_key.clone()),
         ..Options::default()
     })
     .await;

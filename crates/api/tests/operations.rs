@@ -219,8 +219,20 @@ async fn metrics_use_route_patterns_and_cover_requests_pools_cache_and_build() {
             "{text}"
         );
     }
-    assert!(sample(&text, r#"maas_cache_requests_total{result="hit"}"#).is_some_and(|n| n >= 1.0));
-    assert!(sample(&text, r#"maas_cache_requests_total{result="miss"}"#).is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(
+            &text,
+            r#"maas_cache_requests_total{kind="model",result="hit"}"#
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            r#"maas_cache_requests_total{kind="model",result="miss"}"#
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
     assert!(text.contains("maas_build_info{version="), "{text}");
     app.stop().await;
 }
@@ -254,6 +266,13 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/models/{name}/aliases/{alias}", "put"),
         ("/api/v1/models/{name}/aliases/{alias}", "get"),
         ("/api/v1/models/{name}/aliases/{alias}", "delete"),
+        ("/api/v1/users", "post"),
+        ("/api/v1/users", "get"),
+        ("/api/v1/users/me", "get"),
+        ("/api/v1/users/{username}", "patch"),
+        ("/api/v1/keys", "post"),
+        ("/api/v1/keys", "get"),
+        ("/api/v1/keys/{id}", "delete"),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     let documented: usize = paths
@@ -274,7 +293,9 @@ async fn the_openapi_document_covers_every_route() {
         let concrete = path
             .replace("{name}", "m")
             .replace("{version}", "1")
-            .replace("{alias}", "prod");
+            .replace("{alias}", "prod")
+            .replace("{username}", "someone")
+            .replace("{id}", "00000000-0000-0000-0000-000000000000");
         let res = app
             .client
             .request(

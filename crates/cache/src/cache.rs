@@ -22,21 +22,22 @@
 //! a failure (so one may take up to twice the timeout), since skipping one could leave stale
 //! data behind.
 //!
-//! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`] (`hit`, `miss`, or `error` for a
-//! failure or a breaker bypass); failed fills and invalidations in
-//! [`names::CACHE_WRITE_ERRORS_TOTAL`].
+//! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`], labelled `kind` (the scope's
+//! text before its first `:`, or the whole scope if it has none: `model` for `model:<name>`,
+//! `key` for `key:<hash>`) and `result` (`hit`, `miss`, or `error` for a failure or a breaker
+//! bypass); failed fills and invalidations in [`names::CACHE_WRITE_ERRORS_TOTAL`].
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use maas_domain::ports::{Cache, CacheLookup, FillToken};
 use maas_telemetry::names::{self, cache_result};
 use redis::{RedisError, Script};
 
-use crate::pool::{RedisConnection, RedisPool, checkout, is_connection_error};
+use crate::call::{self, Breaker, Failure};
+use crate::pool::{RedisConnection, RedisPool};
 use crate::settings::{CacheSettings, RedisSettings};
 
 /// How long reads skip Redis after a failed lookup or fill, unless
@@ -77,33 +78,9 @@ struct Inner {
     key_prefix: String,
     ttl_secs: u64,
     command_timeout: Duration,
-    /// How long lookups and fills skip Redis after a failure, in milliseconds.
-    breaker_cooldown_ms: AtomicU64,
     fill_script: Script,
-    /// Reference point of `bypass_until_ms`.
-    epoch: Instant,
-    /// Milliseconds after `epoch` until which lookups and fills skip Redis.
-    bypass_until_ms: AtomicU64,
-    /// Whether the last call failed; only a change is logged, not every failure.
-    failing: AtomicBool,
-}
-
-/// Why one Redis call did not succeed.
-#[derive(Debug)]
-enum Failure {
-    Pool(bb8::RunError<RedisError>),
-    Command(RedisError),
-    Timeout(Duration),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Pool(e) => write!(f, "no connection: {e}"),
-            Self::Command(e) => write!(f, "command failed: {e}"),
-            Self::Timeout(t) => write!(f, "timed out after {} ms", t.as_millis()),
-        }
-    }
+    /// Open after a failed call: lookups and fills skip Redis.
+    breaker: Breaker,
 }
 
 impl RedisCache {
@@ -121,11 +98,8 @@ impl RedisCache {
                 key_prefix: key_prefix.into(),
                 ttl_secs: ttl.as_secs().max(1),
                 command_timeout,
-                breaker_cooldown_ms: AtomicU64::new(millis(DEFAULT_BREAKER_COOLDOWN)),
                 fill_script: Script::new(FILL_SCRIPT),
-                epoch: Instant::now(),
-                bypass_until_ms: AtomicU64::new(0),
-                failing: AtomicBool::new(false),
+                breaker: Breaker::new(DEFAULT_BREAKER_COOLDOWN),
             }),
         }
     }
@@ -144,15 +118,13 @@ impl RedisCache {
     /// [`DEFAULT_BREAKER_COOLDOWN`]); clones share the setting.
     #[must_use]
     pub fn with_breaker_cooldown(self, cooldown: Duration) -> Self {
-        self.inner
-            .breaker_cooldown_ms
-            .store(millis(cooldown), Ordering::Relaxed);
+        self.inner.breaker.set_cooldown(cooldown);
         self
     }
 
     /// Whether lookups and fills currently skip Redis because a recent one failed.
     pub fn is_bypassing(&self) -> bool {
-        self.inner.bypass_until_ms.load(Ordering::Relaxed) > self.inner.now_ms()
+        self.inner.breaker.is_open()
     }
 
     /// The Redis key of the hash that holds `scope`'s values.
@@ -165,49 +137,21 @@ impl RedisCache {
         format!("{}g:{scope}", self.inner.key_prefix)
     }
 
-    /// Runs `command` on a pooled connection, the checkout included in the timeout. A command
-    /// that fails because its connection was dead runs once more on a fresh one: after a Redis
-    /// restart the first call then still succeeds.
+    /// Runs `command` within the command timeout (see [`call::run`]).
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, Failure>
     where
         F: Fn(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let timeout = self.inner.command_timeout;
-        let mut in_flight: Option<RedisConnection> = None;
-        let call = async {
-            let mut attempts_left = 2;
-            loop {
-                let conn = checkout(&self.inner.pool).await.map_err(Failure::Pool)?;
-                in_flight = Some(conn.clone());
-                attempts_left -= 1;
-                match command(conn).await {
-                    Ok(value) => return Ok(value),
-                    Err(error) if attempts_left > 0 && is_connection_error(&error) => {}
-                    Err(error) => return Err(Failure::Command(error)),
-                }
-            }
-        };
-        let result = tokio::time::timeout(timeout, call).await;
-        match result {
-            Ok(result) => result,
-            Err(_elapsed) => {
-                // A connection that did not answer in time is not trusted again.
-                if let Some(conn) = in_flight {
-                    conn.condemn();
-                }
-                Err(Failure::Timeout(timeout))
-            }
-        }
+        call::run(&self.inner.pool, self.inner.command_timeout, command).await
     }
 
     /// Opens the breaker and logs the first failure of a streak.
     fn record_failure(&self, op: &str, failure: &Failure) {
-        let inner = &self.inner;
-        let cooldown_ms = inner.breaker_cooldown_ms.load(Ordering::Relaxed);
-        let until = inner.now_ms().saturating_add(cooldown_ms);
-        inner.bypass_until_ms.fetch_max(until, Ordering::Relaxed);
-        if !inner.failing.swap(true, Ordering::Relaxed) {
+        let breaker = &self.inner.breaker;
+        breaker.trip();
+        if breaker.note_failure() {
+            let cooldown_ms = breaker.cooldown_ms();
             log::warn!(
                 "Redis cache {op} failed ({failure}); reads bypass the cache for {cooldown_ms} ms \
                  at a time until Redis answers again"
@@ -217,22 +161,10 @@ impl RedisCache {
 
     /// Logs the end of a failure streak.
     fn record_success(&self) {
-        if self.inner.failing.load(Ordering::Relaxed)
-            && self.inner.failing.swap(false, Ordering::Relaxed)
-        {
+        if self.inner.breaker.note_success() {
             log::info!("Redis cache answers again");
         }
     }
-}
-
-impl Inner {
-    fn now_ms(&self) -> u64 {
-        millis(self.epoch.elapsed())
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -241,17 +173,24 @@ impl std::fmt::Debug for RedisCache {
             .field("key_prefix", &self.inner.key_prefix)
             .field("ttl_secs", &self.inner.ttl_secs)
             .field("command_timeout", &self.inner.command_timeout)
-            .field(
-                "breaker_cooldown_ms",
-                &self.inner.breaker_cooldown_ms.load(Ordering::Relaxed),
-            )
+            .field("breaker_cooldown_ms", &self.inner.breaker.cooldown_ms())
             .field("bypassing", &self.is_bypassing())
             .finish_non_exhaustive()
     }
 }
 
-fn count_lookup(result: &'static str) {
-    metrics::counter!(names::CACHE_REQUESTS_TOTAL, "result" => result).increment(1);
+/// The `kind` label of a lookup in `scope`: its text before the first `:`.
+fn scope_kind(scope: &str) -> &str {
+    scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
+}
+
+fn count_lookup(scope: &str, result: &'static str) {
+    metrics::counter!(
+        names::CACHE_REQUESTS_TOTAL,
+        "kind" => scope_kind(scope).to_owned(),
+        "result" => result
+    )
+    .increment(1);
 }
 
 fn count_write_error(op: &'static str) {
@@ -262,7 +201,7 @@ fn count_write_error(op: &'static str) {
 impl Cache for RedisCache {
     async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
         if self.is_bypassing() {
-            count_lookup(cache_result::ERROR);
+            count_lookup(scope, cache_result::ERROR);
             return CacheLookup::Bypass;
         }
         let mut pipe = redis::pipe();
@@ -281,17 +220,17 @@ impl Cache for RedisCache {
         match found {
             Ok((Some(value), _)) => {
                 self.record_success();
-                count_lookup(cache_result::HIT);
+                count_lookup(scope, cache_result::HIT);
                 CacheLookup::Hit(value)
             }
             Ok((None, generation)) => {
                 self.record_success();
-                count_lookup(cache_result::MISS);
+                count_lookup(scope, cache_result::MISS);
                 CacheLookup::Miss(FillToken(generation))
             }
             Err(failure) => {
                 self.record_failure("lookup", &failure);
-                count_lookup(cache_result::ERROR);
+                count_lookup(scope, cache_result::ERROR);
                 CacheLookup::Bypass
             }
         }

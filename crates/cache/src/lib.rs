@@ -3,22 +3,32 @@
 //! The Redis side of maas-gateway: typed settings ([`RedisSettings`], [`CacheSettings`]), the
 //! bb8-redis pool ([`connect`], the only place that opens Redis connections; [`checkout`] for
 //! callers with commands of their own), the cache-aside
-//! adapter of the domain's cache port ([`RedisCache`], invalidation-safe, never failing a read)
-//! and the readiness check ([`RedisHealth`]).
+//! adapter of the domain's cache port ([`RedisCache`], invalidation-safe, never failing a read),
+//! the distributed rate limiter of the domain's limiter port ([`RedisRateLimiter`], GCRA in one
+//! atomic Lua script, exact across replicas) and the readiness check ([`RedisHealth`]).
 //!
 //! A service wires it up once and hands the adapters to the domain as trait objects:
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use maas_cache::{connect, CacheSettings, RedisCache, RedisHealth, RedisSettings};
-//! use maas_domain::ports::{Cache, CacheLookup, HealthCheck};
+//! use maas_cache::{connect, CacheSettings, RedisCache, RedisHealth, RedisRateLimiter, RedisSettings};
+//! use maas_domain::ports::{Cache, CacheLookup, HealthCheck, RateDecision, RateLimit, RateLimiter};
 //!
 //! # async fn run() -> Result<(), maas_cache::CacheError> {
 //! let redis = RedisSettings::default();
 //! let pool = connect(&redis).await?; // never waits for Redis
 //! let cache: Arc<dyn Cache> =
 //!     Arc::new(RedisCache::from_settings(pool.clone(), &redis, &CacheSettings::default()));
+//! let limiter: Arc<dyn RateLimiter> = Arc::new(RedisRateLimiter::from_settings(pool.clone(), &redis));
 //! let health: Arc<dyn HealthCheck> = Arc::new(RedisHealth::new(pool, redis.command_timeout()));
+//!
+//! // Per request: one atomic round trip, shared by every replica.
+//! let key_id = uuid::Uuid::new_v4();
+//! match limiter.check(key_id, RateLimit { rpm: 60, burst: 10 }).await {
+//!     RateDecision::Allowed { .. } => {}    // serve, with RateLimit-* headers
+//!     RateDecision::Limited { .. } => {}    // 429 with Retry-After
+//!     RateDecision::Unavailable => {}       // fail open (admit and count) or answer 503
+//! }
 //!
 //! let bytes = match cache.lookup("model:llama", "v1").await {
 //!     CacheLookup::Hit(bytes) => bytes,
@@ -37,12 +47,15 @@
 //! ```
 //!
 //! Tests of this and other crates enable the `test-util` feature for [`test_util`]: a key prefix
-//! per test, clean-up of that prefix, and stand-ins for an unreachable or hung Redis.
+//! per test, clean-up of that prefix, stand-ins for an unreachable or hung Redis, and counter
+//! snapshots.
 
 pub mod cache;
+mod call;
 pub mod error;
 pub mod health;
 pub mod pool;
+pub mod ratelimit;
 pub mod settings;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -51,4 +64,5 @@ pub use cache::RedisCache;
 pub use error::CacheError;
 pub use health::RedisHealth;
 pub use pool::{RedisConnection, RedisManager, RedisPool, checkout, connect};
+pub use ratelimit::RedisRateLimiter;
 pub use settings::{CacheSettings, RedisSettings};

@@ -1,9 +1,11 @@
 //! Helpers for tests that talk to the real Redis (feature `test-util`): a key prefix per test,
-//! settings pointing at the test server, clean-up of one prefix, and stand-ins for a Redis that
-//! is down or hangs. Nothing here ever flushes the shared server.
+//! settings pointing at the test server, clean-up of one prefix, stand-ins for a Redis that
+//! is down or hangs, and counter values from a local metrics recorder. Nothing here ever
+//! flushes the shared server.
 
 use std::net::SocketAddr;
 
+use metrics_util::debugging::{DebugValue, Snapshotter};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -120,6 +122,56 @@ fn escape_glob(raw: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Counter values from one snapshot of a `metrics_util` `DebuggingRecorder`, typically installed
+/// for one test with `metrics::set_default_local_recorder` (on the test's single thread).
+#[derive(Debug, Clone, Default)]
+pub struct CounterSnapshot(Vec<Counted>);
+
+#[derive(Debug, Clone)]
+struct Counted {
+    name: String,
+    labels: Vec<(String, String)>,
+    count: u64,
+}
+
+impl CounterSnapshot {
+    /// The counters recorded so far (taking a snapshot resets the recorder's counters).
+    pub fn take(snapshotter: &Snapshotter) -> Self {
+        let counters = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _unit, _description, value)| match value {
+                DebugValue::Counter(count) => Some(Counted {
+                    name: key.key().name().to_owned(),
+                    labels: key
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                        .collect(),
+                    count,
+                }),
+                _ => None,
+            })
+            .collect();
+        Self(counters)
+    }
+
+    /// The sum of the counters named `name` that carry every one of `labels` (and maybe more).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.0
+            .iter()
+            .filter(|c| {
+                c.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| c.labels.iter().any(|(ck, cv)| ck == k && cv == v))
+            })
+            .map(|c| c.count)
+            .sum()
+    }
 }
 
 /// A TCP server that accepts connections and never answers: a hung or black-holed Redis.

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use maas_cache::test_util::{BlackHole, TestRedis, UNREACHABLE_REDIS_URL};
+use maas_cache::test_util::{BlackHole, CounterSnapshot, TestRedis, UNREACHABLE_REDIS_URL};
 use maas_cache::{RedisCache, RedisPool, RedisSettings, checkout, connect};
 use maas_domain::ports::{Cache, CacheLookup, FillToken};
 use maas_telemetry::names::{self, cache_result};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -51,51 +51,6 @@ async fn miss_token(cache: &RedisCache, scope: &str, field: &str) -> FillToken {
 
 async fn get_started(pool: &RedisPool) -> u64 {
     pool.state().statistics.get_started
-}
-
-/// Counter values of one snapshot (taking a snapshot resets the recorder's counters).
-struct Counts(Vec<Counted>);
-
-struct Counted {
-    name: String,
-    labels: Vec<(String, String)>,
-    count: u64,
-}
-
-impl Counts {
-    fn take(snapshotter: &Snapshotter) -> Self {
-        let counters = snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter_map(|(key, _unit, _description, value)| match value {
-                DebugValue::Counter(n) => {
-                    let labels = key
-                        .key()
-                        .labels()
-                        .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                        .collect();
-                    Some(Counted {
-                        name: key.key().name().to_owned(),
-                        labels,
-                        count: n,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        Self(counters)
-    }
-
-    fn get(&self, name: &str, label: (&str, &str)) -> u64 {
-        self.0
-            .iter()
-            .filter(|c| {
-                c.name == name && c.labels.iter().any(|(k, v)| k == label.0 && v == label.1)
-            })
-            .map(|c| c.count)
-            .sum()
-    }
 }
 
 #[tokio::test]
@@ -377,11 +332,47 @@ async fn lookups_are_counted_as_hits_misses_and_errors() {
         assert_eq!(down.lookup("model:a", "v1").await, CacheLookup::Bypass);
     }
 
-    let counts = Counts::take(&snapshotter);
+    let counts = CounterSnapshot::take(&snapshotter);
     let total = names::CACHE_REQUESTS_TOTAL;
-    assert_eq!(counts.get(total, ("result", cache_result::HIT)), 3);
-    assert_eq!(counts.get(total, ("result", cache_result::MISS)), 1);
-    assert_eq!(counts.get(total, ("result", cache_result::ERROR)), 2);
+    assert_eq!(counts.get(total, &[("result", cache_result::HIT)]), 3);
+    assert_eq!(counts.get(total, &[("result", cache_result::MISS)]), 1);
+    assert_eq!(counts.get(total, &[("result", cache_result::ERROR)]), 2);
+
+    redis.cleanup().await.expect("clean up");
+}
+
+#[tokio::test]
+async fn lookups_are_counted_by_the_kind_of_their_scope() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let redis = test_redis().await;
+    let cache = cache_on(&redis);
+
+    let token = miss_token(&cache, "key:0a1b2c", "record").await;
+    cache
+        .fill("key:0a1b2c", "record", token, b"key".to_vec())
+        .await;
+    assert!(matches!(
+        cache.lookup("key:0a1b2c", "record").await,
+        CacheLookup::Hit(_)
+    ));
+    let _ = miss_token(&cache, "model:a:b", "v1").await;
+    let _ = miss_token(&cache, "unscoped", "v1").await;
+
+    let counts = CounterSnapshot::take(&snapshotter);
+    let total = names::CACHE_REQUESTS_TOTAL;
+    let hit = ("result", cache_result::HIT);
+    let miss = ("result", cache_result::MISS);
+    assert_eq!(counts.get(total, &[("kind", "key"), hit]), 1);
+    assert_eq!(counts.get(total, &[("kind", "key"), miss]), 1);
+    assert_eq!(counts.get(total, &[("kind", "model"), miss]), 1);
+    assert_eq!(counts.get(total, &[("kind", "model"), hit]), 0);
+    assert_eq!(
+        counts.get(total, &[("kind", "unscoped"), miss]),
+        1,
+        "a scope without a colon is its own kind"
+    );
 
     redis.cleanup().await.expect("clean up");
 }
@@ -398,8 +389,8 @@ async fn failed_writes_are_counted_by_operation() {
     down.invalidate("model:a").await;
     down.invalidate("model:b").await;
 
-    let counts = Counts::take(&snapshotter);
+    let counts = CounterSnapshot::take(&snapshotter);
     let errors = names::CACHE_WRITE_ERRORS_TOTAL;
-    assert_eq!(counts.get(errors, ("op", "fill")), 1);
-    assert_eq!(counts.get(errors, ("op", "invalidate")), 2);
+    assert_eq!(counts.get(errors, &[("op", "fill")]), 1);
+    assert_eq!(counts.get(errors, &[("op", "invalidate")]), 2);
 }

@@ -7,11 +7,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::error::ValidationError;
 use crate::values::{ModelName, VersionNumber};
 
-fn bad_cursor() -> ValidationError {
+pub(crate) fn bad_cursor() -> ValidationError {
     ValidationError::new("cursor", "is not a cursor this server issued")
 }
 
-fn decode(raw: &str, tag: &str) -> Result<String, ValidationError> {
+pub(crate) fn encode_tagged(tag: &str, value: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{tag}{value}"))
+}
+
+pub(crate) fn decode_tagged(raw: &str, tag: &str) -> Result<String, ValidationError> {
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad_cursor())?;
     let text = String::from_utf8(bytes).map_err(|_| bad_cursor())?;
     text.strip_prefix(tag)
@@ -21,22 +25,22 @@ fn decode(raw: &str, tag: &str) -> Result<String, ValidationError> {
 
 /// Cursor of the model list: the last name of the previous page.
 pub fn encode_model_cursor(last: &ModelName) -> String {
-    URL_SAFE_NO_PAD.encode(format!("m:{last}"))
+    encode_tagged("m:", last.as_str())
 }
 
 /// Reverses [`encode_model_cursor`]; a cursor from elsewhere is a `cursor` validation error.
 pub fn decode_model_cursor(raw: &str) -> Result<ModelName, ValidationError> {
-    ModelName::parse(decode(raw, "m:")?).map_err(|_| bad_cursor())
+    ModelName::parse(decode_tagged(raw, "m:")?).map_err(|_| bad_cursor())
 }
 
 /// Cursor of a version list: the last (lowest) version number of the previous page.
 pub fn encode_version_cursor(last: VersionNumber) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v:{last}"))
+    encode_tagged("v:", &last.to_string())
 }
 
 /// Reverses [`encode_version_cursor`].
 pub fn decode_version_cursor(raw: &str) -> Result<VersionNumber, ValidationError> {
-    VersionNumber::parse(&decode(raw, "v:")?).map_err(|_| bad_cursor())
+    VersionNumber::parse(&decode_tagged(raw, "v:")?).map_err(|_| bad_cursor())
 }
 
 #[cfg(test)]

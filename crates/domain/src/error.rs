@@ -48,6 +48,9 @@ pub enum DomainError {
     /// Missing (HTTP 404).
     #[error("{0}")]
     NotFound(String),
+    /// The actor may not do this (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Duplicate (HTTP 409).
     #[error("{0}")]
     Conflict(String),

@@ -16,12 +16,15 @@
 //! assert_eq!(VersionNumber::parse("2").map(VersionNumber::get), Ok(2));
 //! ```
 
+pub mod accounts;
 pub mod cursor;
 pub mod error;
+pub mod identity;
 pub mod model;
 pub mod ports;
 pub mod registry;
 pub mod values;
 
+pub use accounts::Accounts;
 pub use error::{DomainError, RepoError, ValidationError};
 pub use registry::Registry;

@@ -22,6 +22,8 @@ pub struct Model {
     pub tags: Tags,
     /// Arbitrary JSON object.
     pub metadata: Metadata,
+    /// The user who created it (`None` for models from before users existed: admins only).
+    pub owner_id: Option<Uuid>,
     /// The highest existing version, if any.
     pub latest_version: Option<VersionNumber>,
     /// When it was created.
@@ -41,6 +43,8 @@ pub struct NewModel {
     pub tags: Tags,
     /// Arbitrary JSON object.
     pub metadata: Metadata,
+    /// The creating user; set by [`crate::Registry::create_model`] from its actor.
+    pub owner_id: Option<Uuid>,
 }
 
 /// A partial update of a model: `None` leaves a field as it is; `Some(None)` clears it.

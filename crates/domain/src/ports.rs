@@ -2,12 +2,15 @@
 //! see only these; adapters live in other crates.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::error::RepoError;
+use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
 use crate::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
-use crate::values::{AliasName, ModelName, PageLimit, VersionNumber};
+use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
 /// Durable storage of the model registry.
 ///
@@ -155,4 +158,84 @@ pub trait HealthCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
     /// Pool counts, if the dependency is pooled.
     fn pool_status(&self) -> Option<PoolStatus>;
+}
+
+/// Durable storage of users and API keys. Only key hashes are ever stored.
+#[async_trait]
+pub trait IdentityRepository: Send + Sync {
+    /// Inserts a user; [`RepoError::Conflict`] if the name is taken.
+    async fn create_user(&self, new: NewUser) -> Result<User, RepoError>;
+    /// One user by name.
+    async fn get_user(&self, username: &Username) -> Result<User, RepoError>;
+    /// One user by id.
+    async fn get_user_by_id(&self, id: Uuid) -> Result<User, RepoError>;
+    /// Users ordered by name, strictly after `after`, at most `limit + 1` of them.
+    async fn list_users(
+        &self,
+        after: Option<&Username>,
+        limit: PageLimit,
+    ) -> Result<Vec<User>, RepoError>;
+    /// Changes a user's role or disabled flag.
+    async fn update_user(&self, username: &Username, patch: UserPatch) -> Result<User, RepoError>;
+
+    /// Stores a key (its hash); [`RepoError::NotFound`] if the user does not exist.
+    async fn create_key(&self, new: NewApiKey) -> Result<ApiKey, RepoError>;
+    /// One key by id.
+    async fn get_key(&self, id: Uuid) -> Result<ApiKey, RepoError>;
+    /// A user's keys, newest first, revoked ones included.
+    async fn list_keys(&self, user_id: Uuid) -> Result<Vec<ApiKey>, RepoError>;
+    /// Marks a key revoked (keeping the first revocation time) and returns it with its hash.
+    async fn revoke_key(&self, id: Uuid) -> Result<(ApiKey, KeyHash), RepoError>;
+    /// Hashes of every key of a user (to invalidate cached lookups).
+    async fn key_hashes_of_user(&self, user_id: Uuid) -> Result<Vec<KeyHash>, RepoError>;
+    /// The key with this hash and its user, whatever their state.
+    async fn find_key(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, RepoError>;
+    /// Sets `last_used_at` of many keys in one statement (never moving it backwards).
+    async fn touch_keys(&self, used: &[(Uuid, DateTime<Utc>)]) -> Result<(), RepoError>;
+    /// Atomically, across replicas: if no admin exists, creates admin user `username` holding
+    /// `key` (whose `user_id` is ignored) and returns it; if an admin exists, returns `None`.
+    async fn bootstrap_admin(
+        &self,
+        username: &Username,
+        key: NewApiKey,
+    ) -> Result<Option<User>, RepoError>;
+}
+
+/// A requests-per-minute limit with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per minute.
+    pub rpm: u32,
+    /// Requests that may arrive at once; over any window of a minute, at most `rpm + burst`
+    /// requests are admitted.
+    pub burst: u32,
+}
+
+/// The outcome of one rate-limit decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Admitted.
+    Allowed {
+        /// Requests that could still be made at once.
+        remaining: u32,
+        /// Seconds until the allowance is full again.
+        reset_seconds: u64,
+    },
+    /// Refused.
+    Limited {
+        /// Seconds until one more request would be admitted.
+        retry_after_seconds: u64,
+        /// Seconds until the allowance is full again.
+        reset_seconds: u64,
+    },
+    /// The limiter could not decide (store down or slower than its timeout).
+    Unavailable,
+}
+
+/// A rate limiter shared by every replica.
+#[async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one request of `key_id` against `limit`, atomically, and says whether it is
+    /// admitted. Returns within the implementation's timeout.
+    async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision;
 }

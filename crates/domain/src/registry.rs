@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cursor;
 use crate::error::DomainError;
+use crate::identity::Principal;
 use crate::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
 };
@@ -58,12 +59,30 @@ impl Registry {
         Ok(value)
     }
 
+    /// Admins change anything; members only models they own (and their versions and aliases).
+    /// The owner never changes, so the cached model is good enough to decide.
+    async fn authorize(&self, actor: &Principal, model: &ModelName) -> Result<(), DomainError> {
+        let owner = self.get_model(model).await?.owner_id;
+        if actor.may_change(owner) {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(format!(
+                "only the owner of model '{model}' or an admin may change it"
+            )))
+        }
+    }
+
     async fn invalidate(&self, model: &ModelName) {
         self.cache.invalidate(&scope(model)).await;
     }
 
-    /// Registers a model.
-    pub async fn create_model(&self, new: NewModel) -> Result<Model, DomainError> {
+    /// Registers a model owned by `actor`.
+    pub async fn create_model(
+        &self,
+        actor: &Principal,
+        mut new: NewModel,
+    ) -> Result<Model, DomainError> {
+        new.owner_id = Some(actor.user_id);
         let name = new.name.clone();
         let model = self.repo.create_model(new).await?;
         self.invalidate(&name).await;
@@ -93,16 +112,26 @@ impl Registry {
     /// Changes a model's description, tags or metadata.
     pub async fn update_model(
         &self,
+        actor: &Principal,
         name: &ModelName,
         patch: ModelPatch,
     ) -> Result<Model, DomainError> {
+        self.authorize(actor, name).await?;
+        if patch.is_empty() {
+            return self.get_model(name).await;
+        }
         let result = self.repo.update_model(name, patch).await;
         self.invalidate(name).await;
         Ok(result?)
     }
 
     /// Deletes a model, its versions and aliases.
-    pub async fn delete_model(&self, name: &ModelName) -> Result<(), DomainError> {
+    pub async fn delete_model(
+        &self,
+        actor: &Principal,
+        name: &ModelName,
+    ) -> Result<(), DomainError> {
+        self.authorize(actor, name).await?;
         let result = self.repo.delete_model(name).await;
         self.invalidate(name).await;
         Ok(result?)
@@ -111,9 +140,11 @@ impl Registry {
     /// Adds the next version of a model.
     pub async fn create_version(
         &self,
+        actor: &Principal,
         model: &ModelName,
         new: NewVersion,
     ) -> Result<ModelVersion, DomainError> {
+        self.authorize(actor, model).await?;
         let result = self.repo.create_version(model, new).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -148,10 +179,15 @@ impl Registry {
     /// Changes a version's endpoint, framework, description or metadata.
     pub async fn update_version(
         &self,
+        actor: &Principal,
         model: &ModelName,
         version: VersionNumber,
         patch: VersionPatch,
     ) -> Result<ModelVersion, DomainError> {
+        self.authorize(actor, model).await?;
+        if patch.is_empty() {
+            return self.get_version(model, version).await;
+        }
         let result = self.repo.update_version(model, version, patch).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -160,9 +196,11 @@ impl Registry {
     /// Deletes a version and the aliases on it.
     pub async fn delete_version(
         &self,
+        actor: &Principal,
         model: &ModelName,
         version: VersionNumber,
     ) -> Result<(), DomainError> {
+        self.authorize(actor, model).await?;
         let result = self.repo.delete_version(model, version).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -171,11 +209,13 @@ impl Registry {
     /// Points `alias` at `version`, creating or moving it. `latest` is reserved.
     pub async fn set_alias(
         &self,
+        actor: &Principal,
         model: &ModelName,
         alias: &AliasName,
         version: VersionNumber,
     ) -> Result<Alias, DomainError> {
         reject_latest(alias)?;
+        self.authorize(actor, model).await?;
         let result = self.repo.set_alias(model, alias, version).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -200,10 +240,12 @@ impl Registry {
     /// Removes an alias. `latest` is reserved.
     pub async fn delete_alias(
         &self,
+        actor: &Principal,
         model: &ModelName,
         alias: &AliasName,
     ) -> Result<(), DomainError> {
         reject_latest(alias)?;
+        self.authorize(actor, model).await?;
         let result = self.repo.delete_alias(model, alias).await;
         self.invalidate(model).await;
         Ok(result?)

@@ -96,6 +96,14 @@ impl Failure {
     }
 }
 
+/// Runs one repository operation and maps its failure, counted under `op`.
+pub(crate) async fn observe<T>(
+    op: &'static str,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, RepoError> {
+    work.await.map_err(|failure| failure.into_repo(op))
+}
+
 /// A stored row that breaks a domain rule: a bug or a hand edit, never the caller's fault.
 pub(crate) fn corrupt(column: &str, why: impl std::fmt::Display) -> RepoError {
     RepoError::Internal(format!("corrupt value in {column}: {why}"))

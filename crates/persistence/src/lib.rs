@@ -2,17 +2,19 @@
 //!
 //! The PostgreSQL side of maas-gateway: the diesel schema of `migrations/`, the embedded
 //! migrations and their runner, the bb8 connection pool, and the adapters of the domain's ports
-//! ([`PgRegistryRepository`] for `RegistryRepository`, [`PgHealth`] for `HealthCheck`). It is the
-//! only crate that opens database connections; nothing here needs libpq or OpenSSL.
+//! ([`PgRegistryRepository`] for `RegistryRepository`, [`PgIdentityRepository`] for
+//! `IdentityRepository`, [`PgHealth`] for `HealthCheck`). It is the only crate that opens database
+//! connections; nothing here needs libpq or OpenSSL. Of an API key it stores only the SHA-256.
 //!
 //! Another service uses it in four steps: settings, wait, migrate, pool.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use maas_domain::ports::RegistryRepository;
+//! use maas_domain::ports::{IdentityRepository, RegistryRepository};
 //! use maas_persistence::{
-//!     DatabaseSettings, PgRegistryRepository, connect, run_migrations, wait_for_database,
+//!     DatabaseSettings, PgIdentityRepository, PgRegistryRepository, connect, run_migrations,
+//!     wait_for_database,
 //! };
 //!
 //! # async fn start() -> Result<(), maas_persistence::PersistenceError> {
@@ -24,20 +26,23 @@
 //! let applied = run_migrations(&settings.connection_url()).await?;
 //! eprintln!("applied migrations: {applied:?}");
 //! let pool = connect(&settings).await?;
-//! let repo: Arc<dyn RegistryRepository> = Arc::new(PgRegistryRepository::new(pool));
-//! # drop(repo);
+//! let registry: Arc<dyn RegistryRepository> = Arc::new(PgRegistryRepository::new(pool.clone()));
+//! let identity: Arc<dyn IdentityRepository> = Arc::new(PgIdentityRepository::new(pool));
+//! # drop((registry, identity));
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! Query failures come back as the domain's `RepoError`: a pool that cannot hand out a connection
 //! within `connect_timeout_seconds` (database down or saturated) is `Unavailable` and is counted
-//! in `maas_db_unavailable_total{op}`; a duplicate is `Conflict`; a missing model, version or
-//! alias is `NotFound` with a message naming it. Tests of this and other crates get a database of
+//! in `maas_db_unavailable_total{op}`; a duplicate is `Conflict`; a missing model, version, alias,
+//! user or key is `NotFound` with a message naming it; a stored row that breaks a domain rule is
+//! `Internal`, never a panic. Tests of this and other crates get a database of
 //! their own from [`test_util::TestDatabase`] (feature `test-util`).
 
 mod error;
 mod health;
+mod identity;
 mod migrate;
 mod pool;
 mod repo;
@@ -49,6 +54,7 @@ pub mod test_util;
 
 pub use error::PersistenceError;
 pub use health::PgHealth;
+pub use identity::PgIdentityRepository;
 pub use migrate::{MIGRATIONS, run_migrations};
 pub use pool::{PgPool, connect, wait_for_database};
 pub use repo::PgRegistryRepository;

@@ -13,6 +13,10 @@ use crate::settings::DatabaseSettings;
 /// The pool every query of the gateway goes through.
 pub type PgPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
+/// A connection lent by a [`PgPool`].
+pub(crate) type PooledConnection<'a> =
+    bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
 /// First delay between start-up connection attempts; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Longest delay between start-up connection attempts.

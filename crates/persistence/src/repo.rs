@@ -7,7 +7,6 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::Text;
 use diesel::upsert::excluded;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
 use maas_domain::model::{
@@ -17,13 +16,12 @@ use maas_domain::ports::RegistryRepository;
 use maas_domain::values::{AliasName, ModelName, PageLimit, VersionNumber};
 use uuid::Uuid;
 
-use crate::error::Failure;
-use crate::pool::PgPool;
-use crate::rows::{ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow};
+use crate::error::{Failure, observe};
+use crate::pool::{PgPool, PooledConnection};
+use crate::rows::{
+    ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow, rows_for,
+};
 use crate::schema::{model_aliases, model_versions, models};
-
-type PooledConnection<'a> =
-    bb8::PooledConnection<'a, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 /// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
@@ -43,12 +41,12 @@ impl PgRegistryRepository {
     }
 }
 
-/// Runs one repository operation and maps its failure, counted under `op`.
-async fn observe<T>(
-    op: &'static str,
-    work: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, RepoError> {
-    work.await.map_err(|failure| failure.into_repo(op))
+/// The owner of a model that could not be created because its owner is gone.
+fn user_id_not_found(owner: Option<Uuid>) -> RepoError {
+    match owner {
+        Some(id) => RepoError::NotFound(format!("user {id} not found")),
+        None => RepoError::Internal("create_model: foreign key violation without owner".into()),
+    }
 }
 
 fn model_not_found(model: &ModelName) -> RepoError {
@@ -96,11 +94,6 @@ fn contains_pattern(text: &str) -> String {
     pattern
 }
 
-/// `limit + 1` rows: the extra one tells the caller that a further page exists.
-fn rows_for(limit: PageLimit) -> i64 {
-    i64::from(limit.get()) + 1
-}
-
 fn versions_of(rows: Vec<VersionRow>, model: &ModelName) -> Result<Vec<ModelVersion>, RepoError> {
     rows.into_iter().map(|row| row.into_domain(model)).collect()
 }
@@ -111,6 +104,7 @@ impl RegistryRepository for PgRegistryRepository {
         observe("create_model", async {
             let mut conn = self.conn().await?;
             let name = new.name.clone();
+            let owner = new.owner_id;
             let inserted = diesel::insert_into(models::table)
                 .values(NewModelRow::from(new))
                 .returning(ModelRow::as_returning())
@@ -119,6 +113,10 @@ impl RegistryRepository for PgRegistryRepository {
             match inserted {
                 Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
                     Err(RepoError::Conflict(format!("model '{name}' already exists")).into())
+                }
+                // The owner was deleted after it was authenticated.
+                Err(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => {
+                    Err(user_id_not_found(owner).into())
                 }
                 other => Ok(other?.try_into()?),
             }

@@ -1,4 +1,4 @@
-//! Row structs of the registry tables and their conversions to and from the domain entities.
+//! Row structs of every table and their conversions to and from the domain entities.
 //!
 //! Reading converts every column through the domain's constructors, so a row that breaks a rule
 //! (edited by hand, or written by a buggy build) becomes [`RepoError::Internal`], never a panic
@@ -7,14 +7,18 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use maas_domain::RepoError;
+use maas_domain::identity::{
+    ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
+};
 use maas_domain::model::{Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch};
 use maas_domain::values::{
-    Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, VersionNumber,
+    Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
+    VersionNumber,
 };
 use uuid::Uuid;
 
 use crate::error::corrupt;
-use crate::schema::{model_versions, models};
+use crate::schema::{api_keys, model_versions, models, users};
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -25,6 +29,7 @@ pub(crate) struct ModelRow {
     description: Option<String>,
     tags: Vec<String>,
     metadata: serde_json::Value,
+    owner_id: Option<Uuid>,
     latest_version: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -40,6 +45,7 @@ impl TryFrom<ModelRow> for Model {
             description: description(row.description, "models.description")?,
             tags: Tags::parse(row.tags).map_err(|e| corrupt("models.tags", e))?,
             metadata: Metadata::parse(row.metadata).map_err(|e| corrupt("models.metadata", e))?,
+            owner_id: row.owner_id,
             latest_version: row
                 .latest_version
                 .map(|n| VersionNumber::new(n.into()))
@@ -113,6 +119,7 @@ pub(crate) struct NewModelRow {
     description: Option<String>,
     tags: Vec<String>,
     metadata: serde_json::Value,
+    owner_id: Option<Uuid>,
 }
 
 impl From<NewModel> for NewModelRow {
@@ -122,6 +129,7 @@ impl From<NewModel> for NewModelRow {
             description: new.description.map(|d| d.as_str().to_owned()),
             tags: new.tags.into_inner(),
             metadata: new.metadata.into_inner(),
+            owner_id: new.owner_id,
         }
     }
 }
@@ -191,5 +199,149 @@ impl From<VersionPatch> for VersionChanges {
             description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
             metadata: patch.metadata.map(Metadata::into_inner),
         }
+    }
+}
+
+/// `limit + 1` rows: the extra one tells the caller that a further page exists.
+pub(crate) fn rows_for(limit: PageLimit) -> i64 {
+    i64::from(limit.get()) + 1
+}
+
+/// A row of `users`.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct UserRow {
+    id: Uuid,
+    username: String,
+    role: String,
+    disabled: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = RepoError;
+
+    fn try_from(row: UserRow) -> Result<Self, RepoError> {
+        Ok(Self {
+            id: row.id,
+            username: Username::parse(row.username).map_err(|e| corrupt("users.username", e))?,
+            role: Role::parse(&row.role).map_err(|e| corrupt("users.role", e))?,
+            disabled: row.disabled,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// The columns of a new `users` row; the rest take their defaults.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = users)]
+pub(crate) struct NewUserRow {
+    username: String,
+    role: &'static str,
+}
+
+impl From<NewUser> for NewUserRow {
+    fn from(new: NewUser) -> Self {
+        Self {
+            username: new.username.into_inner(),
+            role: new.role.as_str(),
+        }
+    }
+}
+
+/// The changed columns of a user: `None` keeps a column.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = users)]
+pub(crate) struct UserChanges {
+    role: Option<&'static str>,
+    disabled: Option<bool>,
+}
+
+impl UserChanges {
+    /// The changes of `patch`, or `None` when it changes nothing (diesel refuses an empty `SET`).
+    pub(crate) fn of(patch: UserPatch) -> Option<Self> {
+        (patch.role.is_some() || patch.disabled.is_some()).then(|| Self {
+            role: patch.role.map(Role::as_str),
+            disabled: patch.disabled,
+        })
+    }
+}
+
+/// A row of `api_keys`, without its hash (which [`ApiKey`] does not carry).
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ApiKeyRow {
+    id: Uuid,
+    user_id: Uuid,
+    name: String,
+    prefix: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    rate_limit_rpm: Option<i32>,
+}
+
+impl TryFrom<ApiKeyRow> for ApiKey {
+    type Error = RepoError;
+
+    fn try_from(row: ApiKeyRow) -> Result<Self, RepoError> {
+        Ok(Self {
+            id: row.id,
+            user_id: row.user_id,
+            name: KeyName::parse(row.name).map_err(|e| corrupt("api_keys.name", e))?,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            last_used_at: row.last_used_at,
+            rate_limit_rpm: row
+                .rate_limit_rpm
+                .map(|n| RateLimitRpm::new(n.into()))
+                .transpose()
+                .map_err(|e| corrupt("api_keys.rate_limit_rpm", e))?,
+        })
+    }
+}
+
+/// A stored `api_keys.key_hash`, checked to be a SHA-256.
+pub(crate) fn key_hash(bytes: &[u8]) -> Result<KeyHash, RepoError> {
+    KeyHash::from_bytes(bytes).ok_or_else(|| {
+        corrupt(
+            "api_keys.key_hash",
+            format!("{} bytes instead of 32", bytes.len()),
+        )
+    })
+}
+
+/// The columns of a new `api_keys` row; the rest take their defaults.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = api_keys)]
+pub(crate) struct NewApiKeyRow {
+    user_id: Uuid,
+    name: String,
+    key_hash: Vec<u8>,
+    prefix: String,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit_rpm: Option<i32>,
+}
+
+impl NewApiKeyRow {
+    /// The row of `new`, held by `user_id` (which overrides `new.user_id`).
+    pub(crate) fn held_by(user_id: Uuid, new: NewApiKey) -> Result<Self, RepoError> {
+        let rate_limit_rpm = new
+            .rate_limit_rpm
+            .map(|rpm| i32::try_from(rpm.get()))
+            .transpose()
+            // Unreachable while RateLimitRpm::MAX fits an i32; an error rather than a panic.
+            .map_err(|e| RepoError::Internal(format!("rate_limit_rpm out of range: {e}")))?;
+        Ok(Self {
+            user_id,
+            name: new.name.as_str().to_owned(),
+            key_hash: new.hash.as_bytes().to_vec(),
+            prefix: new.prefix,
+            expires_at: new.expires_at,
+            rate_limit_rpm,
+        })
     }
 }

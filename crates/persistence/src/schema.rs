@@ -13,6 +13,8 @@ diesel::table! {
         tags -> Array<Text>,
         /// JSON object.
         metadata -> Jsonb,
+        /// The creating user; NULL for older models and once the user is deleted.
+        owner_id -> Nullable<Uuid>,
         /// The number the next version gets.
         next_version -> Int4,
         /// The highest existing version.
@@ -64,7 +66,57 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Users of the gateway.
+    users (id) {
+        /// Stable identifier.
+        id -> Uuid,
+        /// Unique name (`COLLATE "C"`).
+        username -> Text,
+        /// `admin` or `member`.
+        role -> Text,
+        /// A disabled user's keys are refused.
+        disabled -> Bool,
+        /// Creation time.
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// API keys: their SHA-256, never the keys themselves.
+    api_keys (id) {
+        /// Stable identifier.
+        id -> Uuid,
+        /// The user holding it.
+        user_id -> Uuid,
+        /// Label.
+        name -> Text,
+        /// SHA-256 of the key (32 bytes, unique).
+        key_hash -> Bytea,
+        /// Display prefix.
+        prefix -> Text,
+        /// Creation time.
+        created_at -> Timestamptz,
+        /// Refused after this.
+        expires_at -> Nullable<Timestamptz>,
+        /// First revocation time.
+        revoked_at -> Nullable<Timestamptz>,
+        /// Approximate last use.
+        last_used_at -> Nullable<Timestamptz>,
+        /// Own requests-per-minute limit.
+        rate_limit_rpm -> Nullable<Int4>,
+    }
+}
+
 diesel::joinable!(model_versions -> models (model_id));
 diesel::joinable!(model_aliases -> model_versions (version_id));
+diesel::joinable!(models -> users (owner_id));
+diesel::joinable!(api_keys -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(models, model_versions, model_aliases);
+diesel::allow_tables_to_appear_in_same_query!(
+    models,
+    model_versions,
+    model_aliases,
+    users,
+    api_keys
+);

@@ -1,5 +1,5 @@
 //! Test support (feature `test-util`): a database per test, cloned from a migrated template, and
-//! fixtures of domain values.
+//! fixtures of domain values (models, versions, users, API keys).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role};
 use maas_domain::model::{NewModel, NewVersion};
 use maas_domain::values::{
-    AliasName, Description, Metadata, ModelName, SourceUri, Tags, VersionNumber,
+    AliasName, Description, Metadata, ModelName, SourceUri, Tags, Username, VersionNumber,
 };
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -322,13 +323,22 @@ pub fn version(n: i64) -> VersionNumber {
     VersionNumber::new(n).unwrap_or_else(|e| panic!("fixture version {n}: {e}"))
 }
 
-/// A model with only a name.
+/// A model with only a name, and no owner.
 pub fn new_model(name: &str) -> NewModel {
     NewModel {
         name: model_name(name),
         description: None,
         tags: Tags::default(),
         metadata: Metadata::default(),
+        owner_id: None,
+    }
+}
+
+/// A model with only a name, owned by user `owner`.
+pub fn owned_model(name: &str, owner: Uuid) -> NewModel {
+    NewModel {
+        owner_id: Some(owner),
+        ..new_model(name)
     }
 }
 
@@ -355,6 +365,39 @@ pub fn new_version(source_uri: &str) -> NewVersion {
         description: None,
         metadata: Metadata::default(),
     }
+}
+
+/// A valid username.
+pub fn username(raw: &str) -> Username {
+    Username::parse(raw).unwrap_or_else(|e| panic!("fixture username {raw:?}: {e}"))
+}
+
+/// A user to create.
+pub fn new_user(name: &str, role: Role) -> NewUser {
+    NewUser {
+        username: username(name),
+        role,
+    }
+}
+
+/// A valid key label.
+pub fn key_name(raw: &str) -> KeyName {
+    KeyName::parse(raw.to_owned()).unwrap_or_else(|e| panic!("fixture key name {raw:?}: {e}"))
+}
+
+/// A freshly generated key and what storing it for `user_id` takes (no expiry, no own limit):
+/// the plaintext stays with the test, to authenticate with or to look for in the database.
+pub fn new_key(user_id: Uuid, name: &str) -> (PlaintextKey, NewApiKey) {
+    let key = PlaintextKey::generate().unwrap_or_else(|e| panic!("no randomness: {e}"));
+    let new = NewApiKey {
+        user_id,
+        name: key_name(name),
+        hash: key.hash(),
+        prefix: key.display_prefix(),
+        expires_at: None,
+        rate_limit_rpm: None,
+    };
+    (key, new)
 }
 
 /// A [`metrics::Recorder`] that keeps counters only, to assert that something was counted.

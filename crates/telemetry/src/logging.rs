@@ -128,7 +128,16 @@ where
 /// Builds the process logger on stdout and routes the `log` crate (actix-web's own messages)
 /// into it. Call once, at start-up; keep the guard until exit.
 pub fn init_process_logger(settings: &LogSettings) -> (Logger, LogGuard) {
-    let (logger, mut guard) = build_logger(settings, std::io::stdout());
+    init_process_logger_on(settings, std::io::stdout())
+}
+
+/// As [`init_process_logger`], writing to `sink` (e.g. stderr for commands whose stdout is
+/// their result).
+pub fn init_process_logger_on<W>(settings: &LogSettings, sink: W) -> (Logger, LogGuard)
+where
+    W: Write + Send + 'static,
+{
+    let (logger, mut guard) = build_logger(settings, sink);
     guard._bridge = Some(slog_scope::set_global_logger(logger.clone()));
     // Fails only if another `log` backend was installed first; the slog one is then not needed.
     let _ = slog_stdlog::init_with_level(settings.level.log());

@@ -17,31 +17,28 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// How often [`PrometheusHandle::run_upkeep`] should run (it drains histogram buffers).
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// Installs the global Prometheus recorder (once per process; later calls return the same
-/// handle) and records `maas_build_info{version}`.
+/// Installs the global Prometheus recorder (once per process; later calls, also concurrent
+/// ones, wait for it and return the same handle) and records `maas_build_info{version}`.
 ///
 /// Render the text format with [`PrometheusHandle::render`]; call
 /// [`PrometheusHandle::run_upkeep`] every [`UPKEEP_INTERVAL`].
 pub fn install_recorder(version: &str) -> Result<PrometheusHandle, TelemetryError> {
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
-        .build_recorder();
-    let handle = recorder.handle();
-    // Two threads may race here; the loser's recorder is dropped and the winner's handle used.
-    if metrics::set_global_recorder(recorder).is_ok() {
-        let _ = HANDLE.set(handle);
-        describe();
-    }
     let handle = HANDLE
-        .get()
-        .cloned()
-        .ok_or_else(|| TelemetryError::Metrics("another metrics recorder is installed".into()))?;
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "another metrics recorder is installed".to_owned())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+        .map_err(TelemetryError::Metrics)?;
     metrics::gauge!(names::BUILD_INFO, "version" => version.to_owned()).set(1.0);
     Ok(handle)
 }
@@ -55,7 +52,10 @@ fn describe() {
     );
     describe_gauge!(names::HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being served");
     describe_gauge!(names::DB_POOL_CONNECTIONS, "Pool connections by state");
-    describe_counter!(names::CACHE_REQUESTS_TOTAL, "Cache lookups by result");
+    describe_counter!(
+        names::CACHE_REQUESTS_TOTAL,
+        "Cache lookups by kind and result"
+    );
     describe_counter!(names::CACHE_WRITE_ERRORS_TOTAL, "Cache writes that failed");
     describe_gauge!(names::BUILD_INFO, "Build information; always 1");
     describe_counter!(
@@ -66,5 +66,13 @@ fn describe() {
         names::READINESS_CHECK_DURATION_SECONDS,
         Unit::Seconds,
         "Latency of readiness checks of dependencies"
+    );
+    describe_counter!(
+        names::RATE_LIMIT_DECISIONS_TOTAL,
+        "Rate-limit decisions: allowed, limited, or error when the limiter could not decide"
+    );
+    describe_counter!(
+        names::AUTH_FAILURES_TOTAL,
+        "Requests refused authentication, by reason"
     );
 }

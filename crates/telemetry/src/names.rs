@@ -9,7 +9,8 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 /// Gauge of pool connections, labelled `pool` (`postgres`, `redis`) and `state` (`idle`, `in_use`, `max`).
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
-/// Counter of cache lookups, labelled `result` (`hit`, `miss`, `error`).
+/// Counter of cache lookups, labelled `kind` (the scope's text before its first `:`, e.g.
+/// `model` or `key`) and `result` (`hit`, `miss`, `error`).
 pub const CACHE_REQUESTS_TOTAL: &str = "maas_cache_requests_total";
 /// Counter of cache writes (fills, invalidations) that failed, labelled `op`.
 pub const CACHE_WRITE_ERRORS_TOTAL: &str = "maas_cache_write_errors_total";
@@ -20,6 +21,10 @@ pub const BUILD_INFO: &str = "maas_build_info";
 pub const DB_UNAVAILABLE_TOTAL: &str = "maas_db_unavailable_total";
 /// Histogram of dependency check latency in seconds, labelled `dependency`.
 pub const READINESS_CHECK_DURATION_SECONDS: &str = "maas_readiness_check_duration_seconds";
+/// Counter of rate-limit decisions, labelled `decision` (see [`rate_limit_decision`]).
+pub const RATE_LIMIT_DECISIONS_TOTAL: &str = "maas_rate_limit_decisions_total";
+/// Counter of refused authentications, labelled `reason` (kept off the HTTP response).
+pub const AUTH_FAILURES_TOTAL: &str = "maas_auth_failures_total";
 
 /// Label values of [`CACHE_REQUESTS_TOTAL`].
 pub mod cache_result {
@@ -28,5 +33,15 @@ pub mod cache_result {
     /// Not in the cache; loaded from the source.
     pub const MISS: &str = "miss";
     /// The cache failed or timed out; the source was used.
+    pub const ERROR: &str = "error";
+}
+
+/// Label values of [`RATE_LIMIT_DECISIONS_TOTAL`].
+pub mod rate_limit_decision {
+    /// The request was admitted.
+    pub const ALLOWED: &str = "allowed";
+    /// The request was refused: the key is over its limit.
+    pub const LIMITED: &str = "limited";
+    /// The limiter could not decide (store down, too slow, or skipped after a recent failure).
     pub const ERROR: &str = "error";
 }

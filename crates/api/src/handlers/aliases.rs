@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, web};
 use maas_domain::values::VersionNumber;
 
 use super::{alias_name, model_name};
+use crate::auth::Actor;
 use crate::dto::{AliasResponse, SetAlias, VersionResponse};
 use crate::error::{ApiError, Problem};
 use crate::extract::Json;
@@ -21,13 +22,17 @@ use crate::state::AppState;
     ))]
 pub async fn put(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
     body: Json<SetAlias>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, alias) = path.into_inner();
     let (name, alias) = (model_name(name)?, alias_name(alias)?);
     let version = VersionNumber::new(body.0.version)?;
-    let alias = state.registry.set_alias(&name, &alias, version).await?;
+    let alias = state
+        .registry
+        .set_alias(&actor.0, &name, &alias, version)
+        .await?;
     Ok(HttpResponse::Ok().json(AliasResponse::from(alias)))
 }
 
@@ -60,10 +65,11 @@ pub async fn get(
     ))]
 pub async fn delete(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, alias) = path.into_inner();
     let (name, alias) = (model_name(name)?, alias_name(alias)?);
-    state.registry.delete_alias(&name, &alias).await?;
+    state.registry.delete_alias(&actor.0, &name, &alias).await?;
     Ok(HttpResponse::NoContent().finish())
 }

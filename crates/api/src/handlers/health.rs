@@ -47,7 +47,7 @@ pub struct CheckReport {
 }
 
 /// Liveness: answers as long as the process serves HTTP; checks nothing else.
-#[utoipa::path(get, path = "/health", tag = "operations",
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
     responses((status = 200, description = "Alive", body = Liveness)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Liveness {
@@ -83,7 +83,7 @@ async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
 }
 
 /// Readiness: checks every dependency concurrently, each within one second.
-#[utoipa::path(get, path = "/health/ready", tag = "operations",
+#[utoipa::path(get, path = "/health/ready", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready, or degraded (an optional dependency is down)", body = Readiness),
         (status = 503, description = "A required dependency is down", body = Readiness),
@@ -104,7 +104,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     for dep in state.dependencies.iter() {

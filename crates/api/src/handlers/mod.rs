@@ -3,7 +3,9 @@
 pub mod aliases;
 pub mod docs;
 pub mod health;
+pub mod keys;
 pub mod models;
+pub mod users;
 pub mod versions;
 
 use maas_domain::ValidationError;

@@ -6,6 +6,7 @@ use maas_domain::model::ModelFilter;
 use maas_domain::values::Tags;
 
 use super::{model_name, page_limit};
+use crate::auth::Actor;
 use crate::dto::{CreateModel, ListModelsQuery, ModelList, ModelResponse, UpdateModel};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Json, parse_query};
@@ -23,9 +24,13 @@ use crate::state::AppState;
     ))]
 pub async fn create(
     state: web::Data<AppState>,
+    actor: Actor,
     body: Json<CreateModel>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = state.registry.create_model(body.0.into_domain()?).await?;
+    let model = state
+        .registry
+        .create_model(&actor.0, body.0.into_domain()?)
+        .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/models/{}", model.name)))
         .json(ModelResponse::from(model)))
@@ -80,13 +85,14 @@ pub async fn get(
     ))]
 pub async fn update(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<String>,
     body: Json<UpdateModel>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
     let model = state
         .registry
-        .update_model(&name, body.0.into_domain()?)
+        .update_model(&actor.0, &name, body.0.into_domain()?)
         .await?;
     Ok(HttpResponse::Ok().json(ModelResponse::from(model)))
 }
@@ -100,9 +106,10 @@ pub async fn update(
     ))]
 pub async fn delete(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
-    state.registry.delete_model(&name).await?;
+    state.registry.delete_model(&actor.0, &name).await?;
     Ok(HttpResponse::NoContent().finish())
 }

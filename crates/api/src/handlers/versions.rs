@@ -4,6 +4,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{model_name, page_limit, version_number};
+use crate::auth::Actor;
 use crate::dto::{CreateVersion, ListVersionsQuery, UpdateVersion, VersionList, VersionResponse};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Json, parse_query};
@@ -20,13 +21,14 @@ use crate::state::AppState;
     ))]
 pub async fn create(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<String>,
     body: Json<CreateVersion>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
     let version = state
         .registry
-        .create_version(&name, body.0.into_domain()?)
+        .create_version(&actor.0, &name, body.0.into_domain()?)
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -89,6 +91,7 @@ pub async fn get(
     ))]
 pub async fn update(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
     body: Json<UpdateVersion>,
 ) -> Result<HttpResponse, ApiError> {
@@ -96,7 +99,7 @@ pub async fn update(
     let (name, version) = (model_name(name)?, version_number(&version)?);
     let version = state
         .registry
-        .update_version(&name, version, body.0.into_domain()?)
+        .update_version(&actor.0, &name, version, body.0.into_domain()?)
         .await?;
     Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
 }
@@ -111,10 +114,14 @@ pub async fn update(
     ))]
 pub async fn delete(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path.into_inner();
     let (name, version) = (model_name(name)?, version_number(&version)?);
-    state.registry.delete_version(&name, version).await?;
+    state
+        .registry
+        .delete_version(&actor.0, &name, version)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,10 +7,11 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_api::{AppState, Dependency, ServerSettings};
+use maas_api::{AppState, Dependency, RateLimitSettings, ServerSettings};
 use maas_cache::test_util::TestRedis;
-use maas_domain::Registry;
+use maas_domain::identity::PlaintextKey;
 use maas_domain::ports::{Cache, NoCache};
+use maas_domain::{Accounts, Registry};
 use maas_persistence::test_util::TestDatabase;
 use serde_json::{Value, json};
 
@@ -18,7 +19,14 @@ use serde_json::{Value, json};
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// Sends the admin key with every request.
     pub client: reqwest::Client,
+    /// Sends no key.
+    pub anon: reqwest::Client,
+    /// The bootstrap admin's key.
+    pub admin_key: String,
+    /// The app's identity use-cases (to flush key usage as the binary's task does).
+    pub accounts: Accounts,
     pub db: Arc<TestDatabase>,
     pub redis: TestRedis,
     pub server: actix_web::dev::ServerHandle,
@@ -36,6 +44,10 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Point the Postgres pool at a dead address.
     pub postgres_down: bool,
+    /// Default limits (the tests' default is generous so only rate-limit tests meet it).
+    pub rate_limit: RateLimitSettings,
+    /// The admin key to bootstrap (a second replica passes the first one's).
+    pub admin_key: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +59,12 @@ impl Default for Options {
             redis: None,
             redis_url: None,
             postgres_down: false,
+            rate_limit: RateLimitSettings {
+                default_rpm: 1_000_000,
+                burst: 100_000,
+                fail_open: true,
+            },
+            admin_key: None,
         }
     }
 }
@@ -90,11 +108,36 @@ pub async fn spawn_with(options: Options) -> TestApp {
     } else {
         Arc::new(NoCache)
     };
+    let accounts = Accounts::new(
+        Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
+        cache.clone(),
+    );
+    let admin_key = options.admin_key.unwrap_or_else(|| {
+        PlaintextKey::generate()
+            .expect("csprng")
+            .expose()
+            .to_owned()
+    });
+    if !options.postgres_down {
+        accounts
+            .bootstrap_admin(&PlaintextKey::parse(&admin_key).expect("valid key"))
+            .await
+            .expect("bootstrap admin");
+    }
+    let rate_limiter = Arc::new(maas_cache::RedisRateLimiter::new(
+        redis_pool.clone(),
+        redis_settings.key_prefix.clone(),
+        redis_settings.command_timeout(),
+    ));
+    let app_accounts = accounts.clone();
     let state = AppState {
         registry: Registry::new(
             Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
             cache,
         ),
+        accounts,
+        rate_limiter,
+        rate_limit: options.rate_limit,
         dependencies: Arc::new([
             Dependency {
                 check: Arc::new(maas_persistence::PgHealth::new(pg)),
@@ -124,14 +167,49 @@ pub async fn spawn_with(options: Options) -> TestApp {
     tokio::spawn(server);
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: client_with_key(&admin_key),
+        anon: reqwest::Client::new(),
+        admin_key,
+        accounts: app_accounts,
         db,
         redis,
         server: handle,
     }
 }
 
+/// A client that sends `key` as a bearer token with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 impl TestApp {
+    /// Creates a user with `role` and a key for it (as the admin); returns (user id, key).
+    pub async fn user_with_key(&self, username: &str, role: &str) -> (String, String) {
+        let res = self
+            .post_json(
+                "/api/v1/users",
+                &json!({"username": username, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "creating user {username}");
+        let user: Value = res.json().await.expect("user json");
+        let id = user["id"].as_str().expect("id").to_owned();
+        let res = self
+            .post_json("/api/v1/keys", &json!({"name": "test", "user_id": id}))
+            .await;
+        assert_eq!(res.status(), 201, "creating a key for {username}");
+        let key: Value = res.json().await.expect("key json");
+        (id, key["key"].as_str().expect("key").to_owned())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -1,0 +1,207 @@
+//! Authentication and rate limiting of `/api/v1` (and later `/v1`): one middleware that turns the
+//! request's API key into a [`Principal`], spends one unit of the key's rate limit, and stamps
+//! the `RateLimit-*` headers on the response.
+
+use std::future::{Ready, ready};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError, web};
+use maas_domain::accounts::AuthError;
+use maas_domain::identity::Principal;
+use maas_domain::ports::{RateDecision, RateLimit};
+use maas_telemetry::names;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The header carrying an API key when `Authorization: Bearer` is not used.
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The key a request carries: `Authorization: Bearer <key>`, else `x-api-key: <key>`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, key) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| key.trim())
+            .filter(|k| !k.is_empty());
+    }
+    headers.get(&API_KEY_HEADER)?.to_str().ok().map(str::trim)
+}
+
+/// The three `RateLimit-*` values of a response.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    limit: u32,
+    remaining: u32,
+    reset_seconds: u64,
+}
+
+impl Quota {
+    fn stamp(self, headers: &mut HeaderMap) {
+        headers.insert(LIMIT, HeaderValue::from(self.limit));
+        headers.insert(REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RESET, HeaderValue::from(self.reset_seconds));
+    }
+}
+
+fn refuse<B>(
+    req: ServiceRequest,
+    err: ApiError,
+    quota: Option<Quota>,
+) -> ServiceResponse<EitherBody<B>> {
+    let mut response = err.error_response();
+    if let Some(quota) = quota {
+        quota.stamp(response.headers_mut());
+    }
+    req.into_response(response).map_into_right_body()
+}
+
+/// Authenticates the request and spends one unit of its key's rate limit.
+///
+/// Refusals: 401 (no usable key; the same answer whatever the reason, which goes to
+/// `maas_auth_failures_total{reason}`), 429 with `Retry-After`, 503 when the key store is down or
+/// the limiter is down and `rate_limit.fail_open` is false.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(refuse(req, ApiError::Unauthorized, None));
+    };
+    let now = chrono::Utc::now();
+    let principal = match state
+        .accounts
+        .authenticate(presented_key(req.headers()), now)
+        .await
+    {
+        Ok(principal) => principal,
+        Err(AuthError::Refused(reason)) => {
+            metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => reason.as_str()).increment(1);
+            return Ok(refuse(req, ApiError::Unauthorized, None));
+        }
+        Err(AuthError::Unavailable(e)) => {
+            metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => "unavailable").increment(1);
+            let err = ApiError::Domain(maas_domain::DomainError::Unavailable(e));
+            return Ok(refuse(req, err, None));
+        }
+    };
+
+    let settings = state.rate_limit;
+    let limit = RateLimit {
+        rpm: principal
+            .rate_limit_rpm
+            .map_or(settings.default_rpm, |rpm| rpm.get()),
+        burst: settings.burst.max(1),
+    };
+    let quota = match state.rate_limiter.check(principal.key_id, limit).await {
+        RateDecision::Allowed {
+            remaining,
+            reset_seconds,
+        } => Quota {
+            limit: limit.rpm,
+            remaining,
+            reset_seconds,
+        },
+        RateDecision::Limited {
+            retry_after_seconds,
+            reset_seconds,
+        } => {
+            let quota = Quota {
+                limit: limit.rpm,
+                remaining: 0,
+                reset_seconds,
+            };
+            let err = ApiError::RateLimited {
+                retry_after_seconds,
+            };
+            return Ok(refuse(req, err, Some(quota)));
+        }
+        RateDecision::Unavailable if settings.fail_open => Quota {
+            // Nothing is known about the key's usage: report a full allowance.
+            limit: limit.rpm,
+            remaining: limit.burst,
+            reset_seconds: 0,
+        },
+        RateDecision::Unavailable => {
+            return Ok(refuse(req, ApiError::RateLimiterUnavailable, None));
+        }
+    };
+
+    req.extensions_mut().insert(principal);
+    let mut response = next.call(req).await?;
+    quota.stamp(response.headers_mut());
+    Ok(response.map_into_left_body())
+}
+
+/// The authenticated principal of the request (set by [`authenticate`]).
+#[derive(Debug, Clone)]
+pub struct Actor(pub Principal);
+
+impl FromRequest for Actor {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Principal>()
+                .cloned()
+                .map(Actor)
+                .ok_or(ApiError::Unauthorized),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer k1")])),
+            Some("k1")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "bearer  k1 ")])),
+            Some("k1")
+        );
+        assert_eq!(presented_key(&headers(&[("x-api-key", "k2")])), Some("k2"));
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic abc")])),
+            None
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer")])),
+            None
+        );
+        assert_eq!(presented_key(&headers(&[])), None);
+        // An Authorization header wins, even when it is unusable.
+        assert_eq!(
+            presented_key(&headers(&[
+                ("authorization", "Basic x"),
+                ("x-api-key", "k")
+            ])),
+            None
+        );
+    }
+}

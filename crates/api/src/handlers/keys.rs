@@ -1,0 +1,91 @@
+//! `/api/v1/keys`: create, list and revoke API keys.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use maas_domain::ValidationError;
+use maas_domain::identity::{KeyName, RateLimitRpm};
+use uuid::Uuid;
+
+use crate::auth::Actor;
+use crate::dto::{CreateKey, CreatedKeyResponse, KeyList, KeyResponse, ListKeysQuery};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Json, parse_query};
+use crate::state::AppState;
+
+fn uuid_field(field: &str, raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ValidationError::new(field, "must be a UUID").into())
+}
+
+/// Creates a key; the response is the only place the key itself ever appears.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "identity", request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown this once", body = CreatedKeyResponse),
+        (status = 403, description = "A member set `user_id` or `rate_limit_rpm`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    state: web::Data<AppState>,
+    actor: Actor,
+    body: Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let name = KeyName::parse(body.name)?;
+    let rpm = body.rate_limit_rpm.map(RateLimitRpm::new).transpose()?;
+    let created = state
+        .accounts
+        .create_key(
+            &actor.0,
+            name,
+            body.expires_at,
+            body.user_id,
+            rpm,
+            chrono::Utc::now(),
+        )
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("cache-control", "no-store"))
+        .json(CreatedKeyResponse {
+            key: created.plaintext.expose().to_owned(),
+            details: KeyResponse::from(created.key),
+        }))
+}
+
+/// The caller's keys; admins may pass `user_id`.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "identity", params(ListKeysQuery),
+    responses(
+        (status = 200, description = "Keys, newest first", body = KeyList),
+        (status = 403, description = "A member asked for another user's keys", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListKeysQuery = parse_query(&req)?;
+    let user_id = query
+        .user_id
+        .as_deref()
+        .map(|raw| uuid_field("user_id", raw))
+        .transpose()?;
+    let keys = state.accounts.list_keys(&actor.0, user_id).await?;
+    Ok(HttpResponse::Ok().json(KeyList {
+        items: keys.into_iter().map(KeyResponse::from).collect(),
+    }))
+}
+
+/// Revokes a key: the very next request with it is refused, on every replica.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "identity",
+    params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such key (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = uuid_field("id", &path.into_inner())?;
+    state.accounts.revoke_key(&actor.0, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,338 @@
+//! [`RedisRateLimiter`]: the Redis adapter of [`maas_domain::ports::RateLimiter`], a GCRA
+//! (generic cell rate algorithm) shared by every replica.
+//!
+//! # Algorithm
+//! For a limit of `rpm` requests per minute with a burst of `burst`, each request costs one
+//! emission interval `T = 60 s / rpm` (microseconds, rounded up, so the sustained rate never
+//! exceeds `rpm`) and a key may run at most `burst · T` ahead of the clock. Redis stores one
+//! number per key, its theoretical arrival time `TAT` (microseconds on Redis's clock), under
+//! `P` `rl:` `<key id>` for key prefix `P`. A request at time `now`:
+//!
+//! - computes `tat = max(TAT, now)` and `new_tat = tat + T`;
+//! - is admitted if `new_tat - now <= burst · T`: `TAT` becomes `new_tat`;
+//! - is refused otherwise, and changes nothing: a refused request does not consume allowance.
+//!
+//! So `burst` requests may arrive at once, then one more every `T`; over any window of a
+//! minute at most `rpm + burst` requests are admitted, however many gateway replicas share the
+//! Redis. A `burst` (or `rpm`) of 0 is treated as 1; `burst · T` is capped at 2^50 µs (35
+//! years) so that the script's arithmetic, in Lua doubles, stays exact.
+//!
+//! The decision is one Lua script run with `EVALSHA` (falling back to `SCRIPT LOAD` on
+//! `NOSCRIPT`): one atomic round trip, with the time read by `TIME` inside the script, so the
+//! gateway replicas' clocks do not matter. The key gets a `PX` expiry of the time until the
+//! allowance is full again (plus a second), after which a missing key means the same as the
+//! stored one: idle keys vanish.
+//!
+//! # What the decision says
+//! - [`RateDecision::Allowed`]: `remaining` = whole requests that could still be made at once
+//!   after this one (`burst - 1`, … `0` for a burst arriving at once); `reset_seconds` = seconds
+//!   (rounded up) until the allowance is full again.
+//! - [`RateDecision::Limited`]: `retry_after_seconds` = seconds (rounded up, at least 1) until one
+//!   more request would be admitted, and `reset_seconds` as above.
+//! - [`RateDecision::Unavailable`]: Redis failed or did not answer within the command timeout
+//!   (pool checkout included; a dead connection is retried once within that bound, see
+//!   [`crate::pool`]). The caller decides between failing open and refusing.
+//!
+//! # Breaker
+//! The limiter has a breaker of its own, separate from the cache's: after a call fails because
+//! Redis is unreachable or too slow (no connection, connection error, timeout), checks answer
+//! [`RateDecision::Unavailable`] without touching Redis for a short cool-down
+//! ([`DEFAULT_LIMITER_BREAKER_COOLDOWN`]), so that with Redis dead or black-holed only one
+//! request per cool-down waits for the timeout. `Unavailable` is the true answer during the
+//! cool-down too: the limiter does not know the counts. The cost is that one slow call makes
+//! every check of the next cool-down `Unavailable` (admitted and counted when failing open,
+//! refused when failing closed), which is why the cool-down is shorter than the cache's. An
+//! error that Redis answered (say, a key of the wrong type) concerns one key and does not open
+//! the breaker.
+//!
+//! Every decision is counted in [`names::RATE_LIMIT_DECISIONS_TOTAL`] (`allowed`, `limited`,
+//! or `error` for a failure or a breaker skip).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use maas_domain::ports::{RateDecision, RateLimit, RateLimiter};
+use maas_telemetry::names::{self, rate_limit_decision};
+use redis::Script;
+use uuid::Uuid;
+
+use crate::call::{self, Breaker, Failure};
+use crate::pool::RedisPool;
+use crate::settings::RedisSettings;
+
+/// How long checks skip Redis after one failed because Redis was unreachable or too slow,
+/// unless [`RedisRateLimiter::with_breaker_cooldown`] says otherwise.
+pub const DEFAULT_LIMITER_BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// Microseconds in a minute: the emission interval of a limit of one request per minute.
+const MINUTE_US: u64 = 60_000_000;
+
+/// Largest `burst · T`, so that `now + burst · T` (now ≈ 2^50.6 µs) stays below 2^53, where Lua
+/// doubles are still exact integers.
+const MAX_CAPACITY_US: u64 = 1 << 50;
+
+/// How much longer than the time until the allowance is full a key lives, in milliseconds.
+const EXPIRY_MARGIN_MS: u64 = 1_000;
+
+const MICROS_PER_SECOND: u64 = 1_000_000;
+
+/// The GCRA decision. KEYS: the key's TAT. ARGV: emission interval T (µs), capacity burst · T
+/// (µs), expiry margin (ms). Returns `{admitted (1|0), remaining, retry_after_us, reset_us}`.
+///
+/// Numbers are Lua doubles, exact for integers below 2^53; they are written with `%.0f` so that
+/// Redis never sees an exponent.
+const GCRA_SCRIPT: &str = r"
+-- Redis 3.2 to 4 replicate scripts verbatim and refuse writes after TIME unless told to
+-- replicate the effects instead (the only mode since Redis 5; there this is a no-op).
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local margin_ms = tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = now
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  tat = math.max(tonumber(stored) or now, now)
+end
+local new_tat = tat + interval
+local allow_at = new_tat - capacity
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000) + margin_ms
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+return {1, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
+";
+
+/// The script's reply: admitted (1|0), remaining, retry-after (µs), reset (µs).
+type ScriptReply = (i64, i64, i64, i64);
+
+/// The Redis rate limiter. Cheap to clone; clones share the pool and the breaker.
+///
+/// See the [module documentation](self) for the algorithm and the failure handling.
+#[derive(Clone)]
+pub struct RedisRateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: RedisPool,
+    key_prefix: String,
+    command_timeout: Duration,
+    script: Script,
+    /// Open after Redis was unreachable or too slow: checks skip Redis.
+    breaker: Breaker,
+}
+
+impl RedisRateLimiter {
+    /// A limiter over `pool` whose keys start with `key_prefix` and whose every check gives up
+    /// after `command_timeout` (pool checkout included).
+    pub fn new(pool: RedisPool, key_prefix: impl Into<String>, command_timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                key_prefix: key_prefix.into(),
+                command_timeout,
+                script: Script::new(GCRA_SCRIPT),
+                breaker: Breaker::new(DEFAULT_LIMITER_BREAKER_COOLDOWN),
+            }),
+        }
+    }
+
+    /// [`new`](Self::new) with the key prefix and command timeout of `redis`.
+    pub fn from_settings(pool: RedisPool, redis: &RedisSettings) -> Self {
+        Self::new(pool, redis.key_prefix.clone(), redis.command_timeout())
+    }
+
+    /// Sets how long checks answer [`RateDecision::Unavailable`] without asking Redis after one
+    /// found Redis unreachable or too slow (default [`DEFAULT_LIMITER_BREAKER_COOLDOWN`]; zero
+    /// turns the breaker off); clones share the setting.
+    #[must_use]
+    pub fn with_breaker_cooldown(self, cooldown: Duration) -> Self {
+        self.inner.breaker.set_cooldown(cooldown);
+        self
+    }
+
+    /// Whether checks currently skip Redis because a recent one found it unreachable or slow.
+    pub fn is_breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The Redis key holding the theoretical arrival time of `key_id` (microseconds on Redis's
+    /// clock, as a decimal string).
+    pub fn key(&self, key_id: Uuid) -> String {
+        format!("{}rl:{key_id}", self.inner.key_prefix)
+    }
+
+    /// Opens the breaker if Redis looks down, and logs the first failure of a streak.
+    fn record_failure(&self, failure: &Failure) {
+        let breaker = &self.inner.breaker;
+        let outage = failure.is_outage();
+        if outage {
+            breaker.trip();
+        }
+        if breaker.note_failure() {
+            if outage {
+                log::warn!(
+                    "Redis rate limiter failed ({failure}); checks are undecided, without asking \
+                     Redis for {} ms at a time, until Redis answers again",
+                    breaker.cooldown_ms()
+                );
+            } else {
+                log::error!("Redis rate limiter failed ({failure}); checks are undecided");
+            }
+        }
+    }
+
+    /// Logs the end of a failure streak.
+    fn record_success(&self) {
+        if self.inner.breaker.note_success() {
+            log::info!("Redis rate limiter answers again");
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRateLimiter")
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("command_timeout", &self.inner.command_timeout)
+            .field("breaker_cooldown_ms", &self.inner.breaker.cooldown_ms())
+            .field("breaker_open", &self.is_breaker_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `T = 60 s / rpm` in microseconds, rounded up (so never more than `rpm` a minute), at least 1;
+/// an `rpm` of 0 counts as 1.
+fn emission_interval_us(rpm: u32) -> u64 {
+    MINUTE_US.div_ceil(u64::from(rpm.max(1)))
+}
+
+/// `burst · interval` (a `burst` of 0 counts as 1), capped at [`MAX_CAPACITY_US`].
+fn capacity_us(interval_us: u64, burst: u32) -> u64 {
+    interval_us
+        .saturating_mul(u64::from(burst.max(1)))
+        .min(MAX_CAPACITY_US)
+}
+
+/// Whole seconds in `micros`, rounded up; 0 for none.
+fn ceil_seconds(micros: i64) -> u64 {
+    u64::try_from(micros).map_or(0, |us| us.div_ceil(MICROS_PER_SECOND))
+}
+
+/// The decision the script's reply stands for.
+fn decision(reply: ScriptReply) -> RateDecision {
+    let (admitted, remaining, retry_after_us, reset_us) = reply;
+    if admitted == 1 {
+        RateDecision::Allowed {
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            reset_seconds: ceil_seconds(reset_us),
+        }
+    } else {
+        RateDecision::Limited {
+            retry_after_seconds: ceil_seconds(retry_after_us).max(1),
+            reset_seconds: ceil_seconds(reset_us).max(1),
+        }
+    }
+}
+
+fn count(decision: &'static str) {
+    metrics::counter!(names::RATE_LIMIT_DECISIONS_TOTAL, "decision" => decision).increment(1);
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision {
+        if self.is_breaker_open() {
+            count(rate_limit_decision::ERROR);
+            return RateDecision::Unavailable;
+        }
+        let interval = emission_interval_us(limit.rpm);
+        let mut invocation = self.inner.script.prepare_invoke();
+        invocation
+            .key(self.key(key_id))
+            .arg(interval)
+            .arg(capacity_us(interval, limit.burst))
+            .arg(EXPIRY_MARGIN_MS);
+        let invocation = &invocation;
+        let reply = call::run(
+            &self.inner.pool,
+            self.inner.command_timeout,
+            |mut conn| async move { invocation.invoke_async::<ScriptReply>(&mut conn).await },
+        )
+        .await;
+        match reply {
+            Ok(reply) => {
+                self.record_success();
+                let decision = decision(reply);
+                count(match decision {
+                    RateDecision::Allowed { .. } => rate_limit_decision::ALLOWED,
+                    RateDecision::Limited { .. } => rate_limit_decision::LIMITED,
+                    RateDecision::Unavailable => rate_limit_decision::ERROR,
+                });
+                decision
+            }
+            Err(failure) => {
+                self.record_failure(&failure);
+                count(rate_limit_decision::ERROR);
+                RateDecision::Unavailable
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emission_interval_is_a_minute_over_rpm_rounded_up() {
+        assert_eq!(emission_interval_us(1), 60_000_000);
+        assert_eq!(emission_interval_us(60_000), 1_000);
+        // 60 s / 7 = 8_571_428.57… µs: rounding up keeps the sustained rate at or below 7/min.
+        assert_eq!(emission_interval_us(7), 8_571_429);
+        assert_eq!(emission_interval_us(u32::MAX), 1, "never zero");
+        assert_eq!(emission_interval_us(0), 60_000_000, "0 rpm counts as 1");
+    }
+
+    #[test]
+    fn the_capacity_is_burst_intervals_with_a_burst_of_at_least_one() {
+        assert_eq!(capacity_us(1_000, 5), 5_000);
+        assert_eq!(capacity_us(1_000, 0), 1_000);
+        assert_eq!(capacity_us(60_000_000, u32::MAX), MAX_CAPACITY_US);
+    }
+
+    #[test]
+    fn seconds_are_rounded_up() {
+        assert_eq!(ceil_seconds(0), 0);
+        assert_eq!(ceil_seconds(-5), 0);
+        assert_eq!(ceil_seconds(1), 1);
+        assert_eq!(ceil_seconds(1_000_000), 1);
+        assert_eq!(ceil_seconds(1_000_001), 2);
+    }
+
+    #[test]
+    fn an_admitting_reply_is_allowed_with_its_remaining_count() {
+        assert_eq!(
+            decision((1, 4, 0, 12_000_000)),
+            RateDecision::Allowed {
+                remaining: 4,
+                reset_seconds: 12
+            }
+        );
+    }
+
+    #[test]
+    fn a_refusing_reply_waits_at_least_a_second() {
+        assert_eq!(
+            decision((0, 0, 300, 59_000_001)),
+            RateDecision::Limited {
+                retry_after_seconds: 1,
+                reset_seconds: 60
+            }
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Identity use-cases: authentication (cached), users and API keys, and the batched
+//! `last_used_at` bookkeeping that keeps writes off the request path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{DomainError, ValidationError};
+use crate::identity::{
+    ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, NewApiKey, NewUser, PlaintextKey, Principal,
+    RateLimitRpm, User, UserPatch,
+};
+use crate::model::Page;
+use crate::ports::{Cache, CacheLookup, IdentityRepository};
+use crate::values::{PageLimit, Username};
+
+/// Why authentication failed: the client sees one 401 either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// The key is not acceptable; the reason is for logs and metrics only.
+    Refused(AuthFailure),
+    /// The key could not be checked (database down).
+    Unavailable(String),
+}
+
+/// Keys used since the last flush, with the latest use of each. Recording is a map insert;
+/// [`Accounts::flush_key_usage`] writes them all in one statement.
+#[derive(Debug, Default)]
+pub struct KeyUsage {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl KeyUsage {
+    /// Notes that `key_id` was used at `at`.
+    pub fn record(&self, key_id: Uuid, at: DateTime<Utc>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            let slot = pending.entry(key_id).or_insert(at);
+            if *slot < at {
+                *slot = at;
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        self.pending
+            .lock()
+            .map(|mut p| p.drain().collect())
+            .unwrap_or_default()
+    }
+
+    fn put_back(&self, used: Vec<(Uuid, DateTime<Utc>)>) {
+        for (id, at) in used {
+            self.record(id, at);
+        }
+    }
+}
+
+/// What creating a key returns: the stored key and, once only, the key itself.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The stored key (no secret).
+    pub key: ApiKey,
+    /// The plaintext key; shown to its owner once and never again.
+    pub plaintext: PlaintextKey,
+}
+
+/// Identity use-cases.
+#[derive(Clone)]
+pub struct Accounts {
+    repo: Arc<dyn IdentityRepository>,
+    cache: Arc<dyn Cache>,
+    usage: Arc<KeyUsage>,
+}
+
+fn key_scope(hash: &KeyHash) -> String {
+    format!("key:{}", hash.to_hex())
+}
+
+fn admin_only(actor: &Principal) -> Result<(), DomainError> {
+    if actor.is_admin() {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden(
+            "only admins may manage users and other users' keys".to_owned(),
+        ))
+    }
+}
+
+impl Accounts {
+    /// Identity use-cases over a store and a cache of key lookups (use a short TTL).
+    pub fn new(repo: Arc<dyn IdentityRepository>, cache: Arc<dyn Cache>) -> Self {
+        Self {
+            repo,
+            cache,
+            usage: Arc::new(KeyUsage::default()),
+        }
+    }
+
+    /// Checks a key and returns who it acts as. The lookup is cached; revocation, disabling and
+    /// role changes invalidate it, so a refused key is refused on every replica at once.
+    pub async fn authenticate(
+        &self,
+        raw: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        let raw = raw.ok_or(AuthError::Refused(AuthFailure::Missing))?;
+        let key =
+            PlaintextKey::parse(raw).map_err(|_| AuthError::Refused(AuthFailure::Malformed))?;
+        let hash = key.hash();
+        let record = self.lookup(&hash).await?;
+        let record = record.ok_or(AuthError::Refused(AuthFailure::Unknown))?;
+        if record.key.revoked_at.is_some() {
+            return Err(AuthError::Refused(AuthFailure::Revoked));
+        }
+        if record.key.expires_at.is_some_and(|at| at <= now) {
+            return Err(AuthError::Refused(AuthFailure::Expired));
+        }
+        if record.user.disabled {
+            return Err(AuthError::Refused(AuthFailure::Disabled));
+        }
+        self.usage.record(record.key.id, now);
+        Ok(Principal::from(&record))
+    }
+
+    async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
+        let scope = key_scope(hash);
+        let token = match self.cache.lookup(&scope, "k").await {
+            CacheLookup::Hit(bytes) => {
+                if let Ok(record) = serde_json::from_slice::<KeyRecord>(&bytes) {
+                    return Ok(Some(record));
+                }
+                Some(crate::ports::FillToken(None))
+            }
+            CacheLookup::Miss(token) => Some(token),
+            CacheLookup::Bypass => None,
+        };
+        let found = self.repo.find_key(hash).await.map_err(|e| match e {
+            crate::RepoError::NotFound(_) => AuthError::Refused(AuthFailure::Unknown),
+            other => AuthError::Unavailable(other.to_string()),
+        })?;
+        // Only usable keys are cached: unknown, revoked or disabled ones go to the database.
+        if let (Some(token), Some(record)) = (token, &found)
+            && record.key.revoked_at.is_none()
+            && !record.user.disabled
+            && let Ok(bytes) = serde_json::to_vec(record)
+        {
+            self.cache.fill(&scope, "k", token, bytes).await;
+        }
+        Ok(found)
+    }
+
+    /// Writes the `last_used_at` of every key used since the last flush, in one statement.
+    /// On failure the uses are kept for the next flush. Returns how many keys were written.
+    pub async fn flush_key_usage(&self) -> Result<usize, DomainError> {
+        let used = self.usage.take();
+        if used.is_empty() {
+            return Ok(0);
+        }
+        match self.repo.touch_keys(&used).await {
+            Ok(()) => Ok(used.len()),
+            Err(e) => {
+                self.usage.put_back(used);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Creates a user (admins only).
+    pub async fn create_user(&self, actor: &Principal, new: NewUser) -> Result<User, DomainError> {
+        admin_only(actor)?;
+        Ok(self.repo.create_user(new).await?)
+    }
+
+    /// Creates a user without an actor: for operators at the command line.
+    pub async fn create_user_as_operator(&self, new: NewUser) -> Result<User, DomainError> {
+        Ok(self.repo.create_user(new).await?)
+    }
+
+    /// A page of users by name (admins only).
+    pub async fn list_users(
+        &self,
+        actor: &Principal,
+        cursor: Option<&str>,
+        limit: PageLimit,
+    ) -> Result<Page<User>, DomainError> {
+        admin_only(actor)?;
+        let after = cursor.map(decode_user_cursor).transpose()?;
+        let mut rows = self.repo.list_users(after.as_ref(), limit).await?;
+        let next_cursor = if rows.len() > usize::from(limit.get()) {
+            rows.truncate(usize::from(limit.get()));
+            rows.last().map(|u| encode_user_cursor(&u.username))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows,
+            next_cursor,
+        })
+    }
+
+    /// The actor's own user.
+    pub async fn me(&self, actor: &Principal) -> Result<User, DomainError> {
+        Ok(self.repo.get_user_by_id(actor.user_id).await?)
+    }
+
+    /// Changes a user's role or disabled flag (admins only); the user's cached key lookups are
+    /// dropped before this returns.
+    pub async fn update_user(
+        &self,
+        actor: &Principal,
+        username: &Username,
+        patch: UserPatch,
+    ) -> Result<User, DomainError> {
+        admin_only(actor)?;
+        let user = self.repo.update_user(username, patch).await?;
+        for hash in self.repo.key_hashes_of_user(user.id).await? {
+            self.cache.invalidate(&key_scope(&hash)).await;
+        }
+        Ok(user)
+    }
+
+    /// Creates a key for the actor, or (admins only) for `user_id` and with its own limit.
+    pub async fn create_key(
+        &self,
+        actor: &Principal,
+        name: KeyName,
+        expires_at: Option<DateTime<Utc>>,
+        user_id: Option<Uuid>,
+        rate_limit_rpm: Option<RateLimitRpm>,
+        now: DateTime<Utc>,
+    ) -> Result<CreatedKey, DomainError> {
+        if (user_id.is_some_and(|id| id != actor.user_id) || rate_limit_rpm.is_some())
+            && !actor.is_admin()
+        {
+            return Err(DomainError::Forbidden(
+                "only admins may create keys for other users or set rate_limit_rpm".to_owned(),
+            ));
+        }
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(ValidationError::new("expires_at", "must be in the future").into());
+        }
+        self.issue_key(
+            user_id.unwrap_or(actor.user_id),
+            name,
+            expires_at,
+            rate_limit_rpm,
+        )
+        .await
+    }
+
+    /// Creates a key for a user without an actor: for operators at the command line.
+    pub async fn create_key_as_operator(
+        &self,
+        username: &Username,
+        name: KeyName,
+    ) -> Result<CreatedKey, DomainError> {
+        let user = self.repo.get_user(username).await?;
+        self.issue_key(user.id, name, None, None).await
+    }
+
+    async fn issue_key(
+        &self,
+        user_id: Uuid,
+        name: KeyName,
+        expires_at: Option<DateTime<Utc>>,
+        rate_limit_rpm: Option<RateLimitRpm>,
+    ) -> Result<CreatedKey, DomainError> {
+        let plaintext = PlaintextKey::generate()
+            .map_err(|e| DomainError::Internal(format!("no randomness: {e}")))?;
+        let key = self
+            .repo
+            .create_key(NewApiKey {
+                user_id,
+                name,
+                hash: plaintext.hash(),
+                prefix: plaintext.display_prefix(),
+                expires_at,
+                rate_limit_rpm,
+            })
+            .await?;
+        Ok(CreatedKey { key, plaintext })
+    }
+
+    /// The keys of the actor, or (admins only) of `user_id`.
+    pub async fn list_keys(
+        &self,
+        actor: &Principal,
+        user_id: Option<Uuid>,
+    ) -> Result<Vec<ApiKey>, DomainError> {
+        let owner = user_id.unwrap_or(actor.user_id);
+        if owner != actor.user_id {
+            admin_only(actor)?;
+        }
+        Ok(self.repo.list_keys(owner).await?)
+    }
+
+    /// Revokes a key of the actor (admins: any key). The very next request with it is refused,
+    /// on every replica: the cached lookup is dropped before this returns.
+    pub async fn revoke_key(&self, actor: &Principal, id: Uuid) -> Result<ApiKey, DomainError> {
+        let key = self.repo.get_key(id).await?;
+        if key.user_id != actor.user_id && !actor.is_admin() {
+            // Same answer as a missing key: members cannot probe other users' key ids.
+            return Err(DomainError::NotFound(format!("API key {id} not found")));
+        }
+        let (key, hash) = self.repo.revoke_key(id).await?;
+        self.cache.invalidate(&key_scope(&hash)).await;
+        Ok(key)
+    }
+
+    /// At start-up: if no admin exists, creates user `admin` holding `key`. Safe when several
+    /// replicas start at once. Returns the user when it was created.
+    pub async fn bootstrap_admin(&self, key: &PlaintextKey) -> Result<Option<User>, DomainError> {
+        let username = Username::parse("admin")?;
+        let new = NewApiKey {
+            user_id: Uuid::nil(),
+            name: KeyName::parse("bootstrap".to_owned())?,
+            hash: key.hash(),
+            prefix: key.display_prefix(),
+            expires_at: None,
+            rate_limit_rpm: None,
+        };
+        Ok(self.repo.bootstrap_admin(&username, new).await?)
+    }
+}
+
+fn encode_user_cursor(last: &Username) -> String {
+    crate::cursor::encode_tagged("u:", last.as_str())
+}
+
+fn decode_user_cursor(raw: &str) -> Result<Username, ValidationError> {
+    crate::cursor::decode_tagged(raw, "u:")
+        .and_then(|s| Username::parse(s).map_err(|_| crate::cursor::bad_cursor()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_usage_keeps_the_latest_use_of_each_key() {
+        let usage = KeyUsage::default();
+        let key = Uuid::new_v4();
+        let early = DateTime::<Utc>::from_timestamp(1_000, 0).expect("valid");
+        let late = DateTime::<Utc>::from_timestamp(2_000, 0).expect("valid");
+        usage.record(key, late);
+        usage.record(key, early);
+        usage.record(Uuid::new_v4(), early);
+        let mut taken = usage.take();
+        taken.sort_by_key(|(_, at)| *at);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[1], (key, late));
+        assert!(usage.take().is_empty(), "taking empties it");
+    }
+}
