@@ -13,7 +13,7 @@ use maas_api::{AppState, Dependency};
 use maas_domain::identity::{KeyName, NewUser, PlaintextKey, Role};
 use maas_domain::ports::{Cache, NoCache};
 use maas_domain::values::Username;
-use maas_domain::{Accounts, Registry};
+use maas_domain::{Accounts, Registry, Usage};
 use slog::{Logger, error, info, warn};
 
 use crate::settings::Settings;
@@ -268,7 +268,7 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     ));
     let dependencies: Arc<[Dependency]> = Arc::new([
         Dependency {
-            check: Arc::new(maas_persistence::PgHealth::new(pg)),
+            check: Arc::new(maas_persistence::PgHealth::new(pg.clone())),
             required: true,
         },
         Dependency {
@@ -279,8 +279,25 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
             required: false,
         },
     ]);
+    let upstream = maas_api::proxy::Upstream::new(&settings.upstream)
+        .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+    let (usage_queue, usage_receiver) =
+        maas_api::usage::UsageQueue::new(settings.usage.queue_capacity);
+    let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
+        pg.clone(),
+    )));
+    let usage_writer = tokio::spawn(maas_api::usage::write_usage(
+        usage_receiver,
+        usage.clone(),
+        settings.usage.batch_size,
+        log.clone(),
+    ));
     let state = AppState {
         registry,
+        upstream,
+        upstream_settings: settings.upstream,
+        usage_queue,
+        usage,
         accounts: accounts.clone(),
         rate_limiter,
         rate_limit: settings.rate_limit,
@@ -316,6 +333,13 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     info!(log, "listening"; "address" => local.to_string(), "port" => local.port());
     let server = maas_api::run(listener, state, &settings.server).map_err(|e| e.to_string())?;
     let result = server.await.map_err(|e| e.to_string());
+    // Every queue sender went with the server: the writer drains what is left, then ends.
+    if tokio::time::timeout(Duration::from_secs(10), usage_writer)
+        .await
+        .is_err()
+    {
+        warn!(log, "usage events still queued after 10 s were not written");
+    }
     upkeep.abort();
     usage_flush.abort();
     flush_key_usage(log, &accounts).await;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use maas_api::{AuthSettings, RateLimitSettings, ServerSettings};
+use maas_api::{AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings};
 use maas_cache::{CacheSettings, RedisSettings};
 use maas_domain::identity::PlaintextKey;
 use maas_persistence::DatabaseSettings;
@@ -36,6 +36,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Per-key rate limits.
     pub rate_limit: RateLimitSettings,
+    /// Calls to model servers.
+    pub upstream: UpstreamSettings,
+    /// The usage-event queue.
+    pub usage: UsageSettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -116,11 +120,28 @@ impl Settings {
             ),
             ("auth.usage_flush_seconds", self.auth.usage_flush_seconds),
             ("cache.ttl_seconds", self.cache.ttl_seconds),
+            ("upstream.timeout_seconds", self.upstream.timeout_seconds),
+            (
+                "upstream.connect_timeout_seconds",
+                self.upstream.connect_timeout_seconds,
+            ),
+            (
+                "upstream.max_body_bytes",
+                self.upstream.max_body_bytes as u64,
+            ),
+            ("usage.queue_capacity", self.usage.queue_capacity as u64),
+            ("usage.batch_size", self.usage.batch_size as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(SettingsError(format!("{key} must be at least 1")));
             }
+        }
+        let most = maas_persistence::PgUsageRepository::MAX_EVENTS_PER_STATEMENT;
+        if self.usage.batch_size > most {
+            return Err(SettingsError(format!(
+                "usage.batch_size must be at most {most} (one INSERT per batch)"
+            )));
         }
         Ok(())
     }

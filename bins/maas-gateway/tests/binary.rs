@@ -435,3 +435,42 @@ async fn operators_create_users_and_keys_from_the_command_line() {
     assert!(status.success());
     redis.cleanup().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inference_calls_leave_usage_events_that_survive_shutdown() {
+    let db = TestDatabase::empty().await;
+    let redis = TestRedis::start().await.expect("redis");
+    let gateway = Gateway::start(&db, &redis);
+    let client = admin_client();
+    for (path, body) in [
+        ("/api/v1/models", json!({"name": "offline"})),
+        (
+            "/api/v1/models/offline/versions",
+            json!({"source_uri": "s3://x", "endpoint_url": "http://127.0.0.1:1/v1"}),
+        ),
+    ] {
+        let res = client
+            .post(gateway.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), 201);
+    }
+    let res = client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "offline", "messages": []}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 502, "nothing listens at the endpoint");
+    gateway.terminate();
+    let (status, _) = gateway.wait();
+    assert!(status.success());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM usage_events WHERE model = 'offline' AND status = 502")
+            .await,
+        1
+    );
+    redis.cleanup().await.ok();
+}

@@ -57,7 +57,12 @@ fn refuse<B>(
     err: ApiError,
     quota: Option<Quota>,
 ) -> ServiceResponse<EitherBody<B>> {
-    let mut response = err.error_response();
+    // The OpenAI-compatible routes answer in OpenAI's error shape, so its SDKs understand them.
+    let mut response = if req.path().starts_with("/v1/") || req.path() == "/v1" {
+        err.openai_response()
+    } else {
+        err.error_response()
+    };
     if let Some(quota) = quota {
         quota.stamp(response.headers_mut());
     }

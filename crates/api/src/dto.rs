@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
 use maas_domain::identity::{ApiKey, NewUser, RateLimitRpm, Role, User, UserPatch};
+use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
     Alias, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
 };
@@ -191,6 +192,8 @@ pub struct CreateVersion {
     /// Base URL of the OpenAI-compatible server serving this version (absolute http/https).
     #[schema(example = "http://vllm:8000/v1")]
     pub endpoint_url: Option<String>,
+    /// Sent to the model server as `Authorization: Bearer`; stored server-side, never returned.
+    pub upstream_api_key: Option<String>,
     /// Framework name.
     pub framework: Option<String>,
     /// At most 4096 characters.
@@ -206,6 +209,7 @@ impl CreateVersion {
         Ok(NewVersion {
             source_uri: SourceUri::parse(self.source_uri)?,
             endpoint_url: opt(self.endpoint_url, EndpointUrl::parse)?,
+            upstream_api_key: opt(self.upstream_api_key, UpstreamSecret::parse)?,
             framework: opt(self.framework, Framework::parse)?,
             description: opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?.unwrap_or_default(),
@@ -220,6 +224,9 @@ pub struct UpdateVersion {
     /// New endpoint; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub endpoint_url: Option<Option<String>>,
+    /// New upstream credential; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub upstream_api_key: Option<Option<String>>,
     /// New framework; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub framework: Option<Option<String>>,
@@ -236,6 +243,7 @@ impl UpdateVersion {
     pub fn into_domain(self) -> Result<VersionPatch, ValidationError> {
         Ok(VersionPatch {
             endpoint_url: opt_opt(self.endpoint_url, EndpointUrl::parse)?,
+            upstream_api_key: opt_opt(self.upstream_api_key, UpstreamSecret::parse)?,
             framework: opt_opt(self.framework, Framework::parse)?,
             description: opt_opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?,
@@ -256,6 +264,8 @@ pub struct VersionResponse {
     pub source_uri: String,
     /// Base URL of the model server.
     pub endpoint_url: Option<String>,
+    /// Whether an upstream credential is set (the credential itself is never returned).
+    pub has_upstream_api_key: bool,
     /// Framework name.
     pub framework: Option<String>,
     /// Free text.
@@ -277,6 +287,7 @@ impl From<ModelVersion> for VersionResponse {
             version: v.version.get(),
             source_uri: v.source_uri.as_str().to_owned(),
             endpoint_url: v.endpoint_url.map(|u| u.as_str().to_owned()),
+            has_upstream_api_key: v.upstream_api_key.is_some(),
             framework: v.framework.map(|f| f.as_str().to_owned()),
             description: v.description.map(|d| d.as_str().to_owned()),
             metadata: v.metadata.into_inner(),

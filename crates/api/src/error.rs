@@ -64,6 +64,12 @@ pub enum ApiError {
     /// The rate limiter is down and `rate_limit.fail_open` is false.
     #[error("the rate limiter is unavailable; retry later")]
     RateLimiterUnavailable,
+    /// The model server could not be reached (or its response broke off).
+    #[error("the model server is unreachable")]
+    UpstreamUnreachable(String),
+    /// The model server did not answer within `upstream.timeout_seconds`.
+    #[error("the model server did not answer in time")]
+    UpstreamTimeout,
     /// The body could not be read from the connection.
     #[error("could not read the request body: {0}")]
     BadRequest(String),
@@ -96,6 +102,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            Self::UpstreamUnreachable(_) => ("bad-gateway", "Bad gateway"),
+            Self::UpstreamTimeout => ("gateway-timeout", "Gateway timeout"),
         }
     }
 
@@ -113,6 +121,10 @@ impl ApiError {
                 "a dependency of the gateway is unavailable; retry later".to_owned(),
                 None,
             ),
+            Self::UpstreamUnreachable(_) => (
+                "the model server could not be reached; retry later".to_owned(),
+                None,
+            ),
             other => (other.to_string(), None),
         };
         Problem {
@@ -123,6 +135,89 @@ impl ApiError {
             field,
             request_id: current_request_id(),
         }
+    }
+}
+
+impl ApiError {
+    /// OpenAI's `type` and `code` for this error (the `/v1` routes speak OpenAI's error shape).
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Domain(DomainError::NotFound(_)) => ("invalid_request_error", "model_not_found"),
+            Self::RouteNotFound(_) => ("invalid_request_error", "unknown_url"),
+            Self::Domain(DomainError::Validation(_)) => ("invalid_request_error", "invalid_value"),
+            Self::MalformedJson(_) | Self::BadRequest(_) => {
+                ("invalid_request_error", "invalid_json")
+            }
+            Self::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
+            Self::PayloadTooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            Self::Unauthorized => ("authentication_error", "invalid_api_key"),
+            Self::Domain(DomainError::Forbidden(_)) => ("permission_error", "forbidden"),
+            Self::Domain(DomainError::Conflict(_)) => ("invalid_request_error", "conflict"),
+            Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::UpstreamUnreachable(_) => ("api_error", "upstream_unreachable"),
+            Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
+            Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
+                ("api_error", "service_unavailable")
+            }
+            Self::Domain(DomainError::Internal(_)) => ("api_error", "internal_error"),
+        }
+    }
+
+    /// The same error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`,
+    /// with the same status and headers as the problem response.
+    pub fn openai_response(&self) -> HttpResponse {
+        let problem = self.problem();
+        let (kind, code) = self.openai_kind();
+        let body = serde_json::json!({
+            "error": {
+                "message": problem.detail,
+                "type": kind,
+                "param": problem.field,
+                "code": code,
+            }
+        });
+        let mut response = self.error_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let extensions = response.extensions().get::<ErrorDetail>().cloned();
+        let mut response = response.set_body(actix_web::body::BoxBody::new(
+            serde_json::to_vec(&body).unwrap_or_default(),
+        ));
+        if let Some(detail) = extensions {
+            response.extensions_mut().insert(detail);
+        }
+        response
+    }
+}
+
+/// An [`ApiError`] rendered in OpenAI's error shape (for the `/v1` routes).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpenAiError(#[from] pub ApiError);
+
+impl From<DomainError> for OpenAiError {
+    fn from(e: DomainError) -> Self {
+        Self(ApiError::Domain(e))
+    }
+}
+
+impl From<ValidationError> for OpenAiError {
+    fn from(e: ValidationError) -> Self {
+        Self(ApiError::from(e))
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.openai_response()
     }
 }
 
@@ -144,6 +239,8 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

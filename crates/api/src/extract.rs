@@ -36,35 +36,50 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             .app_data::<web::Data<BodyLimit>>()
             .map_or_else(|| BodyLimit::default().0, |l| l.0);
         let content_type_ok = is_json(req);
-        let declared_len = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let declared_len = content_length(req);
+        let payload = payload.take();
         Box::pin(async move {
             if !content_type_ok {
                 return Err(ApiError::UnsupportedMediaType(
                     "the request body must be JSON (content-type: application/json)".into(),
                 ));
             }
-            if declared_len.is_some_and(|len| len > limit) {
-                return Err(ApiError::PayloadTooLarge(limit));
-            }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = read_body(payload, declared_len, limit).await?;
             parse_json(&body).map(Json)
         })
     }
 }
 
-fn is_json(req: &HttpRequest) -> bool {
+/// Reads a whole request body of at most `limit` bytes (413 past it, also when chunked).
+pub async fn read_body(
+    mut payload: Payload,
+    declared_len: Option<usize>,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    if declared_len.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The declared `Content-Length`, if any.
+pub fn content_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// True when the request declares a JSON media type (`application/json` or `*/*+json`).
+pub fn is_json(req: &HttpRequest) -> bool {
     match req.mime_type() {
         Ok(Some(mime)) => {
             mime.type_() == "application"

@@ -23,8 +23,10 @@ pub mod extract;
 pub mod handlers;
 pub mod middleware;
 pub mod openapi;
+pub mod proxy;
 pub mod settings;
 pub mod state;
+pub mod usage;
 
 use std::net::TcpListener;
 
@@ -34,9 +36,11 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
 
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
-use crate::handlers::{aliases, docs, health, keys, models, users, versions};
+use crate::handlers::{aliases, docs, health, inference, keys, models, users, versions};
 
-pub use crate::settings::{AuthSettings, RateLimitSettings, ServerSettings};
+pub use crate::settings::{
+    AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings,
+};
 pub use crate::state::{AppState, Dependency};
 
 /// A resource whose wrong-method requests get a 405 problem instead of an empty body.
@@ -66,7 +70,31 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .wrap(actix_web::middleware::from_fn(auth::authenticate))
                 .configure(api_v1)
                 .default_service(web::to(route_not_found)),
+        )
+        .service(
+            web::scope("/v1")
+                .wrap(actix_web::middleware::from_fn(auth::authenticate))
+                .configure(openai_v1)
+                .default_service(web::to(inference::not_found)),
         );
+}
+
+/// A `/v1` resource: wrong methods answer in OpenAI's error shape.
+fn openai_resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(inference::method_not_allowed))
+}
+
+/// The OpenAI-compatible and raw inference routes (paths relative to `/v1`).
+fn openai_v1(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        openai_resource("/chat/completions").route(web::post().to(inference::chat_completions)),
+    )
+    .service(openai_resource("/completions").route(web::post().to(inference::completions)))
+    .service(openai_resource("/embeddings").route(web::post().to(inference::embeddings)))
+    .service(openai_resource("/models").route(web::get().to(inference::list_models)))
+    .service(
+        openai_resource("/models/{name}/invoke/{path:.*}").route(web::post().to(inference::invoke)),
+    );
 }
 
 /// The authenticated registry and identity API (paths relative to `/api/v1`).
@@ -111,7 +139,8 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(keys::create))
             .route(web::get().to(keys::list)),
     )
-    .service(resource("/keys/{id}").route(web::delete().to(keys::revoke)));
+    .service(resource("/keys/{id}").route(web::delete().to(keys::revoke)))
+    .service(resource("/usage").route(web::get().to(handlers::usage::report)));
 }
 
 /// The whole application: state, routes, a problem+json 404 for unknown paths, and the

@@ -36,6 +36,10 @@ fn request_id(req: &ServiceRequest) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
+/// When the gateway received the request (set by [`request_context`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStarted(pub Instant);
+
 struct InFlight;
 
 impl InFlight {
@@ -62,6 +66,7 @@ pub async fn request_context(
     let started = Instant::now();
     let _in_flight = InFlight::enter();
     let id = request_id(&req);
+    actix_web::HttpMessage::extensions_mut(&req).insert(RequestStarted(started));
     // Handlers and extractors turn their errors into responses inside this scope, so problem
     // bodies carry the id. (Cloning the request here would break routing: it must stay unique.)
     let mut response = REQUEST_ID.scope(id.clone(), next.call(req)).await?;

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::error::Problem;
-use crate::handlers::{aliases, health, keys, models, users, versions};
+use crate::handlers::{aliases, health, inference, keys, models, usage, users, versions};
 
 /// The gateway's API description, served at `/api/openapi.json`.
 #[derive(OpenApi)]
@@ -18,6 +18,9 @@ use crate::handlers::{aliases, health, keys, models, users, versions};
         aliases::put, aliases::get, aliases::delete,
         users::create, users::list, users::me, users::update,
         keys::create, keys::list, keys::revoke,
+        usage::report,
+        inference::chat_completions, inference::completions, inference::embeddings,
+        inference::list_models, inference::invoke,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("api_key" = [])),
@@ -27,12 +30,14 @@ use crate::handlers::{aliases, health, keys, models, users, versions};
         dto::SetAlias, dto::AliasResponse, health::Liveness, health::Readiness, health::CheckReport,
         dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::UserList,
         dto::CreateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
+        usage::UsageReport, usage::UsageItem, inference::OpenAiModel, inference::OpenAiModelList,
     )),
     tags(
         (name = "models", description = "The model registry"),
         (name = "versions", description = "Versions of a model"),
         (name = "aliases", description = "Named pointers to versions"),
         (name = "identity", description = "Users and API keys"),
+        (name = "inference", description = "OpenAI-compatible and raw calls to model servers, and their usage"),
         (name = "operations", description = "Health and metrics (no API key needed)"),
     )
 )]

@@ -99,3 +99,48 @@ impl Default for RateLimitSettings {
         }
     }
 }
+
+/// The `upstream` section: calls to model servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Longest wait for a model server's response headers, and between two chunks of its body
+    /// (504 past it).
+    pub timeout_seconds: u64,
+    /// Longest wait to open a connection to a model server (502 past it).
+    pub connect_timeout_seconds: u64,
+    /// Largest accepted inference request body, in bytes (prompts can be long).
+    pub max_body_bytes: usize,
+    /// Idle keep-alive connections kept per model server.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 300,
+            connect_timeout_seconds: 5,
+            max_body_bytes: 16 * 1024 * 1024,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+/// The `usage` section: the in-memory queue of usage events and its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageSettings {
+    /// Events held in memory at most; when full, new events are dropped and counted.
+    pub queue_capacity: usize,
+    /// Events written per INSERT at most.
+    pub batch_size: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            batch_size: 500,
+        }
+    }
+}

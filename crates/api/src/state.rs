@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use maas_domain::ports::{HealthCheck, RateLimiter};
-use maas_domain::{Accounts, Registry};
+use maas_domain::{Accounts, Registry, Usage};
+
+use crate::proxy::Upstream;
+use crate::settings::UpstreamSettings;
+use crate::usage::UsageQueue;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// A dependency reported by `/health/ready`.
@@ -27,6 +31,14 @@ pub struct AppState {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Default limit, burst and what to do when the limiter is down.
     pub rate_limit: crate::settings::RateLimitSettings,
+    /// The pooled client for model servers.
+    pub upstream: Upstream,
+    /// Upstream limits (body size) the handlers apply.
+    pub upstream_settings: UpstreamSettings,
+    /// Where inference calls leave their usage events.
+    pub usage_queue: UsageQueue,
+    /// Usage reports.
+    pub usage: Usage,
     /// Dependencies checked by `/health/ready`.
     pub dependencies: Arc<[Dependency]>,
     /// Renders `/metrics`.

@@ -273,6 +273,12 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/keys", "post"),
         ("/api/v1/keys", "get"),
         ("/api/v1/keys/{id}", "delete"),
+        ("/api/v1/usage", "get"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/completions", "post"),
+        ("/v1/embeddings", "post"),
+        ("/v1/models", "get"),
+        ("/v1/models/{name}/invoke/{path}", "post"),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     let documented: usize = paths
@@ -295,6 +301,7 @@ async fn the_openapi_document_covers_every_route() {
             .replace("{version}", "1")
             .replace("{alias}", "prod")
             .replace("{username}", "someone")
+            .replace("{path}", "echo")
             .replace("{id}", "00000000-0000-0000-0000-000000000000");
         let res = app
             .client

@@ -20,11 +20,14 @@ pub mod accounts;
 pub mod cursor;
 pub mod error;
 pub mod identity;
+pub mod inference;
 pub mod model;
 pub mod ports;
 pub mod registry;
+pub mod usage;
 pub mod values;
 
 pub use accounts::Accounts;
 pub use error::{DomainError, RepoError, ValidationError};
 pub use registry::Registry;
+pub use usage::Usage;

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::inference::UpstreamSecret;
 use crate::values::{
     AliasName, Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags,
     VersionNumber,
@@ -78,6 +79,8 @@ pub struct ModelVersion {
     pub source_uri: SourceUri,
     /// Base URL of the model server serving this version.
     pub endpoint_url: Option<EndpointUrl>,
+    /// Credential sent to the model server; never returned by the API.
+    pub upstream_api_key: Option<UpstreamSecret>,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -97,6 +100,8 @@ pub struct NewVersion {
     pub source_uri: SourceUri,
     /// Base URL of the model server.
     pub endpoint_url: Option<EndpointUrl>,
+    /// Credential sent to the model server.
+    pub upstream_api_key: Option<UpstreamSecret>,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -110,6 +115,8 @@ pub struct NewVersion {
 pub struct VersionPatch {
     /// New endpoint, or clear it.
     pub endpoint_url: Option<Option<EndpointUrl>>,
+    /// New upstream credential, or clear it.
+    pub upstream_api_key: Option<Option<UpstreamSecret>>,
     /// New framework, or clear it.
     pub framework: Option<Option<Framework>>,
     /// New description, or clear it.
@@ -122,6 +129,7 @@ impl VersionPatch {
     /// True when the patch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.endpoint_url.is_none()
+            && self.upstream_api_key.is_none()
             && self.framework.is_none()
             && self.description.is_none()
             && self.metadata.is_none()

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::error::RepoError;
 use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
+use crate::inference::{ServableModel, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
@@ -56,6 +57,10 @@ pub trait RegistryRepository: Send + Sync {
     ) -> Result<ModelVersion, RepoError>;
     /// The highest existing version.
     async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
+    /// The highest version that has an `endpoint_url`.
+    async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
+    /// Every model with at least one version that has an `endpoint_url`, ordered by name.
+    async fn list_servable_models(&self) -> Result<Vec<ServableModel>, RepoError>;
     /// Applies a patch and bumps `updated_at`.
     async fn update_version(
         &self,
@@ -238,4 +243,13 @@ pub trait RateLimiter: Send + Sync {
     /// Counts one request of `key_id` against `limit`, atomically, and says whether it is
     /// admitted. Returns within the implementation's timeout.
     async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision;
+}
+
+/// Durable storage of inference usage events.
+#[async_trait]
+pub trait UsageRepository: Send + Sync {
+    /// Appends events in one statement.
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<(), RepoError>;
+    /// Aggregates events per the query's grouping, ordered by group.
+    async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError>;
 }

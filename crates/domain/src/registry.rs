@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
+use crate::inference::{Selector, ServableModel, Target};
 use crate::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
 };
@@ -249,6 +250,43 @@ impl Registry {
         let result = self.repo.delete_alias(model, alias).await;
         self.invalidate(model).await;
         Ok(result?)
+    }
+}
+
+impl Registry {
+    /// The version an inference call goes to (cached): `name@alias`, `name:version`, or for a
+    /// bare name the `production` alias when set, else the highest version with an endpoint.
+    pub async fn resolve_target(&self, target: &Target) -> Result<ModelVersion, DomainError> {
+        let model = &target.model;
+        let version = match &target.selector {
+            Selector::Alias(alias) => self.resolve_alias(model, alias).await?,
+            Selector::Version(v) => self.get_version(model, *v).await?,
+            Selector::Default => {
+                self.cached(model, "d", async {
+                    let production = AliasName::parse(Target::DEFAULT_ALIAS)?;
+                    match self.repo.resolve_alias(model, &production).await {
+                        Ok(version) => Ok(version),
+                        Err(crate::RepoError::NotFound(_)) => {
+                            Ok(self.repo.latest_servable_version(model).await?)
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await?
+            }
+        };
+        if version.endpoint_url.is_none() {
+            return Err(DomainError::NotFound(format!(
+                "version {} of model '{model}' has no endpoint_url to serve it",
+                version.version
+            )));
+        }
+        Ok(version)
+    }
+
+    /// Models that can serve calls (for `GET /v1/models`).
+    pub async fn list_servable_models(&self) -> Result<Vec<ServableModel>, DomainError> {
+        Ok(self.repo.list_servable_models().await?)
     }
 }
 

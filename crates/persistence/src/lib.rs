@@ -3,18 +3,20 @@
 //! The PostgreSQL side of maas-gateway: the diesel schema of `migrations/`, the embedded
 //! migrations and their runner, the bb8 connection pool, and the adapters of the domain's ports
 //! ([`PgRegistryRepository`] for `RegistryRepository`, [`PgIdentityRepository`] for
-//! `IdentityRepository`, [`PgHealth`] for `HealthCheck`). It is the only crate that opens database
-//! connections; nothing here needs libpq or OpenSSL. Of an API key it stores only the SHA-256.
+//! `IdentityRepository`, [`PgUsageRepository`] for `UsageRepository`, [`PgHealth`] for
+//! `HealthCheck`). It is the only crate that opens database connections; nothing here needs libpq
+//! or OpenSSL. Of an API key it stores only the SHA-256; a version's upstream credential is stored
+//! as-is (it must reach the model server) and no row type holding it implements `Debug`.
 //!
 //! Another service uses it in four steps: settings, wait, migrate, pool.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use maas_domain::ports::{IdentityRepository, RegistryRepository};
+//! use maas_domain::ports::{IdentityRepository, RegistryRepository, UsageRepository};
 //! use maas_persistence::{
-//!     DatabaseSettings, PgIdentityRepository, PgRegistryRepository, connect, run_migrations,
-//!     wait_for_database,
+//!     DatabaseSettings, PgIdentityRepository, PgRegistryRepository, PgUsageRepository, connect,
+//!     run_migrations, wait_for_database,
 //! };
 //!
 //! # async fn start() -> Result<(), maas_persistence::PersistenceError> {
@@ -27,8 +29,9 @@
 //! eprintln!("applied migrations: {applied:?}");
 //! let pool = connect(&settings).await?;
 //! let registry: Arc<dyn RegistryRepository> = Arc::new(PgRegistryRepository::new(pool.clone()));
-//! let identity: Arc<dyn IdentityRepository> = Arc::new(PgIdentityRepository::new(pool));
-//! # drop((registry, identity));
+//! let identity: Arc<dyn IdentityRepository> = Arc::new(PgIdentityRepository::new(pool.clone()));
+//! let usage: Arc<dyn UsageRepository> = Arc::new(PgUsageRepository::new(pool));
+//! # drop((registry, identity, usage));
 //! # Ok(())
 //! # }
 //! ```
@@ -51,6 +54,7 @@ mod schema;
 mod settings;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+mod usage;
 
 pub use error::PersistenceError;
 pub use health::PgHealth;
@@ -59,3 +63,4 @@ pub use migrate::{MIGRATIONS, run_migrations};
 pub use pool::{PgPool, connect, wait_for_database};
 pub use repo::PgRegistryRepository;
 pub use settings::DatabaseSettings;
+pub use usage::PgUsageRepository;

@@ -9,6 +9,7 @@ use diesel::sql_types::Text;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
+use maas_domain::inference::ServableModel;
 use maas_domain::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
@@ -16,12 +17,12 @@ use maas_domain::ports::RegistryRepository;
 use maas_domain::values::{AliasName, ModelName, PageLimit, VersionNumber};
 use uuid::Uuid;
 
-use crate::error::{Failure, observe};
+use crate::error::{Failure, corrupt, observe};
 use crate::pool::{PgPool, PooledConnection};
 use crate::rows::{
     ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow, rows_for,
 };
-use crate::schema::{model_aliases, model_versions, models};
+use crate::schema::{model_aliases, model_versions, models, users};
 
 /// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
@@ -307,6 +308,62 @@ impl RegistryRepository for PgRegistryRepository {
                     Err(missing(&mut conn, model, none).await)
                 }
             }
+        })
+        .await
+    }
+
+    async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError> {
+        observe("latest_servable_version", async {
+            let mut conn = self.conn().await?;
+            // Walks model_versions_servable_idx backwards: versions without an endpoint are
+            // not in it.
+            let row = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .filter(model_versions::endpoint_url.is_not_null())
+                .select(VersionRow::as_select())
+                .order(model_versions::version.desc())
+                .first(&mut conn)
+                .await
+                .optional()?;
+            match row {
+                Some(row) => Ok(row.into_domain(model)?),
+                None => {
+                    let none = RepoError::NotFound(format!(
+                        "model '{model}' has no version with an endpoint_url"
+                    ));
+                    Err(missing(&mut conn, model, none).await)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_servable_models(&self) -> Result<Vec<ServableModel>, RepoError> {
+        observe("list_servable_models", async {
+            let mut conn = self.conn().await?;
+            // One query: `IN (SELECT …)` is planned as a semi-join, so a model with several
+            // servable versions still comes back once.
+            let servable = model_versions::table
+                .filter(model_versions::endpoint_url.is_not_null())
+                .select(model_versions::model_id);
+            let rows: Vec<(String, DateTime<Utc>, Option<String>)> = models::table
+                .left_join(users::table)
+                .filter(models::id.eq_any(servable))
+                .select((models::name, models::created_at, users::username.nullable()))
+                .order(models::name.asc())
+                .load(&mut conn)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, created_at, owner)| {
+                    Ok(ServableModel {
+                        name: ModelName::parse(name).map_err(|e| corrupt("models.name", e))?,
+                        created_at,
+                        owner,
+                    })
+                })
+                .collect::<Result<_, RepoError>>()?)
         })
         .await
     }

@@ -10,6 +10,7 @@ use maas_domain::RepoError;
 use maas_domain::identity::{
     ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
 };
+use maas_domain::inference::{UpstreamSecret, UsageEvent};
 use maas_domain::model::{Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch};
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
@@ -18,7 +19,7 @@ use maas_domain::values::{
 use uuid::Uuid;
 
 use crate::error::corrupt;
-use crate::schema::{api_keys, model_versions, models, users};
+use crate::schema::{api_keys, model_versions, models, usage_events, users};
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -57,14 +58,15 @@ impl TryFrom<ModelRow> for Model {
     }
 }
 
-/// A row of `model_versions`.
-#[derive(Debug, Queryable, Selectable)]
+/// A row of `model_versions`. Not `Debug`: it holds the upstream credential in plain text.
+#[derive(Queryable, Selectable)]
 #[diesel(table_name = model_versions, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct VersionRow {
     id: Uuid,
     version: i32,
     source_uri: String,
     endpoint_url: Option<String>,
+    upstream_api_key: Option<String>,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
@@ -91,6 +93,12 @@ impl VersionRow {
                 .map(EndpointUrl::parse)
                 .transpose()
                 .map_err(|e| corrupt("model_versions.endpoint_url", e))?,
+            // The error names the rule, never the stored value.
+            upstream_api_key: self
+                .upstream_api_key
+                .map(UpstreamSecret::parse)
+                .transpose()
+                .map_err(|e| corrupt("model_versions.upstream_api_key", e))?,
             framework: self
                 .framework
                 .map(Framework::parse)
@@ -134,14 +142,16 @@ impl From<NewModel> for NewModelRow {
     }
 }
 
-/// The columns of a new `model_versions` row, once its number is allocated.
-#[derive(Debug, Insertable)]
+/// The columns of a new `model_versions` row, once its number is allocated. Not `Debug`: it
+/// holds the upstream credential.
+#[derive(Insertable)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct NewVersionRow {
     model_id: Uuid,
     version: i32,
     source_uri: String,
     endpoint_url: Option<String>,
+    upstream_api_key: Option<String>,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
@@ -155,6 +165,7 @@ impl NewVersionRow {
             version,
             source_uri: new.source_uri.as_str().to_owned(),
             endpoint_url: new.endpoint_url.map(|u| u.as_str().to_owned()),
+            upstream_api_key: new.upstream_api_key.map(|k| k.expose().to_owned()),
             framework: new.framework.map(|f| f.as_str().to_owned()),
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
@@ -181,11 +192,13 @@ impl From<ModelPatch> for ModelChanges {
     }
 }
 
-/// The changed columns of a version: `None` keeps a column, `Some(None)` sets it to NULL.
-#[derive(Debug, AsChangeset)]
+/// The changed columns of a version: `None` keeps a column, `Some(None)` sets it to NULL. Not
+/// `Debug`: it may hold the upstream credential.
+#[derive(AsChangeset)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct VersionChanges {
     endpoint_url: Option<Option<String>>,
+    upstream_api_key: Option<Option<String>>,
     framework: Option<Option<String>>,
     description: Option<Option<String>>,
     metadata: Option<serde_json::Value>,
@@ -195,6 +208,9 @@ impl From<VersionPatch> for VersionChanges {
     fn from(patch: VersionPatch) -> Self {
         Self {
             endpoint_url: patch.endpoint_url.map(|u| u.map(|u| u.as_str().to_owned())),
+            upstream_api_key: patch
+                .upstream_api_key
+                .map(|k| k.map(|k| k.expose().to_owned())),
             framework: patch.framework.map(|f| f.map(|f| f.as_str().to_owned())),
             description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
             metadata: patch.metadata.map(Metadata::into_inner),
@@ -343,5 +359,40 @@ impl NewApiKeyRow {
             expires_at: new.expires_at,
             rate_limit_rpm,
         })
+    }
+}
+
+/// A new `usage_events` row.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = usage_events)]
+pub(crate) struct NewUsageRow<'a> {
+    key_id: Uuid,
+    user_id: Uuid,
+    model: &'a str,
+    version: Option<i32>,
+    route: &'a str,
+    status: i32,
+    latency_ms: i32,
+    upstream_ms: Option<i32>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a UsageEvent> for NewUsageRow<'a> {
+    fn from(event: &'a UsageEvent) -> Self {
+        Self {
+            key_id: event.key_id,
+            user_id: event.user_id,
+            model: &event.model,
+            version: event.version,
+            route: &event.route,
+            status: event.status.into(),
+            latency_ms: event.latency_ms,
+            upstream_ms: event.upstream_ms,
+            prompt_tokens: event.prompt_tokens,
+            completion_tokens: event.completion_tokens,
+            created_at: event.created_at,
+        }
     }
 }

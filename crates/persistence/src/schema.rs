@@ -39,6 +39,8 @@ diesel::table! {
         source_uri -> Text,
         /// Model server base URL.
         endpoint_url -> Nullable<Text>,
+        /// Credential sent to the model server, as-is; never returned by the API.
+        upstream_api_key -> Nullable<Text>,
         /// Framework name.
         framework -> Nullable<Text>,
         /// Free text.
@@ -108,6 +110,36 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// One row per inference call; no foreign keys, so history outlives keys and users.
+    usage_events (id) {
+        /// Insertion order.
+        id -> Int8,
+        /// The API key that made the call.
+        key_id -> Uuid,
+        /// The key's user.
+        user_id -> Uuid,
+        /// The model called (`COLLATE "C"`).
+        model -> Text,
+        /// The version that served it, if one was resolved.
+        version -> Nullable<Int4>,
+        /// The gateway route pattern.
+        route -> Text,
+        /// HTTP status returned to the client.
+        status -> Int4,
+        /// Total time in the gateway, in milliseconds.
+        latency_ms -> Int4,
+        /// Time waiting for the upstream, in milliseconds.
+        upstream_ms -> Nullable<Int4>,
+        /// Prompt tokens reported by the upstream.
+        prompt_tokens -> Nullable<Int8>,
+        /// Completion tokens reported by the upstream.
+        completion_tokens -> Nullable<Int8>,
+        /// When the call was made.
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(model_versions -> models (model_id));
 diesel::joinable!(model_aliases -> model_versions (version_id));
 diesel::joinable!(models -> users (owner_id));
@@ -118,5 +150,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     model_versions,
     model_aliases,
     users,
-    api_keys
+    api_keys,
+    usage_events
 );

@@ -1,5 +1,5 @@
 //! Test support (feature `test-util`): a database per test, cloned from a migrated template, and
-//! fixtures of domain values (models, versions, users, API keys).
+//! fixtures of domain values (models, versions, users, API keys, usage events).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -23,12 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role};
+use maas_domain::inference::{UpstreamSecret, UsageEvent};
 use maas_domain::model::{NewModel, NewVersion};
 use maas_domain::values::{
-    AliasName, Description, Metadata, ModelName, SourceUri, Tags, Username, VersionNumber,
+    AliasName, Description, EndpointUrl, Metadata, ModelName, SourceUri, Tags, Username,
+    VersionNumber,
 };
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -361,9 +364,49 @@ pub fn new_version(source_uri: &str) -> NewVersion {
         source_uri: SourceUri::parse(source_uri.to_owned())
             .unwrap_or_else(|e| panic!("fixture source_uri: {e}")),
         endpoint_url: None,
+        upstream_api_key: None,
         framework: None,
         description: None,
         metadata: Metadata::default(),
+    }
+}
+
+/// A version with a source URI and the model server at `endpoint_url`.
+pub fn servable_version(source_uri: &str, endpoint_url: &str) -> NewVersion {
+    NewVersion {
+        endpoint_url: Some(
+            EndpointUrl::parse(endpoint_url.to_owned())
+                .unwrap_or_else(|e| panic!("fixture endpoint_url: {e}")),
+        ),
+        ..new_version(source_uri)
+    }
+}
+
+/// A valid upstream credential.
+pub fn upstream_secret(raw: &str) -> UpstreamSecret {
+    UpstreamSecret::parse(raw.to_owned()).unwrap_or_else(|e| panic!("fixture secret: {e}"))
+}
+
+/// A successful call of `model` version 1 by `key_id` of `user_id` at `created_at`, on
+/// `/v1/chat/completions`, 10 ms in the gateway of which 8 upstream, without token counts.
+pub fn usage_event(
+    key_id: Uuid,
+    user_id: Uuid,
+    model: &str,
+    created_at: DateTime<Utc>,
+) -> UsageEvent {
+    UsageEvent {
+        key_id,
+        user_id,
+        model: model.to_owned(),
+        version: Some(1),
+        route: "/v1/chat/completions".to_owned(),
+        status: 200,
+        latency_ms: 10,
+        upstream_ms: Some(8),
+        prompt_tokens: None,
+        completion_tokens: None,
+        created_at,
     }
 }
 

@@ -59,9 +59,9 @@ async fn concurrent_migration_runs_on_an_empty_database_all_succeed_and_apply_on
         i64::try_from(migration_names().len()).expect("few migrations")
     );
     assert_eq!(
-        db.scalar("SELECT count(*) FROM pg_tables WHERE tablename IN ('models', 'model_versions', 'model_aliases', 'users', 'api_keys')")
+        db.scalar("SELECT count(*) FROM pg_tables WHERE tablename IN ('models', 'model_versions', 'model_aliases', 'users', 'api_keys', 'usage_events')")
             .await,
-        5
+        6
     );
 }
 

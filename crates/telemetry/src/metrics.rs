@@ -44,6 +44,22 @@ pub fn install_recorder(version: &str) -> Result<PrometheusHandle, TelemetryErro
 }
 
 fn describe() {
+    describe_counter!(
+        names::UPSTREAM_REQUESTS_TOTAL,
+        "Calls forwarded to model servers"
+    );
+    describe_histogram!(
+        names::UPSTREAM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Model-server time per call, request sent to body complete"
+    );
+    describe_histogram!(
+        names::GATEWAY_OVERHEAD_SECONDS,
+        Unit::Seconds,
+        "Time spent in the gateway per inference call, excluding the model server"
+    );
+    describe_counter!(names::USAGE_EVENTS_DROPPED_TOTAL, "Usage events not stored");
+    describe_counter!(names::TOKENS_TOTAL, "Tokens reported by model servers");
     describe_counter!(names::HTTP_REQUESTS_TOTAL, "HTTP requests served");
     describe_histogram!(
         names::HTTP_REQUEST_DURATION_SECONDS,

@@ -26,6 +26,17 @@ pub const RATE_LIMIT_DECISIONS_TOTAL: &str = "maas_rate_limit_decisions_total";
 /// Counter of refused authentications, labelled `reason` (kept off the HTTP response).
 pub const AUTH_FAILURES_TOTAL: &str = "maas_auth_failures_total";
 
+/// Counter of calls forwarded to model servers, labelled `model` and `status`.
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "maas_upstream_requests_total";
+/// Histogram of model-server time (request sent to body complete), labelled `model`.
+pub const UPSTREAM_DURATION_SECONDS: &str = "maas_upstream_duration_seconds";
+/// Histogram of time spent in the gateway per inference call, excluding the model server.
+pub const GATEWAY_OVERHEAD_SECONDS: &str = "maas_gateway_overhead_seconds";
+/// Counter of usage events not stored, labelled `reason` (`queue_full`, `write_failed`).
+pub const USAGE_EVENTS_DROPPED_TOTAL: &str = "maas_usage_events_dropped_total";
+/// Counter of tokens reported by model servers, labelled `model` and `kind` (`prompt`, `completion`).
+pub const TOKENS_TOTAL: &str = "maas_tokens_total";
+
 /// Label values of [`CACHE_REQUESTS_TOTAL`].
 pub mod cache_result {
     /// Found in the cache.

@@ -3,8 +3,10 @@
 pub mod aliases;
 pub mod docs;
 pub mod health;
+pub mod inference;
 pub mod keys;
 pub mod models;
+pub mod usage;
 pub mod users;
 pub mod versions;
 

@@ -3,15 +3,17 @@
 
 #![allow(dead_code)]
 
+pub mod stub;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_api::{AppState, Dependency, RateLimitSettings, ServerSettings};
+use maas_api::{AppState, Dependency, RateLimitSettings, ServerSettings, UpstreamSettings};
 use maas_cache::test_util::TestRedis;
 use maas_domain::identity::PlaintextKey;
 use maas_domain::ports::{Cache, NoCache};
-use maas_domain::{Accounts, Registry};
+use maas_domain::{Accounts, Registry, Usage};
 use maas_persistence::test_util::TestDatabase;
 use serde_json::{Value, json};
 
@@ -48,6 +50,8 @@ pub struct Options {
     pub rate_limit: RateLimitSettings,
     /// The admin key to bootstrap (a second replica passes the first one's).
     pub admin_key: Option<String>,
+    /// Calls to model servers.
+    pub upstream: UpstreamSettings,
 }
 
 impl Default for Options {
@@ -65,6 +69,10 @@ impl Default for Options {
                 fail_open: true,
             },
             admin_key: None,
+            upstream: UpstreamSettings {
+                timeout_seconds: 5,
+                ..UpstreamSettings::default()
+            },
         }
     }
 }
@@ -130,12 +138,26 @@ pub async fn spawn_with(options: Options) -> TestApp {
         redis_settings.command_timeout(),
     ));
     let app_accounts = accounts.clone();
+    let (usage_queue, usage_receiver) = maas_api::usage::UsageQueue::new(1_000);
+    let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
+        pg.clone(),
+    )));
+    tokio::spawn(maas_api::usage::write_usage(
+        usage_receiver,
+        usage.clone(),
+        100,
+        maas_telemetry::logging::discard_logger(),
+    ));
     let state = AppState {
         registry: Registry::new(
             Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
             cache,
         ),
         accounts,
+        upstream: maas_api::proxy::Upstream::new(&options.upstream).expect("upstream client"),
+        upstream_settings: options.upstream,
+        usage_queue,
+        usage,
         rate_limiter,
         rate_limit: options.rate_limit,
         dependencies: Arc::new([

@@ -1,0 +1,121 @@
+//! `/api/v1/usage`: aggregated inference usage.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use maas_domain::ValidationError;
+use maas_domain::inference::{UsageGrouping, UsageQuery, UsageRow};
+use maas_domain::values::ModelName;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Actor;
+use crate::error::{ApiError, Problem};
+use crate::extract::parse_query;
+use crate::state::AppState;
+
+/// Query of `GET /api/v1/usage`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// From this time, inclusive (RFC 3339).
+    pub from: Option<String>,
+    /// Until this time, exclusive (RFC 3339).
+    pub to: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// `model` (default), `key` or `day`.
+    pub group_by: Option<String>,
+    /// Admins only: one user's keys.
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub user_id: Option<String>,
+}
+
+/// One row of the report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageItem {
+    /// Model name, key id or day (`YYYY-MM-DD`).
+    pub group: String,
+    /// Calls.
+    pub requests: i64,
+    /// Calls answered with a status of 400 or more.
+    pub errors: i64,
+    /// Prompt tokens reported by the model servers.
+    pub prompt_tokens: i64,
+    /// Completion tokens reported by the model servers.
+    pub completion_tokens: i64,
+    /// Mean total latency, in milliseconds.
+    pub avg_latency_ms: f64,
+}
+
+impl From<UsageRow> for UsageItem {
+    fn from(r: UsageRow) -> Self {
+        Self {
+            group: r.group,
+            requests: r.requests,
+            errors: r.errors,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            avg_latency_ms: r.avg_latency_ms,
+        }
+    }
+}
+
+/// The usage report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    /// The grouping used.
+    pub group_by: String,
+    /// One row per group, ordered by group.
+    pub items: Vec<UsageItem>,
+}
+
+fn time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ValidationError> {
+    raw.map(|raw| {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time"))
+    })
+    .transpose()
+}
+
+/// Aggregated usage of inference calls: members see their own keys, admins everyone's.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "inference", params(UsageParams),
+    responses(
+        (status = 200, description = "The report", body = UsageReport),
+        (status = 403, description = "A member asked for another user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn report(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    let params: UsageParams = parse_query(&req)?;
+    let group_by = params
+        .group_by
+        .as_deref()
+        .map_or(Ok(UsageGrouping::Model), UsageGrouping::parse)?;
+    let query = UsageQuery {
+        from: time("from", params.from.as_deref())?,
+        to: time("to", params.to.as_deref())?,
+        model: params
+            .model
+            .map(|m| ModelName::parse_as("model", m))
+            .transpose()?,
+        user_id: params
+            .user_id
+            .as_deref()
+            .map(|raw| {
+                uuid::Uuid::parse_str(raw)
+                    .map_err(|_| ValidationError::new("user_id", "must be a UUID"))
+            })
+            .transpose()?,
+        group_by,
+    };
+    let rows = state.usage.report(&actor.0, query).await?;
+    Ok(HttpResponse::Ok().json(UsageReport {
+        group_by: params.group_by.unwrap_or_else(|| "model".to_owned()),
+        items: rows.into_iter().map(UsageItem::from).collect(),
+    }))
+}

@@ -1,0 +1,389 @@
+//! Forwarding to model servers: one pooled HTTP client, header hygiene, and a body stream that
+//! passes chunks through as they arrive while it watches for the upstream's `usage`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use futures_util::Stream;
+use maas_domain::inference::UsageEvent;
+use maas_telemetry::names;
+
+use crate::error::ApiError;
+use crate::settings::UpstreamSettings;
+use crate::usage::UsageQueue;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the gateway sets itself: never forwarded in
+/// either direction. The client's credentials are among them: its API key never leaves.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "cookie",
+];
+
+/// The shared client for every model server: keep-alive pools per host, so a warm call pays
+/// no connection, DNS or TLS set-up.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A client with the configured timeouts and pool size.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let timeout = Duration::from_secs(settings.timeout_seconds);
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
+            .read_timeout(timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { client, timeout })
+    }
+
+    /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ApiError> {
+        let request = self.client.request(method, url).headers(headers).body(body);
+        match tokio::time::timeout(self.timeout, request.send()).await {
+            Err(_) => Err(ApiError::UpstreamTimeout),
+            Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout),
+            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable(e.to_string())),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+fn forwarded(name: &str, connection_listed: &[String]) -> bool {
+    !NOT_FORWARDED.contains(&name) && !connection_listed.iter().any(|c| c == name)
+}
+
+fn connection_listed(headers: impl Iterator<Item = String>) -> Vec<String> {
+    headers
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The client's headers that go upstream: end-to-end ones only, never its credentials.
+pub fn request_headers(
+    incoming: &HeaderMap,
+    request_id: Option<&str>,
+    upstream_key: Option<&str>,
+) -> reqwest::header::HeaderMap {
+    let listed = connection_listed(
+        incoming
+            .get_all("connection")
+            .filter_map(|v| v.to_str().ok().map(str::to_owned)),
+    );
+    let mut out = reqwest::header::HeaderMap::new();
+    for (name, value) in incoming {
+        if !forwarded(name.as_str(), &listed) || name.as_str() == "x-request-id" {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.append(name, value);
+        }
+    }
+    if let Some(id) = request_id.and_then(|id| reqwest::header::HeaderValue::from_str(id).ok()) {
+        out.insert("x-request-id", id);
+    }
+    if let Some(key) = upstream_key
+        .and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
+    {
+        out.insert(reqwest::header::AUTHORIZATION, key);
+    }
+    out
+}
+
+/// The upstream's headers that go back to the client (end-to-end ones only).
+pub fn response_headers(upstream: &reqwest::header::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let listed = connection_listed(
+        upstream
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned)),
+    );
+    upstream
+        .iter()
+        .filter(|(name, _)| forwarded(name.as_str(), &listed) && name.as_str() != "set-cookie")
+        .filter(|(name, _)| name.as_str() != "x-request-id")
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// `{endpoint_url}/{path}`, with exactly one slash between them.
+pub fn upstream_url(endpoint: &str, path: &str, query: Option<&str>) -> String {
+    let mut url = format!(
+        "{}/{}",
+        endpoint.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
+const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
+
+/// Watches a response body for the OpenAI `usage` object, and records the call when the body
+/// ends, fails, or is dropped because the client went away.
+pub struct Meter {
+    /// The event to record; tokens and times are filled in at the end.
+    pub event: UsageEvent,
+    /// When the gateway received the request.
+    pub started: Instant,
+    /// When the request was sent upstream.
+    pub upstream_started: Instant,
+    /// Whether the body is server-sent events.
+    pub sse: bool,
+    /// Where the event goes.
+    pub queue: UsageQueue,
+    buffer: Vec<u8>,
+    recorded: bool,
+}
+
+impl Meter {
+    /// A meter for one call.
+    pub fn new(
+        event: UsageEvent,
+        started: Instant,
+        upstream_started: Instant,
+        sse: bool,
+        queue: UsageQueue,
+    ) -> Self {
+        Self {
+            event,
+            started,
+            upstream_started,
+            sse,
+            queue,
+            buffer: Vec::new(),
+            recorded: false,
+        }
+    }
+
+    fn observe(&mut self, chunk: &[u8]) {
+        if self.sse {
+            self.buffer.extend_from_slice(chunk);
+            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                self.scan_sse_line(&line);
+            }
+            if self.buffer.len() > USAGE_SCAN_LIMIT {
+                self.buffer.clear();
+            }
+        } else if self.buffer.len() + chunk.len() <= USAGE_SCAN_LIMIT {
+            self.buffer.extend_from_slice(chunk);
+        }
+    }
+
+    fn scan_sse_line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.trim_ascii();
+        if data.windows(7).any(|w| w == b"\"usage\"") {
+            self.take_usage(data);
+        }
+    }
+
+    fn take_usage(&mut self, json: &[u8]) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let usage = &value["usage"];
+        if let Some(n) = usage["prompt_tokens"].as_i64() {
+            self.event.prompt_tokens = Some(n);
+        }
+        if let Some(n) = usage["completion_tokens"].as_i64() {
+            self.event.completion_tokens = Some(n);
+        }
+    }
+
+    /// Records the call once; `status` overrides the event's when the body broke off.
+    fn finish(&mut self, status: Option<u16>) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        if !self.sse && !self.buffer.is_empty() {
+            let body = std::mem::take(&mut self.buffer);
+            self.take_usage(&body);
+        }
+        if let Some(status) = status {
+            self.event.status = status;
+        }
+        let upstream = self.upstream_started.elapsed();
+        self.event.upstream_ms = Some(millis(upstream));
+        self.event.latency_ms = millis(self.started.elapsed());
+        let model = self.event.model.clone();
+        metrics::histogram!(names::UPSTREAM_DURATION_SECONDS, "model" => model.clone())
+            .record(upstream.as_secs_f64());
+        if let Some(n) = self.event.prompt_tokens {
+            metrics::counter!(names::TOKENS_TOTAL, "model" => model.clone(), "kind" => "prompt")
+                .increment(n.max(0).unsigned_abs());
+        }
+        if let Some(n) = self.event.completion_tokens {
+            metrics::counter!(names::TOKENS_TOTAL, "model" => model, "kind" => "completion")
+                .increment(n.max(0).unsigned_abs());
+        }
+        self.queue.push(self.event.clone());
+    }
+}
+
+/// Milliseconds, saturating at `i32::MAX`.
+pub fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Status recorded for a call whose client went away before the body was complete (nginx's
+/// convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The upstream body, passed through chunk by chunk. Dropping it (the client went away) drops
+/// the upstream response, which cancels the upstream call.
+pub struct MeteredBody<S> {
+    inner: S,
+    meter: Meter,
+}
+
+impl<S> MeteredBody<S> {
+    /// Wraps an upstream byte stream.
+    pub fn new(inner: S, meter: Meter) -> Self {
+        Self { inner, meter }
+    }
+}
+
+impl<S> Stream for MeteredBody<S>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin,
+{
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.meter.observe(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.meter.finish(Some(502));
+                Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
+                    "the model server's response broke off: {e}"
+                )))))
+            }
+            Poll::Ready(None) => {
+                this.meter.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S> Drop for MeteredBody<S> {
+    fn drop(&mut self) {
+        self.meter.finish(Some(CLIENT_CLOSED_REQUEST));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_with_one_slash() {
+        assert_eq!(
+            upstream_url("http://vllm:8000/v1/", "/chat/completions", None),
+            "http://vllm:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_url("http://h/v1", "generate", Some("a=1")),
+            "http://h/v1/generate?a=1"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_client_credentials_stay_behind() {
+        let mut incoming = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer maas_client"),
+            ("x-api-key", "maas_client"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+            ("openai-organization", "org"),
+        ] {
+            incoming.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = request_headers(&incoming, Some("rid-1"), Some("sk-upstream"));
+        assert_eq!(
+            out.get("authorization").and_then(|v| v.to_str().ok()),
+            Some("Bearer sk-upstream")
+        );
+        assert!(out.get("x-api-key").is_none());
+        assert!(out.get("connection").is_none() && out.get("keep-alive").is_none());
+        assert!(
+            out.get("x-custom-hop").is_none(),
+            "headers named by Connection are hop-by-hop"
+        );
+        assert_eq!(
+            out.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        assert_eq!(
+            out.get("accept").and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        assert_eq!(
+            out.get("x-request-id").and_then(|v| v.to_str().ok()),
+            Some("rid-1")
+        );
+        let out = request_headers(&incoming, None, None);
+        assert!(
+            out.get("authorization").is_none(),
+            "no upstream key: no Authorization at all"
+        );
+    }
+}

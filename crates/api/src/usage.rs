@@ -1,0 +1,91 @@
+//! The usage queue: inference calls push events without waiting; one background task writes
+//! them to Postgres in batches. A full queue drops (and counts) rather than blocks.
+
+use maas_domain::Usage;
+use maas_domain::inference::UsageEvent;
+use maas_telemetry::names;
+use tokio::sync::mpsc;
+
+/// The sending side, cloned into every worker.
+#[derive(Clone, Debug)]
+pub struct UsageQueue {
+    tx: mpsc::Sender<UsageEvent>,
+}
+
+/// The receiving side; hand it to [`write_usage`].
+#[derive(Debug)]
+pub struct UsageReceiver {
+    rx: mpsc::Receiver<UsageEvent>,
+}
+
+impl UsageQueue {
+    /// A queue holding at most `capacity` events.
+    pub fn new(capacity: usize) -> (Self, UsageReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx }, UsageReceiver { rx })
+    }
+
+    /// Queues an event without waiting; drops and counts it when the queue is full.
+    pub fn push(&self, event: UsageEvent) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!(names::USAGE_EVENTS_DROPPED_TOTAL, "reason" => "queue_full")
+                .increment(1);
+        }
+    }
+}
+
+/// Writes queued events in batches of up to `batch_size` until every [`UsageQueue`] is dropped
+/// (the server stopped), then returns: so awaiting it after shutdown flushes the queue.
+pub async fn write_usage(
+    mut receiver: UsageReceiver,
+    usage: Usage,
+    batch_size: usize,
+    log: slog::Logger,
+) {
+    let mut batch = Vec::with_capacity(batch_size.max(1));
+    loop {
+        if receiver.rx.recv_many(&mut batch, batch_size.max(1)).await == 0 {
+            return;
+        }
+        if let Err(e) = usage.record(&batch).await {
+            slog::error!(log, "writing usage events failed; they are lost";
+                "events" => batch.len(), "error" => e.to_string());
+            metrics::counter!(names::USAGE_EVENTS_DROPPED_TOTAL, "reason" => "write_failed")
+                .increment(batch.len() as u64);
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> UsageEvent {
+        UsageEvent {
+            key_id: uuid::Uuid::nil(),
+            user_id: uuid::Uuid::nil(),
+            model: "m".into(),
+            version: Some(1),
+            route: "/v1/chat/completions".into(),
+            status: 200,
+            latency_ms: 1,
+            upstream_ms: Some(1),
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_new_events_instead_of_waiting() {
+        let (queue, mut receiver) = UsageQueue::new(2);
+        for _ in 0..5 {
+            queue.push(event());
+        }
+        drop(queue);
+        let mut got = Vec::new();
+        while receiver.rx.recv_many(&mut got, 10).await > 0 {}
+        assert_eq!(got.len(), 2, "capacity 2: three were dropped, none waited");
+    }
+}

@@ -1,0 +1,193 @@
+//! An OpenAI-compatible model server for the tests, on a free port, that the test steers through
+//! fields of the request body (which the gateway forwards untouched): `stub_delay_ms`,
+//! `stub_status`, `stub_drip` (an endless slow stream, to see cancellation).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+/// One request the stub received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    seen: Mutex<Vec<Seen>>,
+    cancelled: AtomicBool,
+}
+
+pub struct Stub {
+    /// `http://127.0.0.1:<port>/v1`: use as a version's endpoint_url.
+    pub base: String,
+    shared: Arc<Shared>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Stub {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().expect("lock").clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("the stub saw a request")
+    }
+
+    pub fn was_cancelled(&self) -> bool {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+struct DripGuard(Arc<Shared>);
+
+impl Drop for DripGuard {
+    fn drop(&mut self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+    }
+}
+
+fn sse(chunks: Vec<Value>) -> HttpResponse {
+    let mut body = String::new();
+    for chunk in chunks {
+        body.push_str(&format!("data: {chunk}\n\n"));
+    }
+    body.push_str("data: [DONE]\n\n");
+    // Sent in several pieces so that the gateway must pass a real stream through.
+    let pieces: Vec<Result<web::Bytes, actix_web::Error>> = body
+        .as_bytes()
+        .chunks(40)
+        .map(|c| Ok(web::Bytes::copy_from_slice(c)))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(futures_util::stream::iter(pieces))
+}
+
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    shared: web::Data<Arc<Shared>>,
+) -> HttpResponse {
+    let seen = Seen {
+        path: req.path().to_owned(),
+        query: req.query_string().to_owned(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    shared.seen.lock().expect("lock").push(seen.clone());
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(ms) = request["stub_delay_ms"].as_u64() {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(status) = request["stub_status"].as_u64() {
+        let status = actix_web::http::StatusCode::from_u16(status as u16).expect("status");
+        return HttpResponse::build(status)
+            .content_type("application/json")
+            .body(r#"{"error":{"message":"upstream says no","type":"server_error"}}"#);
+    }
+    let path = req.path();
+    if path.contains("/echo") {
+        return HttpResponse::Ok().json(json!({
+            "path": path,
+            "query": seen.query,
+            "content_type": seen.header("content-type"),
+            "body": String::from_utf8_lossy(&seen.body),
+        }));
+    }
+    let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10});
+    if request["stub_drip"].as_bool() == Some(true) {
+        let guard = DripGuard(shared.get_ref().clone());
+        let stream = futures_util::stream::unfold((0_u64, guard), |(n, guard)| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let chunk = format!("data: {{\"n\":{n}}}\n\n");
+            Some((
+                Ok::<_, actix_web::Error>(web::Bytes::from(chunk)),
+                (n + 1, guard),
+            ))
+        });
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(stream);
+    }
+    if path.ends_with("/embeddings") {
+        return HttpResponse::Ok().json(json!({
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "model": request["model"],
+            "usage": {"prompt_tokens": 7, "total_tokens": 7},
+        }));
+    }
+    if request["stream"].as_bool() == Some(true) {
+        let mut chunks: Vec<Value> = ["Hel", "lo"]
+            .iter()
+            .map(|t| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}))
+            .collect();
+        chunks.push(json!({"object": "chat.completion.chunk", "choices": [], "usage": usage}));
+        return sse(chunks);
+    }
+    HttpResponse::Ok()
+        // A hop-by-hop header that must not reach the client.
+        .insert_header(("x-upstream", "stub"))
+        .json(json!({
+            "id": "cmpl-1",
+            "object": if path.ends_with("/chat/completions") { "chat.completion" } else { "text_completion" },
+            "model": request["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "text": "Hello", "finish_reason": "stop"}],
+            "usage": usage,
+        }))
+}
+
+pub async fn start_stub() -> Stub {
+    let shared = Arc::new(Shared::default());
+    let data = web::Data::new(shared.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stub");
+    let port = listener.local_addr().expect("addr").port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+            .default_service(web::to(handle))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Stub {
+        base: format!("http://127.0.0.1:{port}/v1"),
+        shared,
+        handle,
+    }
+}

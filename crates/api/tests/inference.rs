@@ -1,0 +1,470 @@
+//! Inference routing: OpenAI-compatible and raw calls forwarded to a real HTTP model server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::stub::{Stub, start_stub};
+use common::{Options, TestApp, client_with_key, spawn_app, spawn_with};
+use futures_util::StreamExt as _;
+use maas_api::UpstreamSettings;
+use serde_json::{Value, json};
+
+/// A model `name` whose versions 1 and 2 point at the stub (with an upstream key) and whose
+/// version 3 has no endpoint.
+async fn servable(app: &TestApp, stub: &Stub, name: &str) {
+    app.create_model(name).await;
+    for body in [
+        json!({"source_uri": "s3://m/1", "endpoint_url": stub.base, "upstream_api_key": "sk-upstream-1"}),
+        json!({"source_uri": "s3://m/2", "endpoint_url": format!("{}/", stub.base)}),
+        json!({"source_uri": "s3://m/3"}),
+    ] {
+        let res = app
+            .post_json(&format!("/api/v1/models/{name}/versions"), &body)
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+}
+
+async fn chat(app: &TestApp, body: Value) -> reqwest::Response {
+    app.post_json("/v1/chat/completions", &body).await
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    res.headers().get(name)?.to_str().ok()
+}
+
+async fn assert_openai_error(res: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status(), status);
+    let body: Value = res.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"].is_string() && body["error"]["type"].is_string(),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn a_chat_completion_is_forwarded_as_is_and_answered_with_gateway_headers() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "chat").await;
+    let body = json!({"model": "chat:1", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5});
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header(
+            "x-api-key",
+            "maas_should_not_travel_either_0123456789abcdef",
+        )
+        .header("connection", "keep-alive")
+        .header("x-request-id", "trace-42")
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-maas-model"), Some("chat"));
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
+    let overhead: f64 = header(&res, "x-maas-overhead-ms")
+        .expect("overhead")
+        .parse()
+        .expect("number");
+    assert!(overhead >= 0.0);
+    assert_eq!(
+        header(&res, "x-upstream"),
+        Some("stub"),
+        "end-to-end headers come back"
+    );
+    assert_eq!(header(&res, "x-request-id"), Some("trace-42"));
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(answer["usage"]["total_tokens"], 10);
+
+    let seen = stub.last();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    let forwarded: Value = serde_json::from_slice(&seen.body).expect("json body");
+    assert_eq!(forwarded, body, "the body goes upstream untouched");
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-upstream-1"),
+        "the version's credential"
+    );
+    assert!(
+        seen.header("x-api-key").is_none(),
+        "the client's key never travels"
+    );
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(_, v)| !v.contains(&app.admin_key))
+    );
+    assert_eq!(seen.header("x-request-id"), Some("trace-42"));
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_model_field_selects_alias_version_or_the_default() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "sel").await;
+    let version_of = |res: &reqwest::Response| header(res, "x-maas-version").map(str::to_owned);
+
+    // No production alias: the highest version with an endpoint (3 has none).
+    let res = chat(&app, json!({"model": "sel", "messages": []})).await;
+    assert_eq!(version_of(&res).as_deref(), Some("2"));
+    assert!(
+        stub.last().header("authorization").is_none(),
+        "version 2 has no upstream key"
+    );
+    // With production set, a bare name goes there.
+    app.put_json(
+        "/api/v1/models/sel/aliases/production",
+        &json!({"version": 1}),
+    )
+    .await;
+    let res = chat(&app, json!({"model": "sel", "messages": []})).await;
+    assert_eq!(version_of(&res).as_deref(), Some("1"));
+    app.put_json("/api/v1/models/sel/aliases/canary", &json!({"version": 2}))
+        .await;
+    let res = chat(&app, json!({"model": "sel@canary", "messages": []})).await;
+    assert_eq!(version_of(&res).as_deref(), Some("2"));
+    let res = chat(&app, json!({"model": "sel:2", "messages": []})).await;
+    assert_eq!(version_of(&res).as_deref(), Some("2"));
+
+    // Unknown model, alias or version, or a version without endpoint: 404 in OpenAI's shape.
+    for model in ["ghost", "sel@nope", "sel:9", "sel:3", "sel@latest"] {
+        let res = chat(&app, json!({"model": model, "messages": []})).await;
+        assert_openai_error(res, 404, "model_not_found").await;
+    }
+    // Bad requests name the field, in OpenAI's shape.
+    for (body, status) in [
+        (json!({"messages": []}), 422),
+        (json!({"model": 5}), 422),
+        (json!({"model": "Bad Name"}), 422),
+    ] {
+        let res = chat(&app, body).await;
+        let err = assert_openai_error(res, status, "invalid_value").await;
+        assert_eq!(err["error"]["param"], "model");
+    }
+    let res = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("POST");
+    assert_openai_error(res, 400, "invalid_json").await;
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn completions_embeddings_and_the_model_list_speak_openai() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "emb").await;
+    app.create_model("not-servable").await;
+    app.create_version("not-servable").await; // has an endpoint, but nothing listens there
+    app.create_model("no-endpoint").await;
+    app.post_json(
+        "/api/v1/models/no-endpoint/versions",
+        &json!({"source_uri": "s3://x"}),
+    )
+    .await;
+
+    let res = app
+        .post_json("/v1/completions", &json!({"model": "emb", "prompt": "hi"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(stub.last().path, "/v1/completions");
+    let res = app
+        .post_json("/v1/embeddings", &json!({"model": "emb", "input": "hi"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(stub.last().path, "/v1/embeddings");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["data"][0]["embedding"], json!([0.1, 0.2, 0.3]));
+
+    let list: Value = app.get("/v1/models").await.json().await.expect("json");
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["emb", "not-servable"], "only models with an endpoint");
+    assert_eq!(list["data"][0]["object"], "model");
+    assert_eq!(list["data"][0]["owned_by"], "admin");
+    assert!(list["data"][0]["created"].as_i64().is_some());
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn streams_pass_through_as_server_sent_events() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "s").await;
+    let res = chat(
+        &app,
+        json!({"model": "s:1", "stream": true, "messages": []}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert!(header(&res, "content-type").is_some_and(|c| c.starts_with("text/event-stream")));
+    assert!(
+        res.headers().get("content-length").is_none(),
+        "streamed, not buffered"
+    );
+    let text = res.text().await.expect("body");
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let content: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "Hello");
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_call() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "drip").await;
+    let res = chat(
+        &app,
+        json!({"model": "drip:1", "stream": true, "stub_drip": true}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let first = body.next().await.expect("a first chunk").expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    assert!(!stub.was_cancelled());
+    drop(body);
+    // Bounded wait for the cancellation to travel gateway → stub (ordering, not speed).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stub.was_cancelled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stub.was_cancelled(), "the upstream stream was dropped");
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_504_or_passed_through() {
+    let app = spawn_with(Options {
+        upstream: UpstreamSettings {
+            timeout_seconds: 1,
+            ..UpstreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "f").await;
+    // Unreachable: nothing listens on port 1.
+    app.create_model("down").await;
+    app.post_json(
+        "/api/v1/models/down/versions",
+        &json!({"source_uri": "s3://x", "endpoint_url": "http://127.0.0.1:1/v1"}),
+    )
+    .await;
+    let res = chat(&app, json!({"model": "down"})).await;
+    let err = assert_openai_error(res, 502, "upstream_unreachable").await;
+    assert!(
+        !err.to_string().contains("127.0.0.1"),
+        "internals stay in the log: {err}"
+    );
+    // Slower than upstream.timeout_seconds.
+    let res = chat(&app, json!({"model": "f:1", "stub_delay_ms": 3000})).await;
+    assert_openai_error(res, 504, "upstream_timeout").await;
+    // The upstream's own errors pass through with status and body.
+    let res = chat(&app, json!({"model": "f:1", "stub_status": 503})).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["message"], "upstream says no");
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn raw_calls_forward_any_body_to_any_path_of_the_selected_version() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "raw").await;
+    let res = app
+        .client
+        .post(app.url("/v1/models/raw/invoke/echo/deep/path?version=1&foo=bar"))
+        .header("content-type", "text/plain")
+        .body("plain text body")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
+    let echoed: Value = res.json().await.expect("json");
+    assert_eq!(echoed["path"], "/v1/echo/deep/path");
+    assert_eq!(echoed["query"], "foo=bar", "gateway parameters stay behind");
+    assert_eq!(echoed["content_type"], "text/plain");
+    assert_eq!(echoed["body"], "plain text body");
+    assert_eq!(
+        stub.last().header("authorization"),
+        Some("Bearer sk-upstream-1")
+    );
+
+    app.put_json("/api/v1/models/raw/aliases/prod", &json!({"version": 2}))
+        .await;
+    let res = app
+        .client
+        .post(app.url("/v1/models/raw/invoke/echo?alias=prod"))
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(header(&res, "x-maas-version"), Some("2"));
+    let res = app
+        .client
+        .post(app.url("/v1/models/raw/invoke/echo?alias=prod&version=1"))
+        .send()
+        .await
+        .expect("POST");
+    assert_openai_error(res, 422, "invalid_value").await;
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn v1_routes_need_a_key_and_refuse_in_openai_shape() {
+    let app = spawn_app().await;
+    let res = app
+        .anon
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .expect("POST");
+    assert!(header(&res, "www-authenticate").is_some());
+    assert_openai_error(res, 401, "invalid_api_key").await;
+    assert_openai_error(app.get("/v1/nothing-here").await, 404, "unknown_url").await;
+    assert_openai_error(
+        app.get("/v1/chat/completions").await,
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_call_leaves_a_usage_event_with_tokens_and_members_see_only_their_own() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "metered").await;
+    let (_, member_key) = app.user_with_key("member", "member").await;
+    let member = client_with_key(&member_key);
+
+    for stream in [false, true] {
+        let res = chat(&app, json!({"model": "metered:1", "stream": stream})).await;
+        res.bytes().await.expect("body");
+    }
+    let res = chat(&app, json!({"model": "ghost"})).await;
+    assert_eq!(res.status(), 404);
+    let res = member
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "metered:1"}))
+        .send()
+        .await
+        .expect("POST");
+    res.bytes().await.expect("body");
+
+    // Written in the background: poll (bounded) until all four calls are in.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report: Value = app
+            .get("/api/v1/usage?group_by=model")
+            .await
+            .json()
+            .await
+            .expect("json");
+        let total: i64 = report["items"].as_array().map_or(0, |items| {
+            items.iter().filter_map(|i| i["requests"].as_i64()).sum()
+        });
+        if total >= 4 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let items = report["items"].as_array().expect("items");
+    let metered = items
+        .iter()
+        .find(|i| i["group"] == "metered")
+        .expect("metered row");
+    assert_eq!(metered["requests"], 3);
+    assert_eq!(metered["errors"], 0);
+    assert_eq!(
+        metered["prompt_tokens"], 21,
+        "7 per call, the stream's final chunk included"
+    );
+    assert_eq!(metered["completion_tokens"], 9);
+    let ghost = items
+        .iter()
+        .find(|i| i["group"] == "ghost")
+        .expect("ghost row");
+    assert_eq!(ghost["errors"], 1);
+
+    let mine: Value = member
+        .get(app.url("/api/v1/usage"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        mine["items"][0]["requests"], 1,
+        "a member sees only their own calls"
+    );
+    let res = member
+        .get(app.url(&format!("/api/v1/usage?user_id={}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(res.status(), 403);
+    let res = app.get("/api/v1/usage?group_by=week").await;
+    assert_eq!(res.status(), 422);
+
+    let metrics = app
+        .anon
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("maas_upstream_requests_total{model=\"metered\",status=\"200\"}"));
+    assert!(metrics.contains("maas_tokens_total{model=\"metered\",kind=\"prompt\"}"));
+    assert!(metrics.contains("# TYPE maas_gateway_overhead_seconds histogram"));
+    assert!(metrics.contains("maas_upstream_duration_seconds_bucket{model=\"metered\""));
+    stub.stop().await;
+    app.stop().await;
+}

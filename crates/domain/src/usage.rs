@@ -1,0 +1,51 @@
+//! Usage use-cases: storing inference usage events and reporting on them.
+
+use std::sync::Arc;
+
+use crate::error::DomainError;
+use crate::identity::Principal;
+use crate::inference::{UsageEvent, UsageQuery, UsageRow};
+use crate::ports::UsageRepository;
+
+/// Usage events in, reports out.
+#[derive(Clone)]
+pub struct Usage {
+    repo: Arc<dyn UsageRepository>,
+}
+
+impl Usage {
+    /// Usage over a store.
+    pub fn new(repo: Arc<dyn UsageRepository>) -> Self {
+        Self { repo }
+    }
+
+    /// Stores a batch of events in one statement.
+    pub async fn record(&self, events: &[UsageEvent]) -> Result<(), DomainError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        Ok(self.repo.insert_usage(events).await?)
+    }
+
+    /// Aggregated usage: members see only their own keys' calls; admins see all, or one user's.
+    pub async fn report(
+        &self,
+        actor: &Principal,
+        mut query: UsageQuery,
+    ) -> Result<Vec<UsageRow>, DomainError> {
+        if !actor.is_admin() {
+            if query.user_id.is_some_and(|id| id != actor.user_id) {
+                return Err(DomainError::Forbidden(
+                    "only admins may see other users' usage".to_owned(),
+                ));
+            }
+            query.user_id = Some(actor.user_id);
+        }
+        if let (Some(from), Some(to)) = (query.from, query.to)
+            && from >= to
+        {
+            return Err(crate::ValidationError::new("to", "must be after 'from'").into());
+        }
+        Ok(self.repo.aggregate_usage(&query).await?)
+    }
+}

@@ -1,0 +1,182 @@
+//! [`PgUsageRepository`]: inference usage events over PostgreSQL.
+
+use async_trait::async_trait;
+use diesel::pg::Pg;
+use diesel::sql_types::{BigInt, Double, Text, Timestamptz};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use maas_domain::RepoError;
+use maas_domain::inference::{UsageEvent, UsageGrouping, UsageQuery, UsageRow};
+use maas_domain::ports::UsageRepository;
+
+use crate::error::{Failure, observe};
+use crate::pool::{PgPool, PooledConnection};
+use crate::rows::NewUsageRow;
+use crate::schema::usage_events;
+
+/// Bind parameters PostgreSQL accepts in one statement (the protocol counts them in 16 bits).
+const MAX_BINDS: usize = u16::MAX as usize;
+/// Columns of `usage_events` an insert binds per row (all but `id`).
+const BINDS_PER_ROW: usize = 11;
+
+/// Usage events in PostgreSQL. Cheap to clone (the pool is shared).
+#[derive(Clone, Debug)]
+pub struct PgUsageRepository {
+    pool: PgPool,
+}
+
+impl PgUsageRepository {
+    /// The most events [`UsageRepository::insert_usage`] writes in one `INSERT`; a larger batch
+    /// takes one statement per this many events, in one transaction.
+    pub const MAX_EVENTS_PER_STATEMENT: usize = MAX_BINDS / BINDS_PER_ROW;
+
+    /// A repository running its queries through `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A pooled connection; waiting longer than the pool's connection timeout is a failure.
+    async fn conn(&self) -> Result<PooledConnection<'_>, Failure> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// The grouping expression of a report, `COLLATE "C"` so that groups sort in byte order, as Rust
+/// sorts strings, whatever the server's locale. Days are UTC days: diesel sets every session to
+/// UTC, but the expression does not depend on it.
+fn group_expression(grouping: UsageGrouping) -> &'static str {
+    match grouping {
+        UsageGrouping::Model => r#"model COLLATE "C""#,
+        UsageGrouping::Key => r#"key_id::text COLLATE "C""#,
+        UsageGrouping::Day => {
+            r#"to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') COLLATE "C""#
+        }
+    }
+}
+
+/// The aggregates of one group; the select list is written for these names and types.
+const AGGREGATES: &str = "count(*) AS requests, \
+     count(*) FILTER (WHERE status >= 400) AS errors, \
+     COALESCE(sum(prompt_tokens), 0)::int8 AS prompt_tokens, \
+     COALESCE(sum(completion_tokens), 0)::int8 AS completion_tokens, \
+     avg(latency_ms)::float8 AS avg_latency_ms";
+
+/// One row of the report query.
+#[derive(diesel::QueryableByName)]
+struct AggregateRow {
+    #[diesel(sql_type = Text)]
+    group_key: String,
+    #[diesel(sql_type = BigInt)]
+    requests: i64,
+    #[diesel(sql_type = BigInt)]
+    errors: i64,
+    #[diesel(sql_type = BigInt)]
+    prompt_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    completion_tokens: i64,
+    #[diesel(sql_type = Double)]
+    avg_latency_ms: f64,
+}
+
+impl From<AggregateRow> for UsageRow {
+    fn from(row: AggregateRow) -> Self {
+        Self {
+            group: row.group_key,
+            requests: row.requests,
+            errors: row.errors,
+            prompt_tokens: row.prompt_tokens,
+            completion_tokens: row.completion_tokens,
+            avg_latency_ms: row.avg_latency_ms,
+        }
+    }
+}
+
+/// Appends `AND <column> <op> $n` clauses to a report query, numbering the placeholders; the
+/// values only ever travel as bind parameters.
+struct Filters<'f> {
+    query: diesel::query_builder::BoxedSqlQuery<'f, Pg, diesel::query_builder::SqlQuery>,
+    binds: usize,
+}
+
+impl<'f> Filters<'f> {
+    fn new(sql: String) -> Self {
+        Self {
+            query: diesel::sql_query(sql).into_boxed(),
+            binds: 0,
+        }
+    }
+
+    /// Adds `AND {condition} $n` (the condition ends with its operator) bound to `value`.
+    fn and<T, V>(mut self, condition: &'static str, value: V) -> Self
+    where
+        Pg: diesel::sql_types::HasSqlType<T>,
+        V: diesel::serialize::ToSql<T, Pg> + Send + 'f,
+        T: Send + 'f,
+    {
+        self.binds += 1;
+        self.query = self
+            .query
+            .sql(format!(" AND {condition} ${}", self.binds))
+            .bind::<T, _>(value);
+        self
+    }
+}
+
+#[async_trait]
+impl UsageRepository for PgUsageRepository {
+    async fn insert_usage(&self, events: &[UsageEvent]) -> Result<(), RepoError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        observe("insert_usage", async {
+            let rows: Vec<NewUsageRow<'_>> = events.iter().map(NewUsageRow::from).collect();
+            let mut conn = self.conn().await?;
+            if rows.len() <= Self::MAX_EVENTS_PER_STATEMENT {
+                diesel::insert_into(usage_events::table)
+                    .values(&rows)
+                    .execute(&mut conn)
+                    .await?;
+                return Ok(());
+            }
+            // Past the bind limit: one statement per chunk, all or nothing, so a writer that
+            // retries a failed batch never stores part of it twice.
+            conn.transaction::<_, Failure, _>(async |conn| {
+                for chunk in rows.chunks(Self::MAX_EVENTS_PER_STATEMENT) {
+                    diesel::insert_into(usage_events::table)
+                        .values(chunk)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError> {
+        observe("aggregate_usage", async {
+            let select = format!(
+                "SELECT {} AS group_key, {AGGREGATES} FROM usage_events WHERE TRUE",
+                group_expression(query.group_by)
+            );
+            let mut filters = Filters::new(select);
+            if let Some(from) = query.from {
+                filters = filters.and::<Timestamptz, _>("created_at >=", from);
+            }
+            if let Some(to) = query.to {
+                filters = filters.and::<Timestamptz, _>("created_at <", to);
+            }
+            if let Some(model) = &query.model {
+                filters = filters.and::<Text, _>("model =", model.as_str());
+            }
+            if let Some(user_id) = query.user_id {
+                filters = filters.and::<diesel::sql_types::Uuid, _>("user_id =", user_id);
+            }
+            let report = filters.query.sql(" GROUP BY 1 ORDER BY 1");
+            let mut conn = self.conn().await?;
+            let rows: Vec<AggregateRow> = report.load(&mut conn).await?;
+            Ok(rows.into_iter().map(UsageRow::from).collect())
+        })
+        .await
+    }
+}
