@@ -175,6 +175,9 @@ pub fn run(
 ) -> std::io::Result<Server> {
     let max_body_bytes = settings.max_body_bytes;
     let mut server = HttpServer::new(move || app(state.clone(), max_body_bytes))
+        // Streamed (chunked) answers go out in several small writes; with Nagle's algorithm on,
+        // the second waits for a delayed ACK (40 ms on Linux).
+        .tcp_nodelay(true)
         .shutdown_timeout(settings.shutdown_timeout_seconds)
         .listen(listener)?;
     if let Some(workers) = settings.workers {

@@ -34,18 +34,34 @@ impl UsageQueue {
     }
 }
 
-/// Writes queued events in batches of up to `batch_size` until every [`UsageQueue`] is dropped
-/// (the server stopped), then returns: so awaiting it after shutdown flushes the queue.
+/// How long the writer gathers events after the first one before it writes them (unless a
+/// full batch arrives sooner): one INSERT per window instead of one per trickle of events.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Writes queued events in batches of up to `batch_size` (gathered for at most
+/// [`BATCH_WINDOW`]) until every [`UsageQueue`] is dropped (the server stopped), then returns:
+/// so awaiting it after shutdown flushes the queue.
 pub async fn write_usage(
     mut receiver: UsageReceiver,
     usage: Usage,
     batch_size: usize,
     log: slog::Logger,
 ) {
-    let mut batch = Vec::with_capacity(batch_size.max(1));
+    let batch_size = batch_size.max(1);
+    let mut batch = Vec::with_capacity(batch_size);
     loop {
-        if receiver.rx.recv_many(&mut batch, batch_size.max(1)).await == 0 {
+        if receiver.rx.recv_many(&mut batch, batch_size).await == 0 {
             return;
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < batch_size {
+            let room = batch_size - batch.len();
+            match tokio::time::timeout_at(deadline, receiver.rx.recv_many(&mut batch, room)).await
+            {
+                // Closed (shutdown): write what there is; the next recv ends the loop.
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
         if let Err(e) = usage.record(&batch).await {
             slog::error!(log, "writing usage events failed; they are lost";

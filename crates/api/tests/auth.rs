@@ -139,15 +139,7 @@ async fn missing_malformed_unknown_expired_revoked_and_disabled_keys_all_look_th
         "the response never says which case it was: {bodies:?}"
     );
 
-    let metrics = app
-        .anon
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     for reason in [
         "missing",
         "malformed",

@@ -452,15 +452,7 @@ async fn every_call_leaves_a_usage_event_with_tokens_and_members_see_only_their_
     let res = app.get("/api/v1/usage?group_by=week").await;
     assert_eq!(res.status(), 422);
 
-    let metrics = app
-        .anon
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("maas_upstream_requests_total{model=\"metered\",status=\"200\"}"));
     assert!(metrics.contains("maas_tokens_total{model=\"metered\",kind=\"prompt\"}"));
     assert!(metrics.contains("# TYPE maas_gateway_overhead_seconds histogram"));

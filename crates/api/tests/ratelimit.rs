@@ -84,15 +84,7 @@ async fn past_the_burst_requests_get_429_with_retry_after() {
         .await
         .expect("GET");
     assert_eq!(res.status(), 200);
-    let metrics = app
-        .anon
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("maas_rate_limit_decisions_total{decision=\"limited\"}"));
     assert!(metrics.contains("maas_rate_limit_decisions_total{decision=\"allowed\"}"));
     app.stop().await;
@@ -198,15 +190,7 @@ async fn with_redis_down_fail_open_admits_and_counts() {
         );
         assert_eq!(header(&res, "ratelimit-limit"), Some(1));
     }
-    let metrics = app
-        .anon
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("maas_rate_limit_decisions_total{decision=\"error\"}"),
         "{metrics}"

@@ -297,6 +297,18 @@ impl TestApp {
         body["version"].as_i64().expect("version number")
     }
 
+    /// The `/metrics` page (no key needed).
+    pub async fn metrics_text(&self) -> String {
+        self.anon
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Stops the server and deletes this app's Redis keys.
     pub async fn stop(self) {
         self.server.stop(true).await;

@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Proxy benchmark of maas-gateway on this machine (see bench/README.md). Not part of the tests.
+#
+#   bench/proxy.sh                            # about 6 minutes
+#   BENCH_RATE_DURATION=30s bench/proxy.sh    # longer constant-rate runs
+#
+# An nginx on a loopback port stands in for a model server that answers at once (a fixed
+# chat.completion body). The same POST /v1/chat/completions is sent straight to nginx ("direct")
+# and through the gateway ("gateway"), whose version points at that nginx:
+#   1. the highest throughput of each: wrk -t2 -c64, closed loop;
+#   2. latency at a constant rate (oha -q, corrected for coordinated omission): 500 and 1,000
+#      requests/s, then a ladder of higher rates up to the highest one the gateway sustains;
+# and prints p50/p99 of both, their difference (the latency the gateway adds) and requests/s.
+# The gateway is the release build with access logging on, a member's key and a rate limit far
+# above the load. On exit (also on failure or Ctrl-C) it stops nginx and the gateway, drops the
+# database and deletes only its own Redis keys. Only 127.0.0.1 is contacted.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+host=127.0.0.1
+pg_port=${BENCH_PG_PORT:-5432}
+pg_user=${BENCH_PG_USER:-postgres}
+redis_port=${BENCH_REDIS_PORT:-6379}
+# wrk's closed-loop throughput runs.
+threads=${BENCH_THREADS:-2}
+connections=${BENCH_CONNECTIONS:-64}
+max_duration=${BENCH_MAX_DURATION:-10s}
+# oha's constant-rate runs.
+rate_duration=${BENCH_RATE_DURATION:-15s}
+rate_connections=${BENCH_RATE_CONNECTIONS:-32}
+rates=${BENCH_RATES:-"500 1000"}
+ladder=${BENCH_LADDER:-"2000 3000 4000 5000 6000 8000 10000 12000 15000 20000"}
+ladder_duration=${BENCH_LADDER_DURATION:-10s}
+# A rate is sustained when the load tool kept it (achieved >= 97 %), every answer was a 200 and the
+# gateway's p99 stayed at or under this many milliseconds.
+sustain_p99_ms=${BENCH_SUSTAIN_P99_MS:-10}
+nginx_workers=${BENCH_NGINX_WORKERS:-1}
+model=bench-proxy
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH:/usr/sbin"
+missing=()
+for tool in cargo curl psql redis-cli wrk oha nginx python3; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench: missing ${missing[*]} (Debian: apt-get install wrk nginx-light;" \
+        "oha: cargo install oha --locked)" >&2
+    exit 1
+fi
+
+random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+run_id="proxy-$(date +%Y%m%d-%H%M%S)-$$"
+results_dir="$repo_root/bench/results/$run_id"
+mkdir -p "$results_dir"
+db_name="maas_bench_proxy_$$_$(random_hex 3)"
+key_prefix="maas:bench:$(random_hex 6):"
+admin_key="maas_benchadmin$(random_hex 20)"
+gateway_log="$results_dir/gateway.log"
+nginx_dir=$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-nginx.XXXXXX")
+
+psql_admin() {
+    PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" \
+        -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"
+}
+
+stop_process() { # PID NAME: SIGTERM, up to 10 s, then SIGKILL
+    local pid=$1 name=$2 i
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "bench: $name ignored SIGTERM for 10 s: killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+nginx_pid=""
+gateway_pid=""
+db_created=false
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop_process "$gateway_pid" "the gateway"
+    # nginx in the foreground (daemon off): its master stops its workers on SIGTERM.
+    stop_process "$nginx_pid" "nginx"
+    if [ "$db_created" = true ]; then
+        psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
+    fi
+    redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" 2>/dev/null \
+        | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null 2>&1 || true
+    if [ -s "$nginx_dir/error.log" ]; then cp "$nginx_dir/error.log" "$results_dir/nginx-error.log"; fi
+    rm -rf "$nginx_dir"
+    # One access line per request: hundreds of MB per run, about tenfold smaller gzipped.
+    if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
+    echo "bench: cleaned up (gateway and nginx stopped, database dropped, keys ${key_prefix}* deleted)" >&2
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_http URL PID NAME SECONDS: until URL answers (any status), failing when PID exits first.
+wait_http() {
+    local url=$1 pid=$2 name=$3 seconds=$4 i
+    for ((i = 0; i < seconds * 10; i++)); do
+        if curl -sS --max-time 1 -o /dev/null "$url" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "bench: $name exited during start-up" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "bench: $name did not answer within ${seconds}s" >&2
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+echo "bench: building the release binary" >&2
+cargo build --release --package maas-gateway --bin maas-gateway
+target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+binary="$target_dir/release/maas-gateway"
+
+# The model server: nginx answering every chat completion at once with a fixed body.
+nginx_port=$(free_port)
+upstream="http://$host:$nginx_port/v1"
+completion='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+mkdir -p "$nginx_dir/tmp"
+cat >"$nginx_dir/nginx.conf" <<EOF
+# Written by bench/proxy.sh; not a system service (runs in the foreground, all paths in here).
+worker_processes $nginx_workers;
+daemon off;
+pid $nginx_dir/nginx.pid;
+error_log $nginx_dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $nginx_dir/tmp/body;
+    proxy_temp_path $nginx_dir/tmp/proxy;
+    fastcgi_temp_path $nginx_dir/tmp/fastcgi;
+    uwsgi_temp_path $nginx_dir/tmp/uwsgi;
+    scgi_temp_path $nginx_dir/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    server {
+        listen $host:$nginx_port reuseport backlog=4096;
+        location = /v1/chat/completions {
+            default_type application/json;
+            return 200 '$completion';
+        }
+        location / { return 404; }
+    }
+}
+EOF
+echo "bench: starting nginx on $upstream ($nginx_workers worker)" >&2
+nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" &
+nginx_pid=$!
+wait_http "$upstream/chat/completions" "$nginx_pid" nginx 10
+
+echo "bench: creating database $db_name" >&2
+psql_admin -c "CREATE DATABASE \"$db_name\""
+db_created=true
+
+echo "bench: starting the gateway (release, access log: $gateway_log)" >&2
+env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
+    MAAS_SERVER__HOST="$host" \
+    MAAS_SERVER__PORT=0 \
+    MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
+    MAAS_REDIS__URL="redis://$host:$redis_port/0" \
+    MAAS_REDIS__KEY_PREFIX="$key_prefix" \
+    MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
+    MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
+    MAAS_RATE_LIMIT__BURST=1000000 \
+    MAAS_LOG__LEVEL=info \
+    MAAS_LOG__FORMAT=json \
+    "$binary" serve >"$gateway_log" 2>&1 &
+gateway_pid=$!
+for ((i = 0; i < 900; i++)); do
+    grep -q '"msg":"listening"' "$gateway_log" 2>/dev/null && break
+    kill -0 "$gateway_pid" 2>/dev/null || { echo "bench: the gateway exited:" >&2; tail -n 20 "$gateway_log" >&2; exit 1; }
+    sleep 0.1
+done
+gateway_port=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    if entry.get("msg") == "listening":
+        print(entry["port"])
+        break
+' "$gateway_log")
+[ -n "$gateway_port" ] || { echo "bench: the gateway did not log its port within 90 s" >&2; exit 1; }
+gateway="http://$host:$gateway_port"
+wait_http "$gateway/health" "$gateway_pid" "the gateway" 10
+
+api() { # METHOD PATH BODY, as the admin; fails unless 2xx
+    curl -fsS --max-time 10 -X "$1" -H "authorization: Bearer $admin_key" \
+        -H 'content-type: application/json' --data "$3" "$gateway$2"
+}
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+echo "bench: seeding $model (version 1 on nginx, alias production) and a member's key" >&2
+api POST /api/v1/models "{\"name\":\"$model\"}" >/dev/null
+api POST "/api/v1/models/$model/versions" \
+    "{\"source_uri\":\"s3://bench/m.bin\",\"endpoint_url\":\"$upstream\",\"upstream_api_key\":\"bench-upstream-key\"}" >/dev/null
+api PUT "/api/v1/models/$model/aliases/production" '{"version":1}' >/dev/null
+member_id=$(api POST /api/v1/users '{"username":"bench-member","role":"member"}' | json_field id)
+key=$(api POST /api/v1/keys "{\"name\":\"bench\",\"user_id\":\"$member_id\"}" | json_field key)
+
+body="{\"model\":\"$model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":8}"
+direct_url="$upstream/chat/completions"
+gateway_url="$gateway/v1/chat/completions"
+
+# Both paths must answer the same completion before anything is measured.
+check=$(curl -fsS --max-time 5 -D "$results_dir/check-headers.txt" -H "authorization: Bearer $key" \
+    -H 'content-type: application/json' --data "$body" "$gateway_url")
+if [ "$check" != "$completion" ] || ! grep -qi '^x-maas-version: 1' "$results_dir/check-headers.txt"; then
+    echo "bench: the gateway did not proxy the completion; it answered:" >&2
+    cat "$results_dir/check-headers.txt" >&2
+    echo "$check" >&2
+    exit 1
+fi
+
+oha_args=(--no-tui --output-format json -m POST -H "authorization: Bearer $key"
+    -H 'content-type: application/json' -d "$body")
+echo "bench: warming up both paths (2,000 requests each)" >&2
+for url in "$direct_url" "$gateway_url"; do
+    oha "${oha_args[@]}" -n 2000 -c 16 "$url" >/dev/null
+done
+
+# parse_wrk FILE: "requests/s<TAB>p50<TAB>p99<TAB>non-2xx" from wrk --latency output.
+parse_wrk() {
+    awk '
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "50%" { p50 = $2 }
+        $1 == "99%" { p99 = $2 }
+        /Non-2xx or 3xx responses:/ { bad = $NF }
+        /Socket errors:/ { sock = $0; sub(/.*Socket errors: */, "", sock) }
+        END {
+            if (bad == "") bad = 0
+            printf "%s\t%s\t%s\t%s%s\n", rps, p50, p99, bad, (sock == "" ? "" : " (socket: " sock ")")
+        }' "$1"
+}
+
+# overhead_buckets FILE: the gateway's maas_gateway_overhead_seconds histogram buckets, now.
+overhead_buckets() {
+    curl -fsS --max-time 5 "$gateway/metrics" | grep '^maas_gateway_overhead_seconds_bucket' >"$1" || true
+}
+
+# at_rate NAME URL RATE DURATION: one constant-rate oha run; prints
+# "achieved<TAB>p50_ms<TAB>p99_ms<TAB>non_200<TAB>overhead p50<TAB>overhead p99" and keeps the JSON
+# in the results directory. The overhead columns are the gateway's own view during the run (its
+# x-maas-overhead-ms histogram, as the bucket bound the quantile falls under); "-" for direct.
+at_rate() {
+    local name=$1 url=$2 rate=$3 duration=$4
+    local out="$results_dir/oha-$name-$rate.json"
+    local before="$results_dir/overhead-$name-$rate.before" after="$results_dir/overhead-$name-$rate.after"
+    if [ "$name" = gateway ]; then overhead_buckets "$before"; fi
+    oha "${oha_args[@]}" -z "$duration" -q "$rate" -c "$rate_connections" --latency-correction -w \
+        "$url" >"$out"
+    if [ "$name" = gateway ]; then overhead_buckets "$after"; fi
+    python3 - "$out" "$before" "$after" <<'EOF'
+import json, os, re, sys
+
+r = json.load(open(sys.argv[1]))
+ok = r["statusCodeDistribution"].get("200", 0)
+total = sum(r["statusCodeDistribution"].values()) + sum(r["errorDistribution"].values())
+m = r["metrics"]["latency_ms"]
+
+
+def buckets(path):
+    counts = {}
+    if os.path.exists(path):
+        for line in open(path):
+            found = re.search(r'le="([^"]+)"\}\s+(\S+)', line)
+            if found:
+                bound = float("inf") if found.group(1) == "+Inf" else float(found.group(1))
+                counts[bound] = counts.get(bound, 0) + float(found.group(2))
+    return counts
+
+
+before, after = buckets(sys.argv[2]), buckets(sys.argv[3])
+delta = {b: after[b] - before.get(b, 0) for b in after}
+count = delta.get(float("inf"), 0)
+quantiles = []
+for q in (0.5, 0.99):
+    bound = next((b for b in sorted(delta) if count and delta[b] >= q * count), None)
+    quantiles.append("-" if bound is None else "<=%g" % (bound * 1000))
+print("%.0f\t%.3f\t%.3f\t%d\t%s\t%s" % (r["summary"]["requestsPerSec"], m["p50"], m["p99"], total - ok, *quantiles))
+EOF
+}
+
+# Other work on the machine skews every figure: the summary records the load when measuring began.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+echo "bench: highest throughput, wrk -t$threads -c$connections -d$max_duration" >&2
+declare -A max_rps
+for name in direct gateway; do
+    url=$direct_url
+    [ "$name" = gateway ] && url=$gateway_url
+    out="$results_dir/wrk-$name.txt"
+    BENCH_MODEL="$model" wrk -t"$threads" -c"$connections" -d"$max_duration" --latency --timeout 5s \
+        -H "authorization: Bearer $key" -s "$repo_root/bench/chat.lua" "$url" >"$out"
+    max_rps[$name]=$(parse_wrk "$out")
+    echo "bench:   $name: $(cut -f1 <<<"${max_rps[$name]}") requests/s" >&2
+done
+
+rows=()
+measure_pair() { # RATE DURATION: direct then gateway at RATE; appends a row; 0 when sustained
+    local rate=$1 duration=$2 d g
+    d=$(at_rate direct "$direct_url" "$rate" "$duration")
+    g=$(at_rate gateway "$gateway_url" "$rate" "$duration")
+    rows+=("$rate	$d	$g")
+    echo "bench:   $rate/s: direct p50/p99 $(cut -f2 <<<"$d")/$(cut -f3 <<<"$d") ms," \
+        "gateway $(cut -f2 <<<"$g")/$(cut -f3 <<<"$g") ms, gateway achieved $(cut -f1 <<<"$g")/s," \
+        "non-200 $(cut -f4 <<<"$g")" >&2
+    python3 -c '
+import sys
+rate, achieved, p99, bad, limit = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+sys.exit(0 if achieved >= 0.97 * rate and bad == 0 and p99 <= limit else 1)
+' "$rate" "$(cut -f1 <<<"$g")" "$(cut -f3 <<<"$g")" "$(cut -f4 <<<"$g")" "$sustain_p99_ms"
+}
+
+echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $rate_duration each" >&2
+highest=""
+for rate in $rates; do
+    if measure_pair "$rate" "$rate_duration"; then
+        highest=$rate
+    fi
+done
+gateway_max=$(cut -f1 <<<"${max_rps[gateway]}")
+echo "bench: ladder up to the gateway's wrk maximum ($gateway_max/s), until p99 > ${sustain_p99_ms} ms" >&2
+for rate in $ladder; do
+    if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$rate" "$gateway_max"; then
+        break
+    fi
+    if measure_pair "$rate" "$ladder_duration"; then
+        highest=$rate
+    else
+        break
+    fi
+done
+
+# ---------------------------------------------------------------------------------------------
+{
+    printf 'Highest throughput (wrk -t%s -c%s -d%s, closed loop)\n' "$threads" "$connections" "$max_duration"
+    printf '%-10s %12s %10s %10s  %s\n' "path" "requests/s" "p50" "p99" "non-2xx"
+    for name in direct gateway; do
+        IFS=$'\t' read -r rps p50 p99 bad <<<"${max_rps[$name]}"
+        printf '%-10s %12s %10s %10s  %s\n' "$name" "$rps" "$p50" "$p99" "$bad"
+    done
+    printf '\nConstant rate (oha -q, %s connections, %s per run, latency corrected for coordinated omission), ms\n' \
+        "$rate_connections" "$rate_duration"
+    printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "rate/s" "direct50" "direct99" \
+        "gw p50" "gw p99" "added50" "added99" "gw got/s" "non-200" "ovh p50" "ovh p99"
+    for row in "${rows[@]}"; do
+        IFS=$'\t' read -r rate _ d50 d99 d_bad _ _ g_rps g50 g99 g_bad o50 o99 <<<"$row"
+        printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "$rate" "$d50" "$d99" "$g50" "$g99" \
+            "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g50" "$d50")" \
+            "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g99" "$d99")" \
+            "$g_rps" "$((d_bad + g_bad))" "$o50" "$o99"
+    done
+    printf '%s\n' "ovh: the gateway's own overhead histogram (maas_gateway_overhead_seconds) over the" \
+        "same run, as the bucket bound in ms that the quantile falls under."
+    printf '\nHighest sustained rate through the gateway (kept >= 97%%, all 200, p99 <= %s ms): %s\n' \
+        "$sustain_p99_ms" "${highest:-none of the rates tried}"
+    printf '%s, %s cores (load average %s when measuring began); nginx %s worker(s) as the model\n' \
+        "$(uname -sr)" "$(nproc)" "$load_at_start" "$nginx_workers"
+    printf 'server; gateway release build, access log on; oha %s, wrk %s.\n' \
+        "$(oha --version | cut -d' ' -f2)" "$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
+} | tee "$results_dir/summary.txt"
+echo "bench: raw wrk and oha output and the gateway log are in bench/results/$run_id/" >&2
