@@ -56,8 +56,7 @@ pub async fn write_usage(
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         while batch.len() < batch_size {
             let room = batch_size - batch.len();
-            match tokio::time::timeout_at(deadline, receiver.rx.recv_many(&mut batch, room)).await
-            {
+            match tokio::time::timeout_at(deadline, receiver.rx.recv_many(&mut batch, room)).await {
                 // Closed (shutdown): write what there is; the next recv ends the loop.
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
