@@ -559,3 +559,37 @@ async fn last_used_at_is_written_in_batches_not_per_request() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn made_up_keys_are_looked_up_once_then_answered_from_the_cache() {
+    use redis::AsyncCommands as _;
+    let app = spawn_app().await;
+    let made_up = format!("maas_{}", "z".repeat(43));
+    for _ in 0..2 {
+        let res = app
+            .anon
+            .get(app.url("/api/v1/models"))
+            .bearer_auth(&made_up)
+            .send()
+            .await
+            .expect("GET");
+        assert_unauthorized(res).await;
+    }
+    let hash = maas_domain::identity::PlaintextKey::parse(&made_up)
+        .expect("shape")
+        .hash();
+    let mut conn = app.redis.pool.get().await.expect("redis");
+    let cached: Option<String> = conn
+        .hget(format!("{}c:key:{}", app.redis.prefix, hash.to_hex()), "k")
+        .await
+        .expect("HGET");
+    assert_eq!(
+        cached.as_deref(),
+        Some("null"),
+        "the miss is cached as unknown"
+    );
+    drop(conn);
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains("maas_cache_requests_total{kind=\"key\",result=\"hit\"}"));
+    app.stop().await;
+}

@@ -124,12 +124,15 @@ impl Accounts {
         Ok(Principal::from(&record))
     }
 
+    /// The key with this hash, cached: usable keys and unknown ones (so that a flood of made-up
+    /// keys does not become a flood of database queries). Revoked keys and disabled users are
+    /// not cached; creating a key drops a cached "unknown" for its hash.
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
         let scope = key_scope(hash);
         let token = match self.cache.lookup(&scope, "k").await {
             CacheLookup::Hit(bytes) => {
-                if let Ok(record) = serde_json::from_slice::<KeyRecord>(&bytes) {
-                    return Ok(Some(record));
+                if let Ok(record) = serde_json::from_slice::<Option<KeyRecord>>(&bytes) {
+                    return Ok(record);
                 }
                 Some(crate::ports::FillToken(None))
             }
@@ -140,11 +143,12 @@ impl Accounts {
             crate::RepoError::NotFound(_) => AuthError::Refused(AuthFailure::Unknown),
             other => AuthError::Unavailable(other.to_string()),
         })?;
-        // Only usable keys are cached: unknown, revoked or disabled ones go to the database.
-        if let (Some(token), Some(record)) = (token, &found)
-            && record.key.revoked_at.is_none()
-            && !record.user.disabled
-            && let Ok(bytes) = serde_json::to_vec(record)
+        let cacheable = found
+            .as_ref()
+            .is_none_or(|r| r.key.revoked_at.is_none() && !r.user.disabled);
+        if let Some(token) = token
+            && cacheable
+            && let Ok(bytes) = serde_json::to_vec(&found)
         {
             self.cache.fill(&scope, "k", token, bytes).await;
         }
@@ -280,6 +284,7 @@ impl Accounts {
                 rate_limit_rpm,
             })
             .await?;
+        self.cache.invalidate(&key_scope(&plaintext.hash())).await;
         Ok(CreatedKey { key, plaintext })
     }
 
@@ -321,7 +326,11 @@ impl Accounts {
             expires_at: None,
             rate_limit_rpm: None,
         };
-        Ok(self.repo.bootstrap_admin(&username, new).await?)
+        let created = self.repo.bootstrap_admin(&username, new).await?;
+        if created.is_some() {
+            self.cache.invalidate(&key_scope(&key.hash())).await;
+        }
+        Ok(created)
     }
 }
 
