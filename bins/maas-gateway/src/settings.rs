@@ -65,13 +65,7 @@ impl Settings {
                 file.display()
             )));
         }
-        // Only settings variables: MAAS_CONFIG and the test suite's MAAS_TEST_* are not settings.
-        let settings_env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| {
-                k.starts_with("MAAS_") && k != CONFIG_PATH_VAR && !k.starts_with("MAAS_TEST_")
-            })
-            .collect();
+        let settings_env = settings_variables(env)?;
         let source = Config::builder()
             .add_source(
                 File::from(file.as_path())
@@ -157,6 +151,51 @@ impl Settings {
     }
 }
 
+/// The sections of [`Settings`], for telling a mistyped variable from an unrelated one.
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "redis",
+    "cache",
+    "log",
+    "auth",
+    "rate_limit",
+    "upstream",
+    "usage",
+];
+
+/// The `MAAS_<SECTION>__<KEY>` variables. Every setting sits in a section, so a `MAAS_` variable
+/// without `__` is not a setting (`MAAS_CONFIG`, the tests' `MAAS_TEST_*`, a shell's
+/// `MAAS_ADMIN_KEY`) and is left alone, unless it starts like one with a single underscore
+/// (`MAAS_DATABASE_HOST`): that is a typo that would otherwise be silently ignored.
+fn settings_variables(
+    env: HashMap<String, String>,
+) -> Result<config::Map<String, String>, SettingsError> {
+    let mut out = config::Map::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("MAAS_") else {
+            continue;
+        };
+        if rest.contains("__") {
+            out.insert(name, value);
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        if let Some(section) = SECTIONS
+            .iter()
+            .find(|s| lower.starts_with(&format!("{s}_")) && !lower.starts_with("test_"))
+        {
+            let key = &rest[section.len() + 1..];
+            return Err(SettingsError(format!(
+                "{name} is not read: settings need two underscores between section and key \
+                 (MAAS_{}__{key})",
+                section.to_ascii_uppercase()
+            )));
+        }
+    }
+    Ok(out)
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -210,6 +249,18 @@ mod tests {
     }
 
     #[test]
+    fn maas_variables_that_are_not_settings_are_left_alone() {
+        let s = Settings::load_from(env(&[
+            ("MAAS_ADMIN_KEY", "maas_whatever"),
+            ("MAAS_TEST_DATABASE_URL", "postgres://x"),
+            ("MAAS_SOMETHING_ELSE", "1"),
+            ("OTHER__VAR", "1"),
+        ]))
+        .expect("loads");
+        assert_eq!(s, Settings::load_from(env(&[])).expect("defaults"));
+    }
+
+    #[test]
     fn the_file_layer_sits_between_defaults_and_environment() {
         let dir = std::env::temp_dir().join(format!("maas-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -245,6 +296,9 @@ mod tests {
 
         let err = Settings::load_from(env(&[("MAAS_DATABSE__HOST", "x")])).expect_err("typo");
         assert!(err.to_string().contains("databse"), "{err}");
+
+        let err = Settings::load_from(env(&[("MAAS_DATABASE_HOST", "x")])).expect_err("one _");
+        assert!(err.to_string().contains("MAAS_DATABASE__HOST"), "{err}");
 
         let err = Settings::load_from(env(&[(CONFIG_PATH_VAR, "/nonexistent/maas.toml")]))
             .expect_err("missing file");

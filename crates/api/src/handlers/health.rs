@@ -76,7 +76,8 @@ async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
     let report = CheckReport {
         status: if error.is_none() { "up" } else { "down" }.to_owned(),
         required: dep.required,
-        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        // Microsecond precision is plenty; it keeps the JSON free of float noise.
+        latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
         error,
     };
     (name.to_owned(), report)
