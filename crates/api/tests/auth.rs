@@ -593,3 +593,23 @@ async fn made_up_keys_are_looked_up_once_then_answered_from_the_cache() {
     assert!(metrics.contains("maas_cache_requests_total{kind=\"key\",result=\"hit\"}"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_last_enabled_admin_cannot_lock_everyone_out() {
+    let app = spawn_app().await;
+    for body in [json!({"role": "member"}), json!({"disabled": true})] {
+        let res = app.patch_json("/api/v1/users/admin", &body).await;
+        assert_problem(res, 409, None).await;
+    }
+    assert_eq!(
+        app.get("/api/v1/users/me").await.status(),
+        200,
+        "still an admin"
+    );
+    app.user_with_key("deputy", "admin").await;
+    let res = app
+        .patch_json("/api/v1/users/admin", &json!({"role": "member"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    app.stop().await;
+}

@@ -186,13 +186,39 @@ impl IdentityRepository for PgIdentityRepository {
         };
         observe("update_user", async {
             let mut conn = self.conn().await?;
-            let row = diesel::update(users::table.filter(users::username.eq(username.as_str())))
-                .set(changes)
-                .returning(UserRow::as_returning())
-                .get_result(&mut conn)
-                .await
-                .optional()?;
-            Ok(row.ok_or_else(|| user_not_found(username))?.try_into()?)
+            conn.transaction::<_, Failure, _>(async |conn| {
+                // The same lock as bootstrapping: changes to the set of admins take turns, so
+                // two admins demoting each other at once cannot both succeed.
+                diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                    .bind::<BigInt, _>(BOOTSTRAP_LOCK_KEY)
+                    .execute(conn)
+                    .await?;
+                let enabled_admins = async |conn: &mut _| {
+                    users::table
+                        .filter(users::role.eq(Role::Admin.as_str()))
+                        .filter(users::disabled.eq(false))
+                        .count()
+                        .get_result::<i64>(conn)
+                        .await
+                };
+                let before = enabled_admins(conn).await?;
+                let row =
+                    diesel::update(users::table.filter(users::username.eq(username.as_str())))
+                        .set(changes)
+                        .returning(UserRow::as_returning())
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                let row = row.ok_or_else(|| user_not_found(username))?;
+                if before > 0 && enabled_admins(conn).await? == 0 {
+                    return Err(RepoError::Conflict(format!(
+                        "'{username}' is the last enabled admin: it cannot be demoted or disabled"
+                    ))
+                    .into());
+                }
+                Ok(row.try_into()?)
+            })
+            .await
         })
         .await
     }

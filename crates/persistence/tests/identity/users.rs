@@ -116,6 +116,8 @@ async fn usernames_are_ordered_bytewise_whatever_the_server_locale() {
 #[tokio::test]
 async fn a_patch_changes_only_what_it_names() {
     let (_db, repo) = repository().await;
+    // Another enabled admin, so that alice may be disabled while she is an admin.
+    user(&repo, "keeper", Role::Admin).await;
     let created = user(&repo, "alice", Role::Member).await;
     let alice = username("alice");
 
@@ -202,4 +204,65 @@ async fn a_user_row_that_breaks_a_domain_rule_is_an_internal_error_not_a_panic()
     repo.get_user(&username("fine"))
         .await
         .expect("other rows still read");
+}
+
+#[tokio::test]
+async fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
+    let (_db, repo) = repository().await;
+    let root = user(&repo, "root", Role::Admin).await;
+    for patch in [
+        UserPatch {
+            role: Some(Role::Member),
+            disabled: None,
+        },
+        UserPatch {
+            role: None,
+            disabled: Some(true),
+        },
+    ] {
+        let err = repo
+            .update_user(&username("root"), patch)
+            .await
+            .expect_err("last admin");
+        assert!(
+            matches!(err, RepoError::Conflict(ref m) if m.contains("last enabled admin")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        repo.get_user_by_id(root.id).await.expect("found"),
+        root,
+        "nothing changed"
+    );
+
+    // With a second enabled admin, the first may step down.
+    user(&repo, "deputy", Role::Admin).await;
+    let demoted = repo
+        .update_user(
+            &username("root"),
+            UserPatch {
+                role: Some(Role::Member),
+                disabled: None,
+            },
+        )
+        .await
+        .expect("another admin remains");
+    assert_eq!(demoted.role, Role::Member);
+}
+
+#[tokio::test]
+async fn without_any_admin_members_can_still_be_changed() {
+    let (_db, repo) = repository().await;
+    user(&repo, "solo", Role::Member).await;
+    let disabled = repo
+        .update_user(
+            &username("solo"),
+            UserPatch {
+                role: None,
+                disabled: Some(true),
+            },
+        )
+        .await
+        .expect("no admin to protect");
+    assert!(disabled.disabled);
 }
