@@ -37,6 +37,8 @@ ladder_duration=${BENCH_LADDER_DURATION:-10s}
 # gateway's p99 stayed at or under this many milliseconds.
 sustain_p99_ms=${BENCH_SUSTAIN_P99_MS:-10}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
+# Extra settings for the gateway, as space-separated VAR=value words (e.g. "MAAS_SERVER__WORKERS=1").
+read -r -a gateway_env <<<"${BENCH_GATEWAY_ENV:-}"
 model=bench-proxy
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH:/usr/sbin"
@@ -188,6 +190,7 @@ env -i PATH="$PATH" HOME="${HOME:-/root}" \
     MAAS_RATE_LIMIT__BURST=1000000 \
     MAAS_LOG__LEVEL=info \
     MAAS_LOG__FORMAT=json \
+    "${gateway_env[@]}" \
     "$binary" serve >"$gateway_log" 2>&1 &
 gateway_pid=$!
 for ((i = 0; i < 900; i++)); do

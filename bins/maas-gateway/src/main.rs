@@ -221,29 +221,42 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     let redis = maas_cache::connect(&settings.redis)
         .await
         .map_err(|e| e.to_string())?;
-    let cache: Arc<dyn Cache> = if settings.cache.enabled {
-        Arc::new(maas_cache::RedisCache::new(
+    // Registry reads and key lookups: Redis, behind an in-process tier that Redis pub/sub keeps
+    // coherent across replicas (see maas_cache::near).
+    let local_tier = settings.cache.local_enabled().then(|| {
+        maas_cache::LocalStore::new(settings.cache.local_ttl(), settings.cache.local_max_entries)
+    });
+    let cache_with_ttl = |ttl: Duration| -> Arc<dyn Cache> {
+        if !settings.cache.enabled {
+            return Arc::new(NoCache);
+        }
+        let shared: Arc<dyn Cache> = Arc::new(maas_cache::RedisCache::new(
             redis.clone(),
             settings.redis.key_prefix.clone(),
-            Duration::from_secs(settings.cache.ttl_seconds),
-            Duration::from_millis(settings.redis.command_timeout_ms),
-        ))
-    } else {
-        Arc::new(NoCache)
+            ttl,
+            settings.redis.command_timeout(),
+        ));
+        match &local_tier {
+            Some(local) => Arc::new(maas_cache::NearCache::new(Arc::clone(local), shared)),
+            None => shared,
+        }
     };
     let registry = Registry::new(
         Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
-        cache,
+        cache_with_ttl(Duration::from_secs(settings.cache.ttl_seconds)),
     );
-    let key_cache: Arc<dyn Cache> = if settings.cache.enabled {
-        Arc::new(maas_cache::RedisCache::new(
-            redis.clone(),
-            settings.redis.key_prefix.clone(),
-            Duration::from_secs(settings.auth.key_cache_ttl_seconds),
-            Duration::from_millis(settings.redis.command_timeout_ms),
-        ))
-    } else {
-        Arc::new(NoCache)
+    let key_cache = cache_with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds));
+    let invalidation_listener = match &local_tier {
+        Some(local) => Some(tokio::spawn(
+            maas_cache::listen_for_invalidations(
+                &settings.redis,
+                Arc::clone(local),
+                // Generous: a slow ping only makes the tier step aside, which costs round trips.
+                settings.redis.command_timeout().max(Duration::from_secs(1)),
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        None => None,
     };
     let accounts = Accounts::new(
         Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
@@ -261,11 +274,14 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
             Err(e) => return Err(format!("creating the bootstrap admin failed: {e}")),
         }
     }
-    let rate_limiter = Arc::new(maas_cache::RedisRateLimiter::new(
-        redis.clone(),
-        settings.redis.key_prefix.clone(),
-        Duration::from_millis(settings.redis.command_timeout_ms),
-    ));
+    let rate_limiter = Arc::new(
+        maas_cache::RedisRateLimiter::new(
+            redis.clone(),
+            settings.redis.key_prefix.clone(),
+            Duration::from_millis(settings.redis.command_timeout_ms),
+        )
+        .with_leases(Duration::from_millis(settings.rate_limit.lease_ms)),
+    );
     let dependencies: Arc<[Dependency]> = Arc::new([
         Dependency {
             check: Arc::new(maas_persistence::PgHealth::new(pg.clone())),
@@ -342,6 +358,9 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     }
     upkeep.abort();
     usage_flush.abort();
+    if let Some(listener) = invalidation_listener {
+        listener.abort();
+    }
     flush_key_usage(log, &accounts).await;
     info!(log, "stopped");
     result

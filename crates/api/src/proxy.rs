@@ -1,7 +1,9 @@
 //! Forwarding to model servers: one pooled HTTP client, header hygiene, and a body stream that
 //! passes chunks through as they arrive while it watches for the upstream's `usage`.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,29 +36,74 @@ const NOT_FORWARDED: &[&str] = &[
     "cookie",
 ];
 
-/// The shared client for every model server: keep-alive pools per host, so a warm call pays
-/// no connection, DNS or TLS set-up.
+/// The gateway's client for every model server: keep-alive pools per upstream host, so a warm
+/// call pays no connection, DNS or TLS set-up.
+///
+/// One `Upstream` serves the whole process, but it keeps the connections of each worker thread
+/// apart: a connection is driven by the runtime of the thread that opened it, and actix-web
+/// runs one single-threaded runtime per worker. A connection shared across workers would cost
+/// two cross-thread wake-ups per call (the request handed to the thread that drives the
+/// connection, the response handed back), which on a busy machine is most of the proxy's tail
+/// latency. So each worker thread gets its own pool, built from the same settings on first use;
+/// `upstream.pool_max_idle_per_host` applies per worker thread.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: reqwest::Client,
+    settings: UpstreamSettings,
+    /// Tells this `Upstream`'s per-thread clients from those of another one (tests run several).
+    id: u64,
+    /// Used on a thread where building a client of its own failed (it never has so far: the
+    /// settings were checked by building this one).
+    fallback: reqwest::Client,
     timeout: Duration,
+}
+
+static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's clients, by [`Upstream::id`].
+    static THREAD_CLIENTS: RefCell<Vec<(u64, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn build_client(settings: &UpstreamSettings) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
+        .read_timeout(Duration::from_secs(settings.timeout_seconds))
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 impl Upstream {
     /// A client with the configured timeouts and pool size.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (no usable TLS roots, say).
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
-        let timeout = Duration::from_secs(settings.timeout_seconds);
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
-            .read_timeout(timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { client, timeout })
+        Ok(Self {
+            fallback: build_client(settings)?,
+            settings: *settings,
+            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+            timeout: Duration::from_secs(settings.timeout_seconds),
+        })
+    }
+
+    /// The calling thread's client (built on first use).
+    fn client(&self) -> reqwest::Client {
+        THREAD_CLIENTS
+            .try_with(|clients| {
+                let mut clients = clients.borrow_mut();
+                if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                    return client.clone();
+                }
+                let client = build_client(&self.settings).unwrap_or_else(|_| self.fallback.clone());
+                clients.push((self.id, client.clone()));
+                client
+            })
+            .unwrap_or_else(|_| self.fallback.clone())
     }
 
     /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
@@ -67,7 +114,11 @@ impl Upstream {
         headers: reqwest::header::HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, ApiError> {
-        let request = self.client.request(method, url).headers(headers).body(body);
+        let request = self
+            .client()
+            .request(method, url)
+            .headers(headers)
+            .body(body);
         match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => Err(ApiError::UpstreamTimeout),
             Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout),

@@ -88,6 +88,10 @@ pub struct RateLimitSettings {
     pub burst: u32,
     /// When Redis is down or slow: admit (`true`, counted) or refuse with 503 (`false`).
     pub fail_open: bool,
+    /// Busy keys: Redis grants several requests at once, admitted here within this many
+    /// milliseconds without a Redis round trip each (`0`: one round trip per request). See
+    /// `maas_cache::ratelimit` for what it costs in precision.
+    pub lease_ms: u64,
 }
 
 impl Default for RateLimitSettings {
@@ -96,6 +100,7 @@ impl Default for RateLimitSettings {
             default_rpm: 600,
             burst: 20,
             fail_open: true,
+            lease_ms: 250,
         }
     }
 }

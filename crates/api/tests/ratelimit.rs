@@ -18,6 +18,7 @@ fn limits(rpm: u32, burst: u32, fail_open: bool) -> RateLimitSettings {
         default_rpm: rpm,
         burst,
         fail_open,
+        ..RateLimitSettings::default()
     }
 }
 

@@ -10,7 +10,9 @@
 //! - **fill** runs a Lua script that writes the field (and gives the hash a TTL if it has none)
 //!   only if the generation still equals the token, so a value loaded before a concurrent
 //!   invalidation is never cached after it.
-//! - **invalidate** atomically bumps the generation (kept `ttl + 1 h`) and deletes the hash.
+//! - **invalidate** atomically bumps the generation (kept `ttl + 1 h`), deletes the hash and
+//!   publishes the scope on the invalidation channel `P` `invalidations`, so that in-process
+//!   tiers ([`crate::NearCache`]) of every replica drop it too.
 //!
 //! # Failure handling
 //! Every call, pool checkout included, is bounded by the command timeout; a command that failed
@@ -132,6 +134,12 @@ impl RedisCache {
         format!("{}c:{scope}", self.inner.key_prefix)
     }
 
+    /// The pub/sub channel on which every invalidation publishes its scope (see
+    /// [`crate::near`]).
+    pub fn invalidation_channel(&self) -> String {
+        invalidation_channel(&self.inner.key_prefix)
+    }
+
     /// The Redis key of `scope`'s generation counter.
     pub fn generation_key(&self, scope: &str) -> String {
         format!("{}g:{scope}", self.inner.key_prefix)
@@ -177,6 +185,12 @@ impl std::fmt::Debug for RedisCache {
             .field("bypassing", &self.is_bypassing())
             .finish_non_exhaustive()
     }
+}
+
+/// The pub/sub channel of invalidations for keys under `key_prefix`: `key_prefix` followed by
+/// `invalidations`.
+pub fn invalidation_channel(key_prefix: &str) -> String {
+    format!("{key_prefix}invalidations")
 }
 
 /// The `kind` label of a lookup in `scope`: its text before the first `:`.
@@ -279,6 +293,10 @@ impl Cache for RedisCache {
             .ignore()
             .cmd("DEL")
             .arg(self.scope_key(scope))
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.invalidation_channel())
+            .arg(scope)
             .ignore();
         let mut failure = None;
         for _attempt in 0..2 {

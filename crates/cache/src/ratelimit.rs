@@ -33,6 +33,30 @@
 //!   (pool checkout included; a dead connection is retried once within that bound, see
 //!   [`crate::pool`]). The caller decides between failing open and refusing.
 //!
+//! # Leases
+//! Asking Redis for every request costs every request a round trip, and on a busy machine the
+//! round trip's tail is most of the gateway's own latency. With
+//! [`RedisRateLimiter::with_leases`]`(D)` a check that finds nothing local asks the same script
+//! for up to `want` requests at once: it grants as many as fit the GCRA (at least one, or
+//! refuses as before), advancing `TAT` by one interval per granted request, exactly as that
+//! many single checks would. The process admits the first and keeps the rest as the key's
+//! lease, admitting later requests of that key from it without Redis, for at most `D` after the
+//! grant; what is left then is dropped (never given back).
+//!
+//! - `want` follows the key's demand in this process: what its last lease admitted, scaled to a
+//!   whole lease period, at most 4 times the last lease and at most `burst / 2` (at least 1).
+//!   A quiet key, or one with a small burst, asks for one request at a time: it is decided by
+//!   Redis per request, as without leases.
+//! - Redis never grants more than the GCRA allows, so replicas together never get more than
+//!   `rpm + burst` a minute granted. A granted request is admitted up to `D` after its grant, so
+//!   over a sliding minute at most `rpm · (1 + D / 60 s) + burst` are admitted (with the default
+//!   250 ms lease: 0.4 % above `rpm`).
+//! - A lease of one replica is not available to another: near its limit a busy key may be
+//!   refused while another replica still holds a few of its requests (at most `burst / 2` each,
+//!   for at most `D`). Dropped leftovers are allowance lost, never gained.
+//! - `remaining` of a lease-admitted request is Redis's `remaining` at the grant plus what the
+//!   lease still holds; `reset_seconds` counts from the grant.
+//!
 //! # Breaker
 //! The limiter has a breaker of its own, separate from the cache's: after a call fails because
 //! Redis is unreachable or too slow (no connection, connection error, timeout), checks answer
@@ -48,8 +72,10 @@
 //! Every decision is counted in [`names::RATE_LIMIT_DECISIONS_TOTAL`] (`allowed`, `limited`,
 //! or `error` for a failure or a breaker skip).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use maas_domain::ports::{RateDecision, RateLimit, RateLimiter};
@@ -77,8 +103,10 @@ const EXPIRY_MARGIN_MS: u64 = 1_000;
 
 const MICROS_PER_SECOND: u64 = 1_000_000;
 
-/// The GCRA decision. KEYS: the key's TAT. ARGV: emission interval T (µs), capacity burst · T
-/// (µs), expiry margin (ms). Returns `{admitted (1|0), remaining, retry_after_us, reset_us}`.
+/// The GCRA decision for up to `want` requests at once. KEYS: the key's TAT. ARGV: emission
+/// interval T (µs), capacity burst · T (µs), expiry margin (ms), want (at least 1). Grants as many
+/// of the `want` requests as fit, at least one or none. Returns `{granted (0 = refused),
+/// remaining, retry_after_us, reset_us}`.
 ///
 /// Numbers are Lua doubles, exact for integers below 2^53; they are written with `%.0f` so that
 /// Redis never sees an exponent.
@@ -89,6 +117,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local margin_ms = tonumber(ARGV[3])
+local want = math.max(tonumber(ARGV[4]) or 1, 1)
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = now
@@ -96,17 +125,18 @@ local stored = redis.call('GET', KEYS[1])
 if stored then
   tat = math.max(tonumber(stored) or now, now)
 end
-local new_tat = tat + interval
-local allow_at = new_tat - capacity
-if allow_at > now then
-  return {0, 0, allow_at - now, tat - now}
+local fit = math.floor((now + capacity - tat) / interval)
+if fit < 1 then
+  return {0, 0, tat + interval - capacity - now, tat - now}
 end
+local granted = math.min(want, fit)
+local new_tat = tat + granted * interval
 local ttl_ms = math.ceil((new_tat - now) / 1000) + margin_ms
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
-return {1, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
+return {granted, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
 ";
 
-/// The script's reply: admitted (1|0), remaining, retry-after (µs), reset (µs).
+/// The script's reply: granted (0 = refused), remaining, retry-after (µs), reset (µs).
 type ScriptReply = (i64, i64, i64, i64);
 
 /// The Redis rate limiter. Cheap to clone; clones share the pool and the breaker.
@@ -124,7 +154,30 @@ struct Inner {
     script: Script,
     /// Open after Redis was unreachable or too slow: checks skip Redis.
     breaker: Breaker,
+    /// How long granted requests may wait in this process; zero: every check asks Redis.
+    lease_us: AtomicU64,
+    /// Requests granted by Redis and not yet admitted here, by key.
+    leases: Mutex<HashMap<Uuid, Lease>>,
 }
+
+/// Requests Redis granted this process for one key and that it has not admitted yet.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// Still to admit.
+    left: u32,
+    /// Admitted from this lease.
+    used: u32,
+    /// When Redis granted it.
+    granted_at: Instant,
+    /// When what is left is dropped.
+    expires_at: Instant,
+    /// What Redis said was still available, and when its allowance is full again.
+    remaining_at_grant: u32,
+    reset_at: Instant,
+}
+
+/// Keys whose leases are kept before expired ones are swept.
+const LEASE_SWEEP_THRESHOLD: usize = 10_000;
 
 impl RedisRateLimiter {
     /// A limiter over `pool` whose keys start with `key_prefix` and whose every check gives up
@@ -137,8 +190,121 @@ impl RedisRateLimiter {
                 command_timeout,
                 script: Script::new(GCRA_SCRIPT),
                 breaker: Breaker::new(DEFAULT_LIMITER_BREAKER_COOLDOWN),
+                lease_us: AtomicU64::new(0),
+                leases: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Lets a busy key's requests be granted by Redis several at a time and admitted here
+    /// within `lease` (zero, the default, asks Redis for every request); see the
+    /// [module documentation](self#leases). Clones share the setting.
+    #[must_use]
+    pub fn with_leases(self, lease: Duration) -> Self {
+        self.inner.lease_us.store(
+            u64::try_from(lease.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self
+    }
+
+    fn lease_duration(&self) -> Duration {
+        Duration::from_micros(self.inner.lease_us.load(Ordering::Relaxed))
+    }
+
+    /// Admits one request from the key's lease, if it has one left.
+    fn admit_from_lease(&self, key_id: Uuid, now: Instant) -> Option<RateDecision> {
+        let mut leases = self.inner.leases.lock().ok()?;
+        let lease = leases.get_mut(&key_id)?;
+        if lease.left == 0 || lease.expires_at <= now {
+            return None;
+        }
+        lease.left -= 1;
+        lease.used = lease.used.saturating_add(1);
+        Some(RateDecision::Allowed {
+            remaining: lease.remaining_at_grant.saturating_add(lease.left),
+            reset_seconds: lease
+                .reset_at
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(u128::from(MICROS_PER_SECOND))
+                .try_into()
+                .unwrap_or(u64::MAX),
+        })
+    }
+
+    /// How many requests to ask Redis for: what the key's last lease was admitting, scaled to a
+    /// whole lease period (at most 4 times more than the last lease, at most half the burst).
+    fn lease_want(&self, key_id: Uuid, limit: RateLimit, lease: Duration, now: Instant) -> u32 {
+        if lease.is_zero() {
+            return 1;
+        }
+        let cap = (limit.burst / 2).max(1);
+        let Some(last) = self
+            .inner
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&key_id).copied())
+        else {
+            return 1;
+        };
+        let lived = now
+            .min(last.expires_at)
+            .saturating_duration_since(last.granted_at)
+            .max(Duration::from_millis(1));
+        let used = u128::from(last.used.max(1));
+        let scaled = used * lease.as_micros() / lived.as_micros().max(1);
+        let grown = scaled.min(used * 4);
+        u32::try_from(grown).unwrap_or(u32::MAX).clamp(1, cap)
+    }
+
+    /// Keeps what Redis granted beyond the request that asked; returns what the key's lease now
+    /// holds.
+    fn store_lease(
+        &self,
+        key_id: Uuid,
+        granted: u32,
+        reply: ScriptReply,
+        lease: Duration,
+        now: Instant,
+    ) -> u32 {
+        let Ok(mut leases) = self.inner.leases.lock() else {
+            return 0;
+        };
+        if leases.len() >= LEASE_SWEEP_THRESHOLD {
+            leases.retain(|_, l| l.expires_at > now);
+        }
+        let (_granted, remaining, _retry, reset_us) = reply;
+        let left = granted.saturating_sub(1);
+        let remaining_at_grant = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
+        let reset_at = now + Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0));
+        let entry = leases.entry(key_id).or_insert(Lease {
+            left: 0,
+            used: 0,
+            granted_at: now,
+            expires_at: now,
+            remaining_at_grant,
+            reset_at,
+        });
+        if entry.expires_at <= now {
+            *entry = Lease {
+                left,
+                used: 1,
+                granted_at: now,
+                expires_at: now + lease,
+                remaining_at_grant,
+                reset_at,
+            };
+        } else {
+            // Another request of this key was granted at the same time: pool the two, keeping
+            // the earlier expiry (dropping early only wastes allowance, never exceeds it).
+            entry.left = entry.left.saturating_add(left);
+            entry.used = entry.used.saturating_add(1);
+            entry.remaining_at_grant = remaining_at_grant;
+            entry.reset_at = reset_at;
+        }
+        entry.left
     }
 
     /// [`new`](Self::new) with the key prefix and command timeout of `redis`.
@@ -225,8 +391,8 @@ fn ceil_seconds(micros: i64) -> u64 {
 
 /// The decision the script's reply stands for.
 fn decision(reply: ScriptReply) -> RateDecision {
-    let (admitted, remaining, retry_after_us, reset_us) = reply;
-    if admitted == 1 {
+    let (granted, remaining, retry_after_us, reset_us) = reply;
+    if granted >= 1 {
         RateDecision::Allowed {
             remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
             reset_seconds: ceil_seconds(reset_us),
@@ -246,17 +412,27 @@ fn count(decision: &'static str) {
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision {
+        let lease = self.lease_duration();
+        let now = Instant::now();
+        if !lease.is_zero()
+            && let Some(decision) = self.admit_from_lease(key_id, now)
+        {
+            count(rate_limit_decision::ALLOWED);
+            return decision;
+        }
         if self.is_breaker_open() {
             count(rate_limit_decision::ERROR);
             return RateDecision::Unavailable;
         }
+        let want = self.lease_want(key_id, limit, lease, now);
         let interval = emission_interval_us(limit.rpm);
         let mut invocation = self.inner.script.prepare_invoke();
         invocation
             .key(self.key(key_id))
             .arg(interval)
             .arg(capacity_us(interval, limit.burst))
-            .arg(EXPIRY_MARGIN_MS);
+            .arg(EXPIRY_MARGIN_MS)
+            .arg(want);
         let invocation = &invocation;
         let reply = call::run(
             &self.inner.pool,
@@ -267,7 +443,21 @@ impl RateLimiter for RedisRateLimiter {
         match reply {
             Ok(reply) => {
                 self.record_success();
-                let decision = decision(reply);
+                let granted = u32::try_from(reply.0.max(0)).unwrap_or(u32::MAX);
+                let mut decision = decision(reply);
+                if !lease.is_zero() {
+                    if granted >= 1 {
+                        let held = self.store_lease(key_id, granted, reply, lease, Instant::now());
+                        // What this process holds can still be made at once, too.
+                        if let RateDecision::Allowed { remaining, .. } = &mut decision {
+                            *remaining = remaining.saturating_add(held);
+                        }
+                    } else if let Some(admitted) = self.admit_from_lease(key_id, Instant::now()) {
+                        // A request of this key that asked at the same time was granted more
+                        // than it needed: this one is admitted from that, not refused.
+                        decision = admitted;
+                    }
+                }
                 count(match decision {
                     RateDecision::Allowed { .. } => rate_limit_decision::ALLOWED,
                     RateDecision::Limited { .. } => rate_limit_decision::LIMITED,

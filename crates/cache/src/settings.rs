@@ -108,6 +108,12 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Longest time a cached value lives, in seconds.
     pub ttl_seconds: u64,
+    /// Longest time a value lives in the in-process tier in front of Redis, in milliseconds;
+    /// `0` turns that tier off. Invalidations reach it through Redis pub/sub at once; this only
+    /// bounds staleness if they cannot (see `maas_cache::near`).
+    pub local_ttl_ms: u64,
+    /// Most values the in-process tier holds.
+    pub local_max_entries: usize,
 }
 
 impl Default for CacheSettings {
@@ -115,6 +121,8 @@ impl Default for CacheSettings {
         Self {
             enabled: true,
             ttl_seconds: 300,
+            local_ttl_ms: 5_000,
+            local_max_entries: 10_000,
         }
     }
 }
@@ -123,6 +131,17 @@ impl CacheSettings {
     /// [`ttl_seconds`](Self::ttl_seconds) as a duration.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_seconds)
+    }
+
+    /// Whether the in-process tier is on: the cache is, and `local_ttl_ms` and
+    /// `local_max_entries` are not zero.
+    pub fn local_enabled(&self) -> bool {
+        self.enabled && self.local_ttl_ms > 0 && self.local_max_entries > 0
+    }
+
+    /// [`local_ttl_ms`](Self::local_ttl_ms) as a duration.
+    pub fn local_ttl(&self) -> Duration {
+        Duration::from_millis(self.local_ttl_ms)
     }
 }
 

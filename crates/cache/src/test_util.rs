@@ -210,3 +210,73 @@ impl Drop for BlackHole {
         self.task.abort();
     }
 }
+
+/// A TCP proxy to the test Redis whose connections the test can cut: a Redis connection that
+/// breaks (a restart, a network fault) while the server stays up. Stops when dropped.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards every connection to the test Redis.
+    ///
+    /// # Errors
+    /// When no loopback port can be bound or the test Redis URL has no host and port.
+    pub async fn start() -> std::io::Result<Self> {
+        let target = url::Url::parse(&test_redis_url())
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(6379))))
+            .ok_or_else(|| std::io::Error::other("the test Redis URL has no host"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = std::sync::Arc::clone(&connections);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _peer)) = listener.accept().await {
+                let target = target.clone();
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut held) = held.lock() {
+                    held.push(forward);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            accept,
+            connections,
+        })
+    }
+
+    /// `redis://` URL of this proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Closes every connection made so far; new ones are still forwarded.
+    pub fn cut(&self) {
+        if let Ok(mut held) = self.connections.lock() {
+            for forward in held.drain(..) {
+                forward.abort();
+            }
+        }
+    }
+
+    /// Closes every connection and stops accepting new ones.
+    pub fn shut(&self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}

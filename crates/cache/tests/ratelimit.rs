@@ -395,3 +395,118 @@ async fn decisions_are_counted_as_allowed_limited_and_errors() {
 
     redis.cleanup().await.expect("clean up");
 }
+
+/// A limiter with leases whose Redis connections go through a proxy the test can shut.
+async fn leasing_limiter_behind_proxy(
+    redis: &TestRedis,
+    lease: Duration,
+) -> (RedisRateLimiter, maas_cache::test_util::TcpProxy) {
+    let proxy = maas_cache::test_util::TcpProxy::start()
+        .await
+        .expect("proxy");
+    let settings = RedisSettings {
+        url: Some(proxy.url()),
+        command_timeout_ms: 500,
+        ..redis.settings.clone()
+    };
+    let pool = connect(&settings).await.expect("pool");
+    let limiter = RedisRateLimiter::from_settings(pool, &settings)
+        .with_leases(lease)
+        .with_breaker_cooldown(Duration::ZERO);
+    (limiter, proxy)
+}
+
+#[tokio::test]
+async fn a_busy_key_is_admitted_from_its_lease_without_redis() {
+    let redis = test_redis().await;
+    let (limiter, proxy) = leasing_limiter_behind_proxy(&redis, Duration::from_secs(60)).await;
+    let key = Uuid::new_v4();
+    let busy = limit(SLOW, 1_000);
+    // The lease grows with demand: 1, then up to 4 times the last one.
+    let warm = checks(&limiter, key, busy, 20).await;
+    assert!(warm.iter().all(|d| matches!(d, RateDecision::Allowed { .. })));
+
+    // Redis is gone: a key with requests in its lease is still decided, one without is not.
+    proxy.shut();
+    let decision = limiter.check(key, busy).await;
+    assert!(
+        matches!(decision, RateDecision::Allowed { .. }),
+        "admitted from the lease: {decision:?}"
+    );
+    assert_eq!(
+        limiter.check(Uuid::new_v4(), busy).await,
+        RateDecision::Unavailable
+    );
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn without_leases_every_check_asks_redis() {
+    let redis = test_redis().await;
+    let (limiter, proxy) = leasing_limiter_behind_proxy(&redis, Duration::ZERO).await;
+    let key = Uuid::new_v4();
+    let busy = limit(SLOW, 1_000);
+    let warm = checks(&limiter, key, busy, 20).await;
+    assert!(warm.iter().all(|d| matches!(d, RateDecision::Allowed { .. })));
+    proxy.shut();
+    assert_eq!(limiter.check(key, busy).await, RateDecision::Unavailable);
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_not_used() {
+    let redis = test_redis().await;
+    let (limiter, proxy) = leasing_limiter_behind_proxy(&redis, Duration::from_millis(50)).await;
+    let key = Uuid::new_v4();
+    let busy = limit(SLOW, 1_000);
+    checks(&limiter, key, busy, 20).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.shut();
+    assert_eq!(limiter.check(key, busy).await, RateDecision::Unavailable);
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn replicas_with_leases_together_admit_no_more_than_the_burst() {
+    let redis = test_redis().await;
+    let replicas: Vec<RedisRateLimiter> = (0..3)
+        .map(|_| limiter_on(&redis).with_leases(Duration::from_secs(60)))
+        .collect();
+    let key = Uuid::new_v4();
+    let burst = 40;
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for round in 0..60 {
+        let replica = &replicas[round % replicas.len()];
+        match replica.check(key, limit(SLOW, burst)).await {
+            RateDecision::Allowed { .. } => admitted += 1,
+            RateDecision::Limited { .. } => refused += 1,
+            RateDecision::Unavailable => panic!("Redis is up"),
+        }
+    }
+    // A bound, not a timing assertion: one more request a minute may have become available.
+    let extra = (started.elapsed().as_secs_f64() / 60.0).floor() as usize;
+    assert!(
+        admitted <= burst as usize + extra,
+        "admitted {admitted}"
+    );
+    assert_eq!(admitted + refused, 60);
+    // Leases held by the other replicas may leave some of the burst unused, never more than
+    // half the burst per replica.
+    assert!(admitted >= burst as usize / 2, "admitted {admitted}");
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn the_remaining_header_counts_what_the_lease_holds() {
+    let redis = test_redis().await;
+    let limiter = limiter_on(&redis).with_leases(Duration::from_secs(60));
+    let key = Uuid::new_v4();
+    let decisions = checks(&limiter, key, limit(SLOW, 100), 30).await;
+    let remaining: Vec<u32> = decisions.into_iter().map(remaining).collect();
+    // One replica alone: exactly as without leases, one fewer per request.
+    let expected: Vec<u32> = (70..100).rev().collect();
+    assert_eq!(remaining, expected);
+    redis.cleanup().await.expect("cleanup");
+}

@@ -17,7 +17,9 @@ fn defaults_match_the_documented_ones() {
         CacheSettings::default(),
         CacheSettings {
             enabled: true,
-            ttl_seconds: 300
+            ttl_seconds: 300,
+            local_ttl_ms: 5_000,
+            local_max_entries: 10_000,
         }
     );
 }

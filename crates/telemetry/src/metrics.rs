@@ -73,6 +73,10 @@ fn describe() {
         "Cache lookups by kind and result"
     );
     describe_counter!(names::CACHE_WRITE_ERRORS_TOTAL, "Cache writes that failed");
+    describe_gauge!(
+        names::CACHE_LOCAL_LIVE,
+        "1 while the in-process cache tier is in use (its invalidation subscription is up)"
+    );
     describe_gauge!(names::BUILD_INFO, "Build information; always 1");
     describe_counter!(
         names::DB_UNAVAILABLE_TOTAL,

@@ -10,8 +10,10 @@ pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 /// Gauge of pool connections, labelled `pool` (`postgres`, `redis`) and `state` (`idle`, `in_use`, `max`).
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// Counter of cache lookups, labelled `kind` (the scope's text before its first `:`, e.g.
-/// `model` or `key`) and `result` (`hit`, `miss`, `error`).
+/// `model` or `key`) and `result` (`local_hit` in the process, `hit` in Redis, `miss`, `error`).
 pub const CACHE_REQUESTS_TOTAL: &str = "maas_cache_requests_total";
+/// Gauge: 1 while the in-process cache tier is in use (its invalidation subscription is up).
+pub const CACHE_LOCAL_LIVE: &str = "maas_cache_local_live";
 /// Counter of cache writes (fills, invalidations) that failed, labelled `op`.
 pub const CACHE_WRITE_ERRORS_TOTAL: &str = "maas_cache_write_errors_total";
 /// Gauge, always 1, labelled `version`.
@@ -39,7 +41,9 @@ pub const TOKENS_TOTAL: &str = "maas_tokens_total";
 
 /// Label values of [`CACHE_REQUESTS_TOTAL`].
 pub mod cache_result {
-    /// Found in the cache.
+    /// Found in the in-process tier: no network round trip.
+    pub const LOCAL_HIT: &str = "local_hit";
+    /// Found in the cache (Redis).
     pub const HIT: &str = "hit";
     /// Not in the cache; loaded from the source.
     pub const MISS: &str = "miss";

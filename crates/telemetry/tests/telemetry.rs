@@ -110,3 +110,49 @@ fn histograms_render_with_buckets_and_build_info_is_set() {
         "{text}"
     );
 }
+
+#[test]
+fn lines_from_many_threads_arrive_whole_and_all_of_them() {
+    let buffer = Buffer::default();
+    let (logger, guard) = build_logger(&LogSettings::default(), buffer.clone());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let logger = logger.clone();
+            std::thread::spawn(move || {
+                for i in 0..2_000 {
+                    slog::info!(logger, "request"; "thread" => t, "i" => i, "pad" => "x".repeat(100));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("logging thread");
+    }
+    drop(guard);
+    let text = buffer.text();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("each line whole JSON");
+        seen.insert((value["thread"].as_u64(), value["i"].as_u64()));
+    }
+    assert_eq!(seen.len(), 8_000, "every line written once");
+    assert_eq!(text.lines().count(), 8_000);
+}
+
+#[test]
+fn lines_reach_the_sink_while_the_logger_runs() {
+    let buffer = Buffer::default();
+    let (logger, guard) = build_logger(&LogSettings::default(), buffer.clone());
+    slog::info!(logger, "early");
+    // Written by the background thread on its next tick, not only at exit.
+    let mut written = false;
+    for _ in 0..500 {
+        if buffer.text().contains("early") {
+            written = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(written, "the line was not written within 5 s");
+    drop(guard);
+}

@@ -37,6 +37,9 @@ pub struct TestApp {
 /// How to build a [`TestApp`]; the defaults are a healthy app with the cache on.
 pub struct Options {
     pub cache: bool,
+    /// The in-process tier in front of Redis (as the binary runs it), kept coherent by a
+    /// pub/sub listener; its TTL is long, so tests see what invalidation messages do.
+    pub local_cache: bool,
     pub max_body_bytes: usize,
     /// Share another app's database (a second replica).
     pub db: Option<Arc<TestDatabase>>,
@@ -58,6 +61,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             cache: true,
+            local_cache: true,
             max_body_bytes: 256 * 1024,
             db: None,
             redis: None,
@@ -67,6 +71,7 @@ impl Default for Options {
                 default_rpm: 1_000_000,
                 burst: 100_000,
                 fail_open: true,
+                ..RateLimitSettings::default()
             },
             admin_key: None,
             upstream: UpstreamSettings {
@@ -116,6 +121,22 @@ pub async fn spawn_with(options: Options) -> TestApp {
     } else {
         Arc::new(NoCache)
     };
+    let cache: Arc<dyn Cache> = if options.cache && options.local_cache {
+        let local = maas_cache::LocalStore::new(Duration::from_secs(300), 10_000);
+        let listener = maas_cache::listen_for_invalidations(
+            &redis_settings,
+            Arc::clone(&local),
+            Duration::from_secs(1),
+        )
+        .expect("valid redis settings");
+        tokio::spawn(listener);
+        if options.redis_url.is_none() {
+            wait_until_live(&local).await;
+        }
+        Arc::new(maas_cache::NearCache::new(local, cache))
+    } else {
+        cache
+    };
     let accounts = Accounts::new(
         Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
         cache.clone(),
@@ -132,11 +153,14 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .await
             .expect("bootstrap admin");
     }
-    let rate_limiter = Arc::new(maas_cache::RedisRateLimiter::new(
-        redis_pool.clone(),
-        redis_settings.key_prefix.clone(),
-        redis_settings.command_timeout(),
-    ));
+    let rate_limiter = Arc::new(
+        maas_cache::RedisRateLimiter::new(
+            redis_pool.clone(),
+            redis_settings.key_prefix.clone(),
+            redis_settings.command_timeout(),
+        )
+        .with_leases(Duration::from_millis(options.rate_limit.lease_ms)),
+    );
     let app_accounts = accounts.clone();
     let (usage_queue, usage_receiver) = maas_api::usage::UsageQueue::new(1_000);
     let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
@@ -197,6 +221,35 @@ pub async fn spawn_with(options: Options) -> TestApp {
         redis,
         server: handle,
     }
+}
+
+/// Waits until the in-process tier's invalidation subscription is up, so tests exercise it.
+async fn wait_until_live(local: &maas_cache::LocalStore) {
+    for _ in 0..500 {
+        if local.is_live() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the cache invalidation listener did not subscribe within 5 s");
+}
+
+/// Repeats `probe` until it returns `Some`, for up to 5 s: for what another replica learns
+/// through an invalidation message (well under a millisecond here, but not synchronous with the
+/// writer's response). The in-process tier's TTL in these tests is 300 s, so a probe that passes
+/// shows the message arrived, not that an entry expired.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..500 {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not seen within 5 s");
 }
 
 /// A client that sends `key` as a bearer token with every request.

@@ -1,0 +1,482 @@
+//! [`NearCache`]: an in-process tier in front of a shared [`Cache`] (the [`RedisCache`]), kept
+//! coherent across replicas by Redis pub/sub, so that hot reads (API keys, model resolution)
+//! cost no network round trip at all.
+//!
+//! # How it stays coherent
+//! - Every [`RedisCache::invalidate`] publishes the scope on the prefix's invalidation channel
+//!   ([`RedisCache::invalidation_channel`]) in the same `MULTI` as the invalidation itself.
+//! - [`listen_for_invalidations`] keeps one subscription to that channel per process and drops
+//!   the scope from the [`LocalStore`] of every message. It also pings Redis over the
+//!   subscription every [`LISTENER_PING_INTERVAL`], so a silently dead connection is noticed.
+//! - The local tier is used only while the subscription is confirmed ("live"). When the
+//!   subscription is lost the tier is cleared and bypassed until a new subscription is
+//!   confirmed, and it is cleared again then (messages sent in between were missed).
+//! - The local tier is filled only from values read in the shared cache, never from the source,
+//!   and only if no invalidation reached this process since the read began (an epoch counter
+//!   bumped by every drop): a value read before a concurrent invalidation cannot outlive it.
+//! - An invalidation made through this process drops the scope locally before and after the
+//!   shared invalidation, so this process reads its own writes at once; other replicas drop it
+//!   when the message arrives (on a LAN, well under a millisecond after the write's response).
+//! - Entries also expire after a short TTL, which bounds staleness should everything above fail.
+//!
+//! Lookups that hit the local tier are counted in [`names::CACHE_REQUESTS_TOTAL`] with
+//! `result="local_hit"`; everything else is counted by the shared cache as before.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use maas_domain::ports::{Cache, CacheLookup, FillToken};
+use maas_telemetry::names::{self, cache_result};
+
+#[cfg(doc)]
+use crate::RedisCache;
+use crate::error::CacheError;
+use crate::settings::RedisSettings;
+
+/// How often the listener pings Redis over its subscription to find a dead connection.
+pub const LISTENER_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to (re)subscribe.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// First wait after a lost or failed subscription.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+struct Entry {
+    value: Arc<[u8]>,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// scope → field → value.
+    scopes: HashMap<String, HashMap<String, Entry>>,
+    /// Number of fields over all scopes.
+    len: usize,
+    /// Bumped by every drop and every change of liveness; a fill that began under an older epoch
+    /// is not stored.
+    epoch: u64,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.scopes.clear();
+        self.len = 0;
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    fn drop_scope(&mut self, scope: &str) {
+        if let Some(fields) = self.scopes.remove(scope) {
+            self.len = self.len.saturating_sub(fields.len());
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    fn purge_expired(&mut self, now: Instant) {
+        let mut len = 0;
+        self.scopes.retain(|_, fields| {
+            fields.retain(|_, entry| entry.expires_at > now);
+            len += fields.len();
+            !fields.is_empty()
+        });
+        self.len = len;
+    }
+}
+
+/// The in-process tier: values by scope and field, shared by every [`NearCache`] of a process
+/// and fed invalidations by [`listen_for_invalidations`]. Cheap to share behind an [`Arc`].
+pub struct LocalStore {
+    entries: RwLock<Entries>,
+    /// Whether the invalidation subscription is confirmed; the tier is bypassed otherwise.
+    live: AtomicBool,
+    ttl: Duration,
+    max_entries: usize,
+    /// Invalidation messages received (for tests and debugging).
+    received: AtomicU64,
+    /// Subscriptions confirmed (for tests and debugging).
+    subscriptions: AtomicU64,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("live", &self.is_live())
+            .field("len", &self.len())
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalStore {
+    /// An empty, not yet live store whose entries live at most `ttl` and which holds at most
+    /// `max_entries` values (further fills are skipped until entries expire).
+    pub fn new(ttl: Duration, max_entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            entries: RwLock::new(Entries::default()),
+            live: AtomicBool::new(false),
+            ttl,
+            max_entries,
+            received: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the invalidation subscription is confirmed, so the tier is in use.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.entries.read().map_or(0, |e| e.len)
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Invalidation messages received since start.
+    pub fn invalidations_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Subscriptions confirmed since start (more than one means the listener reconnected).
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Drops every value of `scope` here (not in Redis).
+    pub fn drop_scope(&self, scope: &str) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.drop_scope(scope);
+        }
+    }
+
+    /// Marks the subscription confirmed: clears what is held (messages may have been missed)
+    /// and starts using the tier.
+    pub fn go_live(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+            self.live.store(true, Ordering::Release);
+        }
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(names::CACHE_LOCAL_LIVE).set(1.0);
+    }
+
+    /// Marks the subscription lost: stops using the tier and clears it.
+    pub fn go_dark(&self) {
+        self.live.store(false, Ordering::Release);
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+        metrics::gauge!(names::CACHE_LOCAL_LIVE).set(0.0);
+    }
+
+    fn get(&self, scope: &str, field: &str) -> Option<Arc<[u8]>> {
+        if !self.is_live() {
+            return None;
+        }
+        let entries = self.entries.read().ok()?;
+        let entry = entries.scopes.get(scope)?.get(field)?;
+        (entry.expires_at > Instant::now()).then(|| Arc::clone(&entry.value))
+    }
+
+    /// The epoch to hand to [`insert`](Self::insert) after a read that starts now.
+    fn epoch(&self) -> u64 {
+        self.entries.read().map_or(u64::MAX, |e| e.epoch)
+    }
+
+    /// Stores a value read under `epoch`, unless anything was dropped since or the tier is not
+    /// live.
+    fn insert(&self, epoch: u64, scope: &str, field: &str, value: &[u8]) {
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        if entries.epoch != epoch || !self.is_live() {
+            return;
+        }
+        let now = Instant::now();
+        if entries.len >= self.max_entries {
+            entries.purge_expired(now);
+            if entries.len >= self.max_entries {
+                return;
+            }
+        }
+        let fields = entries.scopes.entry(scope.to_owned()).or_default();
+        let previous = fields.insert(
+            field.to_owned(),
+            Entry {
+                value: Arc::from(value),
+                expires_at: now + self.ttl,
+            },
+        );
+        if previous.is_none() {
+            entries.len += 1;
+        }
+    }
+}
+
+/// A [`Cache`] that answers from a [`LocalStore`] when it can and from `shared` otherwise.
+///
+/// See the [module documentation](self) for how it stays coherent across replicas.
+#[derive(Clone)]
+pub struct NearCache {
+    local: Arc<LocalStore>,
+    shared: Arc<dyn Cache>,
+}
+
+impl std::fmt::Debug for NearCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NearCache")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NearCache {
+    /// `local` in front of `shared`. Several near caches (with different shared TTLs, say) may
+    /// share one local store, as long as their scopes do not collide.
+    pub fn new(local: Arc<LocalStore>, shared: Arc<dyn Cache>) -> Self {
+        Self { local, shared }
+    }
+
+    /// The local tier.
+    pub fn local(&self) -> &Arc<LocalStore> {
+        &self.local
+    }
+}
+
+fn scope_kind(scope: &str) -> &str {
+    scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
+}
+
+#[async_trait]
+impl Cache for NearCache {
+    async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
+        if let Some(value) = self.local.get(scope, field) {
+            metrics::counter!(
+                names::CACHE_REQUESTS_TOTAL,
+                "kind" => scope_kind(scope).to_owned(),
+                "result" => cache_result::LOCAL_HIT
+            )
+            .increment(1);
+            return CacheLookup::Hit(value.to_vec());
+        }
+        let epoch = self.local.epoch();
+        let found = self.shared.lookup(scope, field).await;
+        if let CacheLookup::Hit(value) = &found {
+            self.local.insert(epoch, scope, field, value);
+        }
+        found
+    }
+
+    async fn fill(&self, scope: &str, field: &str, token: FillToken, value: Vec<u8>) {
+        // Only the shared tier: the local one is filled from it by the next lookup, so that it
+        // never holds a value the shared tier refused (because of a concurrent invalidation).
+        self.shared.fill(scope, field, token, value).await;
+    }
+
+    async fn invalidate(&self, scope: &str) {
+        self.local.drop_scope(scope);
+        self.shared.invalidate(scope).await;
+        // A lookup that read the shared tier while it was being invalidated must not keep
+        // what it read.
+        self.local.drop_scope(scope);
+    }
+}
+
+/// The task that keeps `local` coherent with the invalidations every replica publishes under
+/// `settings.key_prefix` (see [`crate::cache::invalidation_channel`]): spawn the future it
+/// returns, and abort it at shutdown. It holds one subscription, re-established with backoff
+/// whenever it is lost, and pings Redis over it every [`LISTENER_PING_INTERVAL`]; an answer
+/// slower than `timeout` counts as a lost subscription.
+///
+/// # Errors
+/// [`CacheError::InvalidUrl`] for a URL the Redis client rejects.
+pub fn listen_for_invalidations(
+    settings: &RedisSettings,
+    local: Arc<LocalStore>,
+    timeout: Duration,
+) -> Result<impl Future<Output = ()> + Send + 'static, CacheError> {
+    let client = redis::Client::open(settings.connection_url()).map_err(|source| {
+        CacheError::InvalidUrl {
+            url: settings.redacted().connection_url(),
+            source,
+        }
+    })?;
+    let channel = crate::cache::invalidation_channel(&settings.key_prefix);
+    Ok(listen(client, channel, local, timeout))
+}
+
+async fn listen(client: redis::Client, channel: String, local: Arc<LocalStore>, timeout: Duration) {
+    let mut delay = FIRST_RETRY_DELAY;
+    loop {
+        match subscribe(&client, &channel, timeout).await {
+            Ok((sink, stream)) => {
+                local.go_live();
+                delay = FIRST_RETRY_DELAY;
+                log::info!("listening for cache invalidations on {channel:?}");
+                let reason = follow(sink, stream, &local, timeout).await;
+                local.go_dark();
+                log::warn!(
+                    "cache invalidation subscription lost ({reason}); the in-process cache is \
+                     bypassed until it is back"
+                );
+            }
+            Err(reason) => {
+                local.go_dark();
+                log::debug!("cannot subscribe to cache invalidations ({reason}); retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
+    let connect = async {
+        let (mut sink, stream) = client.get_async_pubsub().await?.split();
+        sink.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>((sink, stream))
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+/// Applies messages until the subscription fails; returns why it did.
+async fn follow(
+    mut sink: redis::aio::PubSubSink,
+    mut stream: redis::aio::PubSubStream,
+    local: &LocalStore,
+    timeout: Duration,
+) -> String {
+    let mut ping = tokio::time::interval(LISTENER_PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message else {
+                    return "connection closed".to_owned();
+                };
+                local.received.fetch_add(1, Ordering::Relaxed);
+                match message.get_payload::<String>() {
+                    Ok(scope) => local.drop_scope(&scope),
+                    // Not ours to understand: be safe and drop everything.
+                    Err(_) => {
+                        if let Ok(mut entries) = local.entries.write() {
+                            entries.clear();
+                        }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {e}"),
+                    Err(_) => return format!("ping unanswered within {} ms", timeout.as_millis()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live_store(ttl: Duration, max_entries: usize) -> Arc<LocalStore> {
+        let store = LocalStore::new(ttl, max_entries);
+        store.go_live();
+        store
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_drop_is_not_kept() {
+        let store = live_store(Duration::from_secs(60), 10);
+        let epoch = store.epoch();
+        // An invalidation arrives while the read is in flight...
+        store.drop_scope("model:a");
+        // ...so what the read brings back may predate it.
+        store.insert(epoch, "model:a", "m", b"old");
+        assert!(store.get("model:a", "m").is_none());
+        // A read that began after it is kept.
+        let epoch = store.epoch();
+        store.insert(epoch, "model:a", "m", b"new");
+        assert_eq!(store.get("model:a", "m").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn nothing_is_kept_or_served_while_not_live() {
+        let store = LocalStore::new(Duration::from_secs(60), 10);
+        store.insert(store.epoch(), "model:a", "m", b"v");
+        assert!(store.is_empty());
+        store.go_live();
+        store.insert(store.epoch(), "model:a", "m", b"v");
+        assert_eq!(store.len(), 1);
+        store.go_dark();
+        assert!(store.is_empty());
+        assert!(store.get("model:a", "m").is_none());
+    }
+
+    #[test]
+    fn going_live_again_starts_empty_and_voids_reads_in_flight() {
+        let store = live_store(Duration::from_secs(60), 10);
+        store.insert(store.epoch(), "model:a", "m", b"v");
+        let epoch = store.epoch();
+        store.go_live();
+        assert!(store.is_empty());
+        store.insert(epoch, "model:a", "n", b"v");
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let store = live_store(Duration::from_millis(20), 10);
+        store.insert(store.epoch(), "model:a", "m", b"v");
+        assert!(store.get("model:a", "m").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(store.get("model:a", "m").is_none());
+    }
+
+    #[test]
+    fn a_full_store_takes_no_more_until_entries_expire() {
+        let store = live_store(Duration::from_millis(20), 2);
+        store.insert(store.epoch(), "model:a", "1", b"v");
+        store.insert(store.epoch(), "model:a", "2", b"v");
+        store.insert(store.epoch(), "model:b", "1", b"v");
+        assert_eq!(store.len(), 2);
+        assert!(store.get("model:b", "1").is_none());
+        // Overwriting a field does not count twice.
+        store.insert(store.epoch(), "model:a", "2", b"w");
+        assert_eq!(store.len(), 2);
+        std::thread::sleep(Duration::from_millis(40));
+        store.insert(store.epoch(), "model:b", "1", b"v");
+        assert_eq!(store.len(), 1);
+        assert!(store.get("model:b", "1").is_some());
+    }
+
+    #[test]
+    fn dropping_a_scope_drops_all_its_fields_and_only_them() {
+        let store = live_store(Duration::from_secs(60), 10);
+        for field in ["m", "v:1", "a:prod"] {
+            store.insert(store.epoch(), "model:a", field, b"v");
+        }
+        store.insert(store.epoch(), "model:b", "m", b"v");
+        store.drop_scope("model:a");
+        assert_eq!(store.len(), 1);
+        assert!(store.get("model:b", "m").is_some());
+    }
+}
