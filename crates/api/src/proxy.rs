@@ -334,12 +334,32 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 pub struct MeteredBody<S> {
     inner: S,
     meter: Meter,
+    /// The upstream's `Content-Length`, if it sent one.
+    expected: Option<u64>,
+    seen: u64,
 }
 
 impl<S> MeteredBody<S> {
     /// Wraps an upstream byte stream.
     pub fn new(inner: S, meter: Meter) -> Self {
-        Self { inner, meter }
+        Self {
+            inner,
+            meter,
+            expected: None,
+            seen: 0,
+        }
+    }
+
+    /// Wraps an upstream byte stream of `length` bytes: the call counts as complete once they
+    /// all passed, even if the server drops the body before polling its end (it knows the
+    /// length, so it need not).
+    pub fn sized(inner: S, meter: Meter, length: u64) -> Self {
+        Self {
+            inner,
+            meter,
+            expected: Some(length),
+            seen: 0,
+        }
     }
 }
 
@@ -354,6 +374,10 @@ where
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.meter.observe(&chunk);
+                this.seen = this.seen.saturating_add(chunk.len() as u64);
+                if this.expected.is_some_and(|n| this.seen >= n) {
+                    this.meter.finish(None);
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -78,7 +78,17 @@ async fn a_chat_completion_is_forwarded_as_is_and_answered_with_gateway_headers(
         "end-to-end headers come back"
     );
     assert_eq!(header(&res, "x-request-id"), Some("trace-42"));
-    let answer: Value = res.json().await.expect("json");
+    assert!(
+        header(&res, "transfer-encoding").is_none(),
+        "a body of known length is not re-framed as chunked"
+    );
+    let length: usize = header(&res, "content-length")
+        .expect("content-length")
+        .parse()
+        .expect("number");
+    let bytes = res.bytes().await.expect("body");
+    assert_eq!(bytes.len(), length);
+    let answer: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(answer["choices"][0]["message"]["content"], "Hello");
     assert_eq!(answer["usage"]["total_tokens"], 10);
 

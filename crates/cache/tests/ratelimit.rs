@@ -424,7 +424,10 @@ async fn a_busy_key_is_admitted_from_its_lease_without_redis() {
     let busy = limit(SLOW, 1_000);
     // The lease grows with demand: 1, then up to 4 times the last one.
     let warm = checks(&limiter, key, busy, 20).await;
-    assert!(warm.iter().all(|d| matches!(d, RateDecision::Allowed { .. })));
+    assert!(
+        warm.iter()
+            .all(|d| matches!(d, RateDecision::Allowed { .. }))
+    );
 
     // Redis is gone: a key with requests in its lease is still decided, one without is not.
     proxy.shut();
@@ -447,7 +450,10 @@ async fn without_leases_every_check_asks_redis() {
     let key = Uuid::new_v4();
     let busy = limit(SLOW, 1_000);
     let warm = checks(&limiter, key, busy, 20).await;
-    assert!(warm.iter().all(|d| matches!(d, RateDecision::Allowed { .. })));
+    assert!(
+        warm.iter()
+            .all(|d| matches!(d, RateDecision::Allowed { .. }))
+    );
     proxy.shut();
     assert_eq!(limiter.check(key, busy).await, RateDecision::Unavailable);
     redis.cleanup().await.expect("cleanup");
@@ -487,10 +493,7 @@ async fn replicas_with_leases_together_admit_no_more_than_the_burst() {
     }
     // A bound, not a timing assertion: one more request a minute may have become available.
     let extra = (started.elapsed().as_secs_f64() / 60.0).floor() as usize;
-    assert!(
-        admitted <= burst as usize + extra,
-        "admitted {admitted}"
-    );
+    assert!(admitted <= burst as usize + extra, "admitted {admitted}");
     assert_eq!(admitted + refused, 60);
     // Leases held by the other replicas may leave some of the burst unused, never more than
     // half the burst per replica.

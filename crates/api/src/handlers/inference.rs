@@ -162,8 +162,17 @@ impl Call<'_> {
             sse,
             self.state.usage_queue.clone(),
         );
-        let body = MeteredBody::new(Box::pin(response.bytes_stream()), meter);
-        Ok(out.streaming(body))
+        // A body of known length keeps it: the client gets `Content-Length` instead of chunked
+        // framing, and the answer usually leaves in one write. Still streamed, never buffered.
+        let length = response.content_length().filter(|_| !sse);
+        let stream = Box::pin(response.bytes_stream());
+        Ok(match length {
+            Some(length) => out.body(actix_web::body::SizedStream::new(
+                length,
+                MeteredBody::sized(stream, meter, length),
+            )),
+            None => out.streaming(MeteredBody::new(stream, meter)),
+        })
     }
 }
 
