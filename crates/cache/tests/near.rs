@@ -199,18 +199,26 @@ async fn without_a_subscription_the_process_keeps_nothing() {
     redis.cleanup().await.expect("cleanup");
 }
 
-#[tokio::test]
-async fn a_lost_subscription_empties_the_process_tier_until_it_is_back() {
-    let redis = TestRedis::start().await.expect("redis");
+/// A live replica whose invalidation listener goes through a proxy the test can cut, holding
+/// field `v` of [`SCOPE`] in its process.
+async fn warm_replica_behind_proxy(redis: &TestRedis) -> (Replica, TcpProxy) {
     let proxy = TcpProxy::start().await.expect("proxy");
     let through_proxy = RedisSettings {
         url: Some(proxy.url()),
         ..redis.settings.clone()
     };
-    let a = replica(&redis, &through_proxy);
+    let a = replica(redis, &through_proxy);
     let local = Arc::clone(&a.local);
     wait_for("the listener subscribes", || local.is_live()).await;
     store_and_warm(&a.cache, "v", b"one").await;
+    (a, proxy)
+}
+
+#[tokio::test]
+async fn a_lost_subscription_empties_the_process_tier_until_it_is_back() {
+    let redis = TestRedis::start().await.expect("redis");
+    let (a, proxy) = warm_replica_behind_proxy(&redis).await;
+    let local = Arc::clone(&a.local);
     assert_eq!(a.local.len(), 1);
 
     // The subscription breaks and cannot come back: messages could be missed, so the process
@@ -230,15 +238,8 @@ async fn a_lost_subscription_empties_the_process_tier_until_it_is_back() {
 #[tokio::test]
 async fn a_resubscription_starts_from_an_empty_process_tier() {
     let redis = TestRedis::start().await.expect("redis");
-    let proxy = TcpProxy::start().await.expect("proxy");
-    let through_proxy = RedisSettings {
-        url: Some(proxy.url()),
-        ..redis.settings.clone()
-    };
-    let a = replica(&redis, &through_proxy);
+    let (a, proxy) = warm_replica_behind_proxy(&redis).await;
     let local = Arc::clone(&a.local);
-    wait_for("the listener subscribes", || local.is_live()).await;
-    store_and_warm(&a.cache, "v", b"one").await;
     let subscriptions = a.local.subscriptions();
 
     // The connection breaks but Redis is still there: the listener subscribes again, and what

@@ -416,6 +416,17 @@ async fn leasing_limiter_behind_proxy(
     (limiter, proxy)
 }
 
+/// Twenty checks of `key`, all admitted.
+async fn admit_twenty(limiter: &RedisRateLimiter, key: Uuid, busy: RateLimit) {
+    let decisions = checks(limiter, key, busy, 20).await;
+    assert!(
+        decisions
+            .iter()
+            .all(|d| matches!(d, RateDecision::Allowed { .. })),
+        "{decisions:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_busy_key_is_admitted_from_its_lease_without_redis() {
     let redis = test_redis().await;
@@ -423,11 +434,7 @@ async fn a_busy_key_is_admitted_from_its_lease_without_redis() {
     let key = Uuid::new_v4();
     let busy = limit(SLOW, 1_000);
     // The lease grows with demand: 1, then up to 4 times the last one.
-    let warm = checks(&limiter, key, busy, 20).await;
-    assert!(
-        warm.iter()
-            .all(|d| matches!(d, RateDecision::Allowed { .. }))
-    );
+    admit_twenty(&limiter, key, busy).await;
 
     // Redis is gone: a key with requests in its lease is still decided, one without is not.
     proxy.shut();
@@ -449,11 +456,7 @@ async fn without_leases_every_check_asks_redis() {
     let (limiter, proxy) = leasing_limiter_behind_proxy(&redis, Duration::ZERO).await;
     let key = Uuid::new_v4();
     let busy = limit(SLOW, 1_000);
-    let warm = checks(&limiter, key, busy, 20).await;
-    assert!(
-        warm.iter()
-            .all(|d| matches!(d, RateDecision::Allowed { .. }))
-    );
+    admit_twenty(&limiter, key, busy).await;
     proxy.shut();
     assert_eq!(limiter.check(key, busy).await, RateDecision::Unavailable);
     redis.cleanup().await.expect("cleanup");
@@ -465,7 +468,7 @@ async fn an_expired_lease_is_not_used() {
     let (limiter, proxy) = leasing_limiter_behind_proxy(&redis, Duration::from_millis(50)).await;
     let key = Uuid::new_v4();
     let busy = limit(SLOW, 1_000);
-    checks(&limiter, key, busy, 20).await;
+    admit_twenty(&limiter, key, busy).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.shut();
     assert_eq!(limiter.check(key, busy).await, RateDecision::Unavailable);
