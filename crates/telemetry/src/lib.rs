@@ -2,8 +2,8 @@
 //!
 //! Logs and metrics for maas-gateway and for services that embed its crates.
 //!
-//! - [`logging`]: an slog logger writing JSON lines (or a human format) through a non-blocking
-//!   writer thread, and the bridge that routes the `log` crate (actix-web's own messages) into it.
+//! - [`logging`]: an slog logger writing JSON lines (or a human format), formatted by the caller
+//!   into memory and written in batches by one writer thread, and the bridge that routes the `log` crate (actix-web's own messages) into it.
 //! - [`metrics`](mod@metrics): the process-wide Prometheus recorder with histogram buckets set
 //!   (so histograms render as histograms, not summaries).
 //! - [`names`]: every metric name, so no other crate spells one as a literal.
