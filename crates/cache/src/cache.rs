@@ -198,7 +198,8 @@ fn scope_kind(scope: &str) -> &str {
     scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
 }
 
-fn count_lookup(scope: &str, result: &'static str) {
+/// Counts a lookup of `scope` in [`names::CACHE_REQUESTS_TOTAL`] (also for [`crate::near`]).
+pub(crate) fn count_lookup(scope: &str, result: &'static str) {
     metrics::counter!(
         names::CACHE_REQUESTS_TOTAL,
         "kind" => scope_kind(scope).to_owned(),

@@ -33,6 +33,8 @@ use futures_util::StreamExt;
 use maas_domain::ports::{Cache, CacheLookup, FillToken};
 use maas_telemetry::names::{self, cache_result};
 
+use crate::cache::count_lookup;
+
 #[cfg(doc)]
 use crate::RedisCache;
 use crate::error::CacheError;
@@ -157,6 +159,13 @@ impl LocalStore {
         }
     }
 
+    /// Drops every value here (not in Redis).
+    fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+
     /// Marks the subscription confirmed: clears what is held (messages may have been missed)
     /// and starts using the tier.
     pub fn go_live(&self) {
@@ -171,9 +180,7 @@ impl LocalStore {
     /// Marks the subscription lost: stops using the tier and clears it.
     pub fn go_dark(&self) {
         self.live.store(false, Ordering::Release);
-        if let Ok(mut entries) = self.entries.write() {
-            entries.clear();
-        }
+        self.clear();
         metrics::gauge!(names::CACHE_LOCAL_LIVE).set(0.0);
     }
 
@@ -251,20 +258,11 @@ impl NearCache {
     }
 }
 
-fn scope_kind(scope: &str) -> &str {
-    scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
-}
-
 #[async_trait]
 impl Cache for NearCache {
     async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
         if let Some(value) = self.local.get(scope, field) {
-            metrics::counter!(
-                names::CACHE_REQUESTS_TOTAL,
-                "kind" => scope_kind(scope).to_owned(),
-                "result" => cache_result::LOCAL_HIT
-            )
-            .increment(1);
+            count_lookup(scope, cache_result::LOCAL_HIT);
             return CacheLookup::Hit(value.to_vec());
         }
         let epoch = self.local.epoch();
@@ -375,11 +373,7 @@ async fn follow(
                 match message.get_payload::<String>() {
                     Ok(scope) => local.drop_scope(&scope),
                     // Not ours to understand: be safe and drop everything.
-                    Err(_) => {
-                        if let Ok(mut entries) = local.entries.write() {
-                            entries.clear();
-                        }
-                    }
+                    Err(_) => local.clear(),
                 }
             }
             _ = ping.tick() => {

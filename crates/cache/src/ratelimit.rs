@@ -223,13 +223,10 @@ impl RedisRateLimiter {
         lease.used = lease.used.saturating_add(1);
         Some(RateDecision::Allowed {
             remaining: lease.remaining_at_grant.saturating_add(lease.left),
-            reset_seconds: lease
-                .reset_at
-                .saturating_duration_since(now)
-                .as_micros()
-                .div_ceil(u128::from(MICROS_PER_SECOND))
-                .try_into()
-                .unwrap_or(u64::MAX),
+            reset_seconds: ceil_seconds(
+                i64::try_from(lease.reset_at.saturating_duration_since(now).as_micros())
+                    .unwrap_or(i64::MAX),
+            ),
         })
     }
 

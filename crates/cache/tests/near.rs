@@ -92,6 +92,16 @@ fn shared_key(redis: &TestRedis) -> String {
     format!("{}c:{SCOPE}", redis.prefix)
 }
 
+/// The process holds nothing: with field `v` of [`SCOPE`] deleted in Redis, it is a miss.
+async fn assert_answers_from_redis_only(redis: &TestRedis, cache: &NearCache, local: &LocalStore) {
+    assert!(local.is_empty());
+    delete_behind_the_back(redis, &shared_key(redis)).await;
+    assert!(matches!(
+        cache.lookup(SCOPE, "v").await,
+        CacheLookup::Miss(_)
+    ));
+}
+
 #[tokio::test]
 async fn a_value_read_from_redis_is_then_served_from_the_process() {
     let recorder = DebuggingRecorder::new();
@@ -190,12 +200,7 @@ async fn without_a_subscription_the_process_keeps_nothing() {
     let cache = NearCache::new(Arc::clone(&local), Arc::new(shared));
     assert!(!local.is_live());
     store_and_warm(&cache, "v", b"one").await;
-    assert!(local.is_empty());
-    delete_behind_the_back(&redis, &shared_key(&redis)).await;
-    assert!(matches!(
-        cache.lookup(SCOPE, "v").await,
-        CacheLookup::Miss(_)
-    ));
+    assert_answers_from_redis_only(&redis, &cache, &local).await;
     redis.cleanup().await.expect("cleanup");
 }
 
@@ -225,12 +230,7 @@ async fn a_lost_subscription_empties_the_process_tier_until_it_is_back() {
     // drops what it holds and asks Redis every time.
     proxy.shut();
     wait_for("the listener notices", || !local.is_live()).await;
-    assert!(a.local.is_empty());
-    delete_behind_the_back(&redis, &shared_key(&redis)).await;
-    assert!(matches!(
-        a.cache.lookup(SCOPE, "v").await,
-        CacheLookup::Miss(_)
-    ));
+    assert_answers_from_redis_only(&redis, &a.cache, &a.local).await;
     drop(a);
     redis.cleanup().await.expect("cleanup");
 }
@@ -249,12 +249,7 @@ async fn a_resubscription_starts_from_an_empty_process_tier() {
         local.subscriptions() > subscriptions && local.is_live()
     })
     .await;
-    assert!(a.local.is_empty());
-    delete_behind_the_back(&redis, &shared_key(&redis)).await;
-    assert!(matches!(
-        a.cache.lookup(SCOPE, "v").await,
-        CacheLookup::Miss(_)
-    ));
+    assert_answers_from_redis_only(&redis, &a.cache, &a.local).await;
     drop(a);
     redis.cleanup().await.expect("cleanup");
 }
