@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Proxy benchmark of maas-gateway on this machine (see bench/README.md). Not part of the tests.
 #
-#   bench/proxy.sh                            # about 6 minutes
-#   BENCH_RATE_DURATION=30s bench/proxy.sh    # longer constant-rate runs
+#   bench/proxy.sh                            # about 7 minutes
+#   BENCH_ROUNDS=12 bench/proxy.sh           # longer constant-rate measurement
 #
 # An nginx on a loopback port stands in for a model server that answers at once (a fixed
-# chat.completion body). The same POST /v1/chat/completions is sent straight to nginx ("direct")
-# and through the gateway ("gateway"), whose version points at that nginx:
-#   1. the highest throughput of each: wrk -t2 -c64, closed loop;
-#   2. latency at a constant rate (oha -q, corrected for coordinated omission): 500 and 1,000
-#      requests/s, then a ladder of higher rates up to the highest one the gateway sustains;
-# and prints p50/p99 of both, their difference (the latency the gateway adds) and requests/s.
+# chat.completion body). The same POST /v1/chat/completions is sent straight to nginx ("direct"),
+# through the gateway ("gateway"), whose version points at that nginx, and through a second nginx
+# that only proxies to the first ("nginx-proxy": what one more hop costs on this machine at best):
+#   1. the highest throughput of direct and gateway: wrk -t2 -c64, closed loop;
+#   2. latency at a constant rate (oha -q, corrected for coordinated omission) at 500 and 1,000
+#      requests/s, all three paths in interleaved rounds (bench/interleaved.py), so that each
+#      meets the same machine;
+#   3. a ladder of higher rates, direct then gateway, up to the highest one the gateway sustains;
+# and prints the percentiles, the gateway's minus direct (the latency it adds) and requests/s.
 # The gateway is the release build with access logging on, a member's key and a rate limit far
 # above the load. On exit (also on failure or Ctrl-C) it stops nginx and the gateway, drops the
 # database and deletes only its own Redis keys. Only 127.0.0.1 is contacted.
@@ -28,7 +31,9 @@ threads=${BENCH_THREADS:-2}
 connections=${BENCH_CONNECTIONS:-64}
 max_duration=${BENCH_MAX_DURATION:-10s}
 # oha's constant-rate runs.
-rate_duration=${BENCH_RATE_DURATION:-15s}
+# Interleaved rounds at each of $rates: every path runs this long once per round.
+rounds=${BENCH_ROUNDS:-6}
+round_duration=${BENCH_ROUND_DURATION:-5s}
 rate_connections=${BENCH_RATE_CONNECTIONS:-32}
 rates=${BENCH_RATES:-"500 1000"}
 ladder=${BENCH_LADDER:-"2000 3000 4000 5000 6000 8000 10000 12000 15000 20000"}
@@ -85,6 +90,7 @@ stop_process() { # PID NAME: SIGTERM, up to 10 s, then SIGKILL
 }
 
 nginx_pid=""
+nginx_proxy_pid=""
 gateway_pid=""
 db_created=false
 cleanup() {
@@ -92,13 +98,16 @@ cleanup() {
     trap - EXIT INT TERM
     stop_process "$gateway_pid" "the gateway"
     # nginx in the foreground (daemon off): its master stops its workers on SIGTERM.
+    stop_process "$nginx_proxy_pid" "the reference nginx proxy"
     stop_process "$nginx_pid" "nginx"
     if [ "$db_created" = true ]; then
         psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
     fi
     redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" 2>/dev/null \
         | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null 2>&1 || true
-    if [ -s "$nginx_dir/error.log" ]; then cp "$nginx_dir/error.log" "$results_dir/nginx-error.log"; fi
+    for log in error proxy-error; do
+        if [ -s "$nginx_dir/$log.log" ]; then cp "$nginx_dir/$log.log" "$results_dir/nginx-$log.log"; fi
+    done
     rm -rf "$nginx_dir"
     # One access line per request: hundreds of MB per run, about tenfold smaller gzipped.
     if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
@@ -173,6 +182,46 @@ nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" &
 nginx_pid=$!
 wait_http "$upstream/chat/completions" "$nginx_pid" nginx 10
 
+# The reference proxy: a second nginx (also one worker) that passes every request to the first over
+# kept-alive connections and does nothing else. Its added latency is the floor for any proxy here.
+nginx_proxy_port=$(free_port)
+mkdir -p "$nginx_dir/proxy-tmp"
+cat >"$nginx_dir/proxy.conf" <<EOF
+# Written by bench/proxy.sh: the reference proxy in front of the model server nginx.
+worker_processes $nginx_workers;
+daemon off;
+pid $nginx_dir/proxy.pid;
+error_log $nginx_dir/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $nginx_dir/proxy-tmp/body;
+    proxy_temp_path $nginx_dir/proxy-tmp/proxy;
+    fastcgi_temp_path $nginx_dir/proxy-tmp/fastcgi;
+    uwsgi_temp_path $nginx_dir/proxy-tmp/uwsgi;
+    scgi_temp_path $nginx_dir/proxy-tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream model_server {
+        server $host:$nginx_port;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen $host:$nginx_proxy_port reuseport backlog=4096;
+        location / {
+            proxy_pass http://model_server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+echo "bench: starting the reference nginx proxy on $host:$nginx_proxy_port" >&2
+nginx -p "$nginx_dir" -c "$nginx_dir/proxy.conf" -e "$nginx_dir/proxy-error.log" &
+nginx_proxy_pid=$!
+wait_http "http://$host:$nginx_proxy_port/v1/chat/completions" "$nginx_proxy_pid" "the reference proxy" 10
+
 echo "bench: creating database $db_name" >&2
 psql_admin -c "CREATE DATABASE \"$db_name\""
 db_created=true
@@ -230,6 +279,7 @@ key=$(api POST /api/v1/keys "{\"name\":\"bench\",\"user_id\":\"$member_id\"}" | 
 body="{\"model\":\"$model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":8}"
 direct_url="$upstream/chat/completions"
 gateway_url="$gateway/v1/chat/completions"
+proxy_url="http://$host:$nginx_proxy_port/v1/chat/completions"
 
 # Both paths must answer the same completion before anything is measured.
 check=$(curl -fsS --max-time 5 -D "$results_dir/check-headers.txt" -H "authorization: Bearer $key" \
@@ -243,8 +293,10 @@ fi
 
 oha_args=(--no-tui --output-format json -m POST -H "authorization: Bearer $key"
     -H 'content-type: application/json' -d "$body")
-echo "bench: warming up both paths (2,000 requests each)" >&2
-for url in "$direct_url" "$gateway_url"; do
+proxied=$(curl -fsS --max-time 5 -H 'content-type: application/json' --data "$body" "$proxy_url")
+[ "$proxied" = "$completion" ] || { echo "bench: the reference proxy answered: $proxied" >&2; exit 1; }
+echo "bench: warming up the three paths (2,000 requests each)" >&2
+for url in "$direct_url" "$gateway_url" "$proxy_url"; do
     oha "${oha_args[@]}" -n 2000 -c 16 "$url" >/dev/null
 done
 
@@ -267,25 +319,11 @@ overhead_buckets() {
     curl -fsS --max-time 5 "$gateway/metrics" | grep '^maas_gateway_overhead_seconds_bucket' >"$1" || true
 }
 
-# at_rate NAME URL RATE DURATION: one constant-rate oha run; prints
-# "achieved<TAB>p50_ms<TAB>p99_ms<TAB>non_200<TAB>overhead p50<TAB>overhead p99" and keeps the JSON
-# in the results directory. The overhead columns are the gateway's own view during the run (its
-# x-maas-overhead-ms histogram, as the bucket bound the quantile falls under); "-" for direct.
-at_rate() {
-    local name=$1 url=$2 rate=$3 duration=$4
-    local out="$results_dir/oha-$name-$rate.json"
-    local before="$results_dir/overhead-$name-$rate.before" after="$results_dir/overhead-$name-$rate.after"
-    if [ "$name" = gateway ]; then overhead_buckets "$before"; fi
-    oha "${oha_args[@]}" -z "$duration" -q "$rate" -c "$rate_connections" --latency-correction -w \
-        "$url" >"$out"
-    if [ "$name" = gateway ]; then overhead_buckets "$after"; fi
-    python3 - "$out" "$before" "$after" <<'EOF'
-import json, os, re, sys
-
-r = json.load(open(sys.argv[1]))
-ok = r["statusCodeDistribution"].get("200", 0)
-total = sum(r["statusCodeDistribution"].values()) + sum(r["errorDistribution"].values())
-m = r["metrics"]["latency_ms"]
+# overhead_quantiles BEFORE AFTER: "p50<TAB>p99" of the overhead histogram between two scrapes, as
+# "<=bound" in ms (the bucket the quantile falls under); "-" when there is nothing (direct runs).
+overhead_quantiles() {
+    python3 - "$1" "$2" <<'EOF'
+import os, re, sys
 
 
 def buckets(path):
@@ -299,15 +337,39 @@ def buckets(path):
     return counts
 
 
-before, after = buckets(sys.argv[2]), buckets(sys.argv[3])
+before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
 delta = {b: after[b] - before.get(b, 0) for b in after}
 count = delta.get(float("inf"), 0)
 quantiles = []
 for q in (0.5, 0.99):
     bound = next((b for b in sorted(delta) if count and delta[b] >= q * count), None)
     quantiles.append("-" if bound is None else "<=%g" % (bound * 1000))
-print("%.0f\t%.3f\t%.3f\t%d\t%s\t%s" % (r["summary"]["requestsPerSec"], m["p50"], m["p99"], total - ok, *quantiles))
+print("\t".join(quantiles))
 EOF
+}
+
+# at_rate NAME URL RATE DURATION: one constant-rate oha run; prints
+# "achieved<TAB>p50_ms<TAB>p99_ms<TAB>non_200<TAB>overhead p50<TAB>overhead p99" and keeps the JSON
+# in the results directory. The overhead columns are the gateway's own view during the run (its
+# x-maas-overhead-ms histogram, as the bucket bound the quantile falls under); "-" for direct.
+at_rate() {
+    local name=$1 url=$2 rate=$3 duration=$4
+    local out="$results_dir/oha-$name-$rate.json"
+    local before="$results_dir/overhead-$name-$rate.before" after="$results_dir/overhead-$name-$rate.after"
+    if [ "$name" = gateway ]; then overhead_buckets "$before"; fi
+    oha "${oha_args[@]}" -z "$duration" -q "$rate" -c "$rate_connections" --latency-correction -w \
+        "$url" >"$out"
+    if [ "$name" = gateway ]; then overhead_buckets "$after"; fi
+    python3 - "$out" <<'EOF' | tr -d '\n'
+import json, sys
+
+r = json.load(open(sys.argv[1]))
+ok = r["statusCodeDistribution"].get("200", 0)
+total = sum(r["statusCodeDistribution"].values()) + sum(r["errorDistribution"].values())
+m = r["metrics"]["latency_ms"]
+print("%.0f\t%.3f\t%.3f\t%d\t" % (r["summary"]["requestsPerSec"], m["p50"], m["p99"], total - ok))
+EOF
+    overhead_quantiles "$before" "$after"
 }
 
 # Other work on the machine skews every figure: the summary records the load when measuring began.
@@ -342,10 +404,26 @@ sys.exit(0 if achieved >= 0.97 * rate and bad == 0 and p99 <= limit else 1)
 ' "$rate" "$(cut -f1 <<<"$g")" "$(cut -f3 <<<"$g")" "$(cut -f4 <<<"$g")" "$sustain_p99_ms"
 }
 
-echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $rate_duration each" >&2
+echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $rounds interleaved" \
+    "rounds of $round_duration per path" >&2
+declare -A interleaved_rows
 highest=""
 for rate in $rates; do
-    if measure_pair "$rate" "$rate_duration"; then
+    overhead_buckets "$results_dir/overhead-interleaved-$rate.before"
+    interleaved_rows[$rate]=$(python3 "$repo_root/bench/interleaved.py" "$rate" "$rounds" \
+        "$round_duration" "$rate_connections" "$results_dir" "$body" \
+        "authorization: Bearer $key" "content-type: application/json" -- \
+        "direct=$direct_url" "gateway=$gateway_url" "nginx-proxy=$proxy_url")
+    overhead_buckets "$results_dir/overhead-interleaved-$rate.after"
+    interleaved_rows[$rate]+=$'\n'"overhead	$(overhead_quantiles \
+        "$results_dir/overhead-interleaved-$rate.before" "$results_dir/overhead-interleaved-$rate.after")"
+    printf '%s\n' "${interleaved_rows[$rate]}" >"$results_dir/interleaved-$rate.tsv"
+    echo "bench:   $rate/s: $(awk -F'\t' '$1 != "cpu" && $1 != "overhead" { printf "%s p50/p99 %s/%s ms, ", $1, $5, $7 }' \
+        "$results_dir/interleaved-$rate.tsv")" >&2
+    # Sustained as on the ladder: the rate kept, every answer a 200, p99 within the limit.
+    if awk -F'\t' -v rate="$rate" -v limit="$sustain_p99_ms" '
+        $1 == "gateway" { ok = ($4 >= 0.97 * rate && $3 == 0 && $7 <= limit) }
+        END { exit ok ? 0 : 1 }' "$results_dir/interleaved-$rate.tsv"; then
         highest=$rate
     fi
 done
@@ -370,8 +448,35 @@ done
         IFS=$'\t' read -r rps p50 p99 bad <<<"${max_rps[$name]}"
         printf '%-10s %12s %10s %10s  %s\n' "$name" "$rps" "$p50" "$p99" "$bad"
     done
-    printf '\nConstant rate (oha -q, %s connections, %s per run, latency corrected for coordinated omission), ms\n' \
-        "$rate_connections" "$rate_duration"
+    printf '\nConstant rate, interleaved (oha -q, %s connections, latency corrected for coordinated omission;\n' \
+        "$rate_connections"
+    printf '%s rounds of %s per path, the order reversed every other round; quantiles over all rounds), ms\n' \
+        "$rounds" "$round_duration"
+    printf '%8s %-12s | %8s %8s %8s %8s | %8s %8s | %8s %7s\n' "rate/s" "path" "p50" "p90" "p99" "p99.9" \
+        "added50" "added99" "got/s" "non-200"
+    for rate in $rates; do
+        python3 - "$rate" "$results_dir/interleaved-$rate.tsv" <<'EOF'
+import sys
+
+rate = sys.argv[1]
+rows = [line.split("\t") for line in open(sys.argv[2]).read().splitlines() if line]
+paths = [r for r in rows if r[0] not in ("cpu", "overhead")]
+direct = next(r for r in paths if r[0] == "direct")
+for r in paths:
+    added = ("%8s %8s" % ("", "")) if r is direct else "%8.3f %8.3f" % (
+        float(r[4]) - float(direct[4]), float(r[6]) - float(direct[6]))
+    print("%8s %-12s | %8s %8s %8s %8s | %s | %8s %7s" % (rate, r[0], r[4], r[5], r[6], r[7], added, r[3], r[2]))
+cpu = next(r for r in rows if r[0] == "cpu")
+overhead = next(r for r in rows if r[0] == "overhead")
+print("%8s %-12s   machine busy %s %%, hypervisor steal %s %%; gateway's own overhead p50 %s, p99 %s ms"
+      % ("", "", cpu[1], cpu[2], overhead[1], overhead[2]))
+EOF
+    done
+    printf '%s\n' "added: the path's percentile minus direct's. nginx-proxy: a second nginx that only proxies" \
+        "to the model server, the floor for one more hop on this machine. Steal: time the hypervisor" \
+        "gave the machine's CPUs to someone else (/proc/stat)."
+    printf '\nLadder (oha -q, %s connections, %s per run, direct then gateway), ms\n' \
+        "$rate_connections" "$ladder_duration"
     printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "rate/s" "direct50" "direct99" \
         "gw p50" "gw p99" "added50" "added99" "gw got/s" "non-200" "ovh p50" "ovh p99"
     for row in "${rows[@]}"; do
@@ -381,6 +486,7 @@ done
             "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g99" "$d99")" \
             "$g_rps" "$((d_bad + g_bad))" "$o50" "$o99"
     done
+    [ ${#rows[@]} -gt 0 ] || printf '(no ladder rate was below the gateway'"'"'s wrk maximum)\n'
     printf '%s\n' "ovh: the gateway's own overhead histogram (maas_gateway_overhead_seconds) over the" \
         "same run, as the bucket bound in ms that the quantile falls under."
     printf '\nHighest sustained rate through the gateway (kept >= 97%%, all 200, p99 <= %s ms): %s\n' \

@@ -18,6 +18,11 @@ use slog::{Logger, error, info, warn};
 
 use crate::settings::Settings;
 
+/// mimalloc instead of glibc's malloc: a proxied call allocates and frees a few hundred small
+/// buffers across threads, and glibc's arenas were about a tenth of the gateway's CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The API gateway of a Model-as-a-Service platform.
 #[derive(Debug, Parser)]
 #[command(version, about)]

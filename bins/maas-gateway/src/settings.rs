@@ -249,6 +249,22 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_take_both_spellings_of_warning() {
+        use maas_telemetry::logging::LogLevel;
+        for (spelled, level) in [
+            ("warning", LogLevel::Warning),
+            ("warn", LogLevel::Warning),
+            ("error", LogLevel::Error),
+            ("debug", LogLevel::Debug),
+        ] {
+            let s = Settings::load_from(env(&[("MAAS_LOG__LEVEL", spelled)])).expect(spelled);
+            assert_eq!(s.log.level, level, "{spelled}");
+        }
+        let e = Settings::load_from(env(&[("MAAS_LOG__LEVEL", "loud")])).expect_err("not a level");
+        assert!(e.to_string().contains("log.level"), "{e}");
+    }
+
+    #[test]
     fn maas_variables_that_are_not_settings_are_left_alone() {
         let s = Settings::load_from(env(&[
             ("MAAS_ADMIN_KEY", "maas_whatever"),

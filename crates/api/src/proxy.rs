@@ -277,10 +277,11 @@ impl Meter {
     }
 
     fn take_usage(&mut self, json: &[u8]) {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+        // Only `usage` is kept; the rest of the body (the completion itself) is skipped over
+        // without building a tree of it.
+        let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice::<WithUsage>(json) else {
             return;
         };
-        let usage = &value["usage"];
         if let Some(n) = usage["prompt_tokens"].as_i64() {
             self.event.prompt_tokens = Some(n);
         }
@@ -318,6 +319,14 @@ impl Meter {
         }
         self.queue.push(self.event.clone());
     }
+}
+
+/// The part of an upstream answer the meter reads. `usage` stays loosely typed: a field of an
+/// unexpected type there must not cost the other one.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
 }
 
 /// Milliseconds, saturating at `i32::MAX`.
@@ -404,6 +413,47 @@ impl<S> Drop for MeteredBody<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token counts a non-streamed answer's meter takes from `body`.
+    fn tokens_of(body: &[u8]) -> (Option<i64>, Option<i64>) {
+        let (queue, _receiver) = UsageQueue::new(1);
+        let event = crate::usage::tests::event();
+        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        meter.take_usage(body);
+        (meter.event.prompt_tokens, meter.event.completion_tokens)
+    }
+
+    #[test]
+    fn usage_is_read_from_anywhere_in_the_answer_and_nothing_else_is_needed() {
+        let answer = br#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"{\"usage\": 9}"}}],
+            "usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46},"extra":[1,{"a":null}]}"#;
+        assert_eq!(tokens_of(answer), (Some(12), Some(34)));
+        let usage_first = br#"{"usage":{"completion_tokens":5},"choices":[]}"#;
+        assert_eq!(tokens_of(usage_first), (None, Some(5)));
+    }
+
+    #[test]
+    fn odd_usage_costs_only_the_odd_field() {
+        assert_eq!(
+            tokens_of(br#"{"usage":{"prompt_tokens":"many","completion_tokens":3}}"#),
+            (None, Some(3))
+        );
+        for body in [
+            &br#"{"usage":null}"#[..],
+            br#"{"usage":"none"}"#,
+            br#"{"choices":[]}"#,
+            br#"[1,2]"#,
+            b"not json",
+            br#"{"usage":{"prompt_tokens":1}"#,
+        ] {
+            assert_eq!(
+                tokens_of(body),
+                (None, None),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn urls_join_with_one_slash() {

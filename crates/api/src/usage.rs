@@ -83,10 +83,11 @@ pub async fn write_usage(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event() -> UsageEvent {
+    /// A usage event of a successful chat completion without token counts.
+    pub(crate) fn event() -> UsageEvent {
         UsageEvent {
             key_id: uuid::Uuid::nil(),
             user_id: uuid::Uuid::nil(),

@@ -28,7 +28,9 @@ pub enum LogLevel {
     /// Normal operation (the default).
     #[default]
     Info,
-    /// Something unexpected that the gateway survived.
+    /// Something unexpected that the gateway survived. `warn` is accepted too (as `RUST_LOG` and
+    /// most loggers spell it).
+    #[serde(alias = "warn")]
     Warning,
     /// A failed operation.
     Error,
