@@ -131,10 +131,12 @@ impl Settings {
                 return Err(SettingsError(format!("{key} must be at least 1")));
             }
         }
-        let most = maas_persistence::PgUsageRepository::MAX_EVENTS_PER_STATEMENT;
+        // A batch is taken from the queue, so it never holds more than the queue; a larger
+        // setting would only reserve memory that is never used.
+        let most = self.usage.queue_capacity;
         if self.usage.batch_size > most {
             return Err(SettingsError(format!(
-                "usage.batch_size must be at most {most} (one INSERT per batch)"
+                "usage.batch_size must be at most usage.queue_capacity ({most})"
             )));
         }
         Ok(())
@@ -246,6 +248,22 @@ mod tests {
         assert_eq!(s.database.password.as_deref(), Some("12345"));
         assert_eq!(s.server.workers, Some(3));
         assert_eq!(s.log.format, maas_telemetry::logging::LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_usage_batch_is_at_most_the_queue() {
+        let ok = Settings::load_from(env(&[
+            ("MAAS_USAGE__QUEUE_CAPACITY", "20000"),
+            ("MAAS_USAGE__BATCH_SIZE", "20000"),
+        ]))
+        .expect("a batch as large as the queue");
+        assert_eq!(ok.usage.batch_size, 20_000);
+        let e = Settings::load_from(env(&[
+            ("MAAS_USAGE__QUEUE_CAPACITY", "100"),
+            ("MAAS_USAGE__BATCH_SIZE", "101"),
+        ]))
+        .expect_err("larger than the queue");
+        assert!(e.to_string().contains("usage.batch_size"), "{e}");
     }
 
     #[test]

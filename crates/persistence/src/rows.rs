@@ -10,7 +10,7 @@ use maas_domain::RepoError;
 use maas_domain::identity::{
     ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
 };
-use maas_domain::inference::{UpstreamSecret, UsageEvent};
+use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch};
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
@@ -19,7 +19,7 @@ use maas_domain::values::{
 use uuid::Uuid;
 
 use crate::error::corrupt;
-use crate::schema::{api_keys, model_versions, models, usage_events, users};
+use crate::schema::{api_keys, model_versions, models, users};
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -359,40 +359,5 @@ impl NewApiKeyRow {
             expires_at: new.expires_at,
             rate_limit_rpm,
         })
-    }
-}
-
-/// A new `usage_events` row.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = usage_events)]
-pub(crate) struct NewUsageRow<'a> {
-    key_id: Uuid,
-    user_id: Uuid,
-    model: &'a str,
-    version: Option<i32>,
-    route: &'a str,
-    status: i32,
-    latency_ms: i32,
-    upstream_ms: Option<i32>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    created_at: DateTime<Utc>,
-}
-
-impl<'a> From<&'a UsageEvent> for NewUsageRow<'a> {
-    fn from(event: &'a UsageEvent) -> Self {
-        Self {
-            key_id: event.key_id,
-            user_id: event.user_id,
-            model: &event.model,
-            version: event.version,
-            route: &event.route,
-            status: event.status.into(),
-            latency_ms: event.latency_ms,
-            upstream_ms: event.upstream_ms,
-            prompt_tokens: event.prompt_tokens,
-            completion_tokens: event.completion_tokens,
-            created_at: event.created_at,
-        }
     }
 }

@@ -3,8 +3,8 @@
 use maas_domain::identity::Role;
 use maas_domain::inference::UsageEvent;
 use maas_domain::ports::{IdentityRepository, UsageRepository};
+use maas_persistence::PgIdentityRepository;
 use maas_persistence::test_util::{TestDatabase, new_key, new_user, usage_event};
-use maas_persistence::{PgIdentityRepository, PgUsageRepository};
 use uuid::Uuid;
 
 use crate::{repository, utc};
@@ -93,23 +93,23 @@ async fn every_field_of_an_event_is_stored() {
 }
 
 #[tokio::test]
-async fn a_batch_past_the_bind_limit_is_split_and_stored_whole() {
+async fn a_batch_past_the_protocols_bind_limit_is_still_one_statement() {
     let (db, repo) = repository().await;
     count_insert_statements(&db).await;
-    let n = PgUsageRepository::MAX_EVENTS_PER_STATEMENT + 1;
+    // As a VALUES list of 11 binds per row, more than 65,535 binds.
+    let n = 10_000;
 
-    let batch = events(u32::try_from(n).expect("small"));
-    repo.insert_usage(&batch).await.expect("stored");
+    repo.insert_usage(&events(n)).await.expect("stored");
 
-    assert_eq!(db.scalar("SELECT count(*) FROM insert_log").await, 2);
+    assert_eq!(db.scalar("SELECT count(*) FROM insert_log").await, 1);
     assert_eq!(
         db.scalar("SELECT count(*) FROM usage_events").await,
-        i64::try_from(n).expect("small")
+        i64::from(n)
     );
 }
 
 #[tokio::test]
-async fn a_split_batch_is_stored_all_or_nothing() {
+async fn a_batch_is_stored_all_or_nothing() {
     let (db, repo) = repository().await;
     db.execute(
         r"CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -121,10 +121,9 @@ async fn a_split_batch_is_stored_all_or_nothing() {
             FOR EACH ROW EXECUTE FUNCTION refuse_event();",
     )
     .await;
-    let n = PgUsageRepository::MAX_EVENTS_PER_STATEMENT + 1;
-    let mut batch = events(u32::try_from(n).expect("small"));
+    let mut batch = events(10_000);
     if let Some(last) = batch.last_mut() {
-        // In the second statement: the first one has run by then.
+        // The last row: the 9,999 before it have been inserted by then.
         last.route = "/refused".into();
     }
 
