@@ -19,6 +19,12 @@
 # database and deletes only its own Redis keys. Only 127.0.0.1 is contacted.
 set -euo pipefail
 
+# BENCH_PIN_CPUS (a taskset CPU list, e.g. "0"): run the whole benchmark (load tool, nginx, the
+# gateway) on those CPUs only. PostgreSQL and Redis stay where they are.
+if [ -n "${BENCH_PIN_CPUS:-}" ] && [ -z "${BENCH_PINNED:-}" ]; then
+    exec env BENCH_PINNED=1 taskset -c "$BENCH_PIN_CPUS" "$0" "$@"
+fi
+
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
@@ -44,11 +50,21 @@ sustain_p99_ms=${BENCH_SUSTAIN_P99_MS:-10}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
 # Extra settings for the gateway, as space-separated VAR=value words (e.g. "MAAS_SERVER__WORKERS=1").
 read -r -a gateway_env <<<"${BENCH_GATEWAY_ENV:-}"
+# When set, a second gateway ("gateway-b") with these settings on top runs beside the first, on the
+# same database and Redis, and joins the interleaved rounds: an A/B comparison of two settings (or,
+# with BENCH_COMPARE_BINARY, of two builds) that meets the same machine.
+read -r -a compare_env <<<"${BENCH_COMPARE_ENV:-}"
+compare_binary=${BENCH_COMPARE_BINARY:-}
+# Which parts run: max (wrk), rates (interleaved constant rates), ladder; or hold: set everything
+# up, write the paths' URLs and the key to $results_dir/hold.env and wait (for profiling by hand)
+# until interrupted, then clean up.
+parts=${BENCH_PARTS:-"max rates ladder"}
+has_part() { [[ " $parts " == *" $1 "* ]]; }
 model=bench-proxy
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH:/usr/sbin"
 missing=()
-for tool in cargo curl psql redis-cli wrk oha nginx python3; do
+for tool in cargo curl psql redis-cli wrk oha nginx python3 taskset; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -65,6 +81,7 @@ db_name="maas_bench_proxy_$$_$(random_hex 3)"
 key_prefix="maas:bench:$(random_hex 6):"
 admin_key="maas_benchadmin$(random_hex 20)"
 gateway_log="$results_dir/gateway.log"
+gateway_b_log="$results_dir/gateway-b.log"
 nginx_dir=$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-nginx.XXXXXX")
 
 psql_admin() {
@@ -92,11 +109,13 @@ stop_process() { # PID NAME: SIGTERM, up to 10 s, then SIGKILL
 nginx_pid=""
 nginx_proxy_pid=""
 gateway_pid=""
+gateway_b_pid=""
 db_created=false
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_process "$gateway_pid" "the gateway"
+    stop_process "$gateway_b_pid" "gateway-b"
     # nginx in the foreground (daemon off): its master stops its workers on SIGTERM.
     stop_process "$nginx_proxy_pid" "the reference nginx proxy"
     stop_process "$nginx_pid" "nginx"
@@ -110,7 +129,9 @@ cleanup() {
     done
     rm -rf "$nginx_dir"
     # One access line per request: hundreds of MB per run, about tenfold smaller gzipped.
-    if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
+    for log in "$gateway_log" "$gateway_b_log"; do
+        if [ -s "$log" ]; then gzip -1 -f "$log" || true; fi
+    done
     echo "bench: cleaned up (gateway and nginx stopped, database dropped, keys ${key_prefix}* deleted)" >&2
     exit "$status"
 }
@@ -226,28 +247,32 @@ echo "bench: creating database $db_name" >&2
 psql_admin -c "CREATE DATABASE \"$db_name\""
 db_created=true
 
-echo "bench: starting the gateway (release, access log: $gateway_log)" >&2
-env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
-    MAAS_SERVER__HOST="$host" \
-    MAAS_SERVER__PORT=0 \
-    MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
-    MAAS_REDIS__URL="redis://$host:$redis_port/0" \
-    MAAS_REDIS__KEY_PREFIX="$key_prefix" \
-    MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
-    MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
-    MAAS_RATE_LIMIT__BURST=1000000 \
-    MAAS_LOG__LEVEL=info \
-    MAAS_LOG__FORMAT=json \
-    "${gateway_env[@]}" \
-    "$binary" serve >"$gateway_log" 2>&1 &
-gateway_pid=$!
-for ((i = 0; i < 900; i++)); do
-    grep -q '"msg":"listening"' "$gateway_log" 2>/dev/null && break
-    kill -0 "$gateway_pid" 2>/dev/null || { echo "bench: the gateway exited:" >&2; tail -n 20 "$gateway_log" >&2; exit 1; }
-    sleep 0.1
-done
-gateway_port=$(python3 -c '
+# start_gateway BINARY LOG VAR=value...: starts a gateway with the common settings plus the given
+# ones; sets started_pid and started_port.
+start_gateway() {
+    local bin=$1 log=$2 i
+    shift 2
+    env -i PATH="$PATH" HOME="${HOME:-/root}" \
+        MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
+        MAAS_SERVER__HOST="$host" \
+        MAAS_SERVER__PORT=0 \
+        MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
+        MAAS_REDIS__URL="redis://$host:$redis_port/0" \
+        MAAS_REDIS__KEY_PREFIX="$key_prefix" \
+        MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
+        MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
+        MAAS_RATE_LIMIT__BURST=1000000 \
+        MAAS_LOG__LEVEL=info \
+        MAAS_LOG__FORMAT=json \
+        "$@" \
+        "$bin" serve >"$log" 2>&1 &
+    started_pid=$!
+    for ((i = 0; i < 900; i++)); do
+        grep -q '"msg":"listening"' "$log" 2>/dev/null && break
+        kill -0 "$started_pid" 2>/dev/null || { echo "bench: the gateway exited:" >&2; tail -n 20 "$log" >&2; exit 1; }
+        sleep 0.1
+    done
+    started_port=$(python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
     try:
@@ -257,10 +282,21 @@ for line in open(sys.argv[1]):
     if entry.get("msg") == "listening":
         print(entry["port"])
         break
-' "$gateway_log")
-[ -n "$gateway_port" ] || { echo "bench: the gateway did not log its port within 90 s" >&2; exit 1; }
-gateway="http://$host:$gateway_port"
-wait_http "$gateway/health" "$gateway_pid" "the gateway" 10
+' "$log")
+    [ -n "$started_port" ] || { echo "bench: the gateway did not log its port within 90 s" >&2; exit 1; }
+    wait_http "http://$host:$started_port/health" "$started_pid" "the gateway" 10
+}
+
+echo "bench: starting the gateway (release, access log: $gateway_log)" >&2
+start_gateway "$binary" "$gateway_log" "${gateway_env[@]}"
+gateway_pid=$started_pid
+gateway="http://$host:$started_port"
+if [ ${#compare_env[@]} -gt 0 ] || [ -n "$compare_binary" ]; then
+    echo "bench: starting gateway-b (${compare_binary:-$binary} ${compare_env[*]}; log: $gateway_b_log)" >&2
+    start_gateway "${compare_binary:-$binary}" "$gateway_b_log" "${gateway_env[@]}" "${compare_env[@]}"
+    gateway_b_pid=$started_pid
+    gateway_b="http://$host:$started_port"
+fi
 
 api() { # METHOD PATH BODY, as the admin; fails unless 2xx
     curl -fsS --max-time 10 -X "$1" -H "authorization: Bearer $admin_key" \
@@ -280,6 +316,10 @@ body="{\"model\":\"$model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}
 direct_url="$upstream/chat/completions"
 gateway_url="$gateway/v1/chat/completions"
 proxy_url="http://$host:$nginx_proxy_port/v1/chat/completions"
+paths=("direct=$direct_url" "gateway=$gateway_url" "nginx-proxy=$proxy_url")
+if [ -n "$gateway_b_pid" ]; then
+    paths+=("gateway-b=$gateway_b/v1/chat/completions")
+fi
 
 # Both paths must answer the same completion before anything is measured.
 check=$(curl -fsS --max-time 5 -D "$results_dir/check-headers.txt" -H "authorization: Bearer $key" \
@@ -295,10 +335,26 @@ oha_args=(--no-tui --output-format json -m POST -H "authorization: Bearer $key"
     -H 'content-type: application/json' -d "$body")
 proxied=$(curl -fsS --max-time 5 -H 'content-type: application/json' --data "$body" "$proxy_url")
 [ "$proxied" = "$completion" ] || { echo "bench: the reference proxy answered: $proxied" >&2; exit 1; }
-echo "bench: warming up the three paths (2,000 requests each)" >&2
-for url in "$direct_url" "$gateway_url" "$proxy_url"; do
-    oha "${oha_args[@]}" -n 2000 -c 16 "$url" >/dev/null
+echo "bench: warming up the ${#paths[@]} paths (2,000 requests each)" >&2
+for path in "${paths[@]}"; do
+    answer=$(curl -fsS --max-time 5 -H "authorization: Bearer $key" -H 'content-type: application/json' \
+        --data "$body" "${path#*=}")
+    [ "$answer" = "$completion" ] || { echo "bench: ${path%%=*} answered: $answer" >&2; exit 1; }
+    oha "${oha_args[@]}" -n 2000 -c 16 "${path#*=}" >/dev/null
 done
+
+if has_part hold; then
+    {
+        printf 'KEY=%q\nBODY=%q\n' "$key" "$body"
+        for path in "${paths[@]}"; do
+            name=${path%%=*}
+            printf '%s_URL=%q\n' "$(tr 'a-z-' 'A-Z_' <<<"$name")" "${path#*=}"
+        done
+        printf 'GATEWAY_PID=%s\nGATEWAY_B_PID=%s\n' "$gateway_pid" "$gateway_b_pid"
+    } >"$results_dir/hold.env"
+    echo "bench: holding; the paths are in $results_dir/hold.env; Ctrl-C (or SIGTERM) ends" >&2
+    while true; do sleep 1; done
+fi
 
 # parse_wrk FILE: "requests/s<TAB>p50<TAB>p99<TAB>non-2xx" from wrk --latency output.
 parse_wrk() {
@@ -372,13 +428,15 @@ EOF
     overhead_quantiles "$before" "$after"
 }
 
+measured_rates=$(has_part rates && echo "$rates" || true)
+
 # Other work on the machine skews every figure: the summary records the load when measuring began.
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
 echo "bench: highest throughput, wrk -t$threads -c$connections -d$max_duration" >&2
-declare -A max_rps
-for name in direct gateway; do
+declare -A max_rps=([direct]="-	-	-	-" [gateway]="-	-	-	-")
+for name in $(has_part max && echo direct gateway); do
     url=$direct_url
     [ "$name" = gateway ] && url=$gateway_url
     out="$results_dir/wrk-$name.txt"
@@ -408,12 +466,12 @@ echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $ro
     "rounds of $round_duration per path" >&2
 declare -A interleaved_rows
 highest=""
-for rate in $rates; do
+for rate in $measured_rates; do
     overhead_buckets "$results_dir/overhead-interleaved-$rate.before"
     interleaved_rows[$rate]=$(python3 "$repo_root/bench/interleaved.py" "$rate" "$rounds" \
         "$round_duration" "$rate_connections" "$results_dir" "$body" \
         "authorization: Bearer $key" "content-type: application/json" -- \
-        "direct=$direct_url" "gateway=$gateway_url" "nginx-proxy=$proxy_url")
+        "${paths[@]}")
     overhead_buckets "$results_dir/overhead-interleaved-$rate.after"
     interleaved_rows[$rate]+=$'\n'"overhead	$(overhead_quantiles \
         "$results_dir/overhead-interleaved-$rate.before" "$results_dir/overhead-interleaved-$rate.after")"
@@ -428,8 +486,9 @@ for rate in $rates; do
     fi
 done
 gateway_max=$(cut -f1 <<<"${max_rps[gateway]}")
+[ "$gateway_max" != - ] || gateway_max=1000000
 echo "bench: ladder up to the gateway's wrk maximum ($gateway_max/s), until p99 > ${sustain_p99_ms} ms" >&2
-for rate in $ladder; do
+for rate in $(has_part ladder && echo "$ladder"); do
     if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$rate" "$gateway_max"; then
         break
     fi
@@ -454,7 +513,7 @@ done
         "$rounds" "$round_duration"
     printf '%8s %-12s | %8s %8s %8s %8s | %8s %8s | %8s %7s\n' "rate/s" "path" "p50" "p90" "p99" "p99.9" \
         "added50" "added99" "got/s" "non-200"
-    for rate in $rates; do
+    for rate in $measured_rates; do
         python3 - "$rate" "$results_dir/interleaved-$rate.tsv" <<'EOF'
 import sys
 
@@ -492,8 +551,12 @@ EOF
     printf '\nHighest sustained rate through the gateway (kept >= 97%%, all 200, p99 <= %s ms): %s\n' \
         "$sustain_p99_ms" "${highest:-none of the rates tried}"
     printf '%s, %s cores (load average %s when measuring began); nginx %s worker(s) as the model\n' \
-        "$(uname -sr)" "$(nproc)" "$load_at_start" "$nginx_workers"
+        "$(uname -sr)" "$(nproc --all)" "$load_at_start" "$nginx_workers"
     printf 'server; gateway release build, access log on; oha %s, wrk %s.\n' \
         "$(oha --version | cut -d' ' -f2)" "$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
+    if [ -n "${BENCH_PIN_CPUS:-}" ]; then
+        printf 'Load tool, nginx and gateway(s) pinned to CPU(s) %s (taskset); PostgreSQL and Redis not.\n' \
+            "$BENCH_PIN_CPUS"
+    fi
 } | tee "$results_dir/summary.txt"
 echo "bench: raw wrk and oha output and the gateway log are in bench/results/$run_id/" >&2

@@ -137,7 +137,10 @@ impl Default for UpstreamSettings {
 pub struct UsageSettings {
     /// Events held in memory at most; when full, new events are dropped and counted.
     pub queue_capacity: usize,
-    /// Events written per INSERT at most.
+    /// Events written per INSERT at most (50 by default). A window's events go in several INSERTs
+    /// rather than one: PostgreSQL spends about 14 µs of CPU per event, and on a host that also
+    /// runs the gateway (one `docker compose up`) a 500-event INSERT is a burst of several
+    /// milliseconds on one core that the proxied calls meeting it wait behind.
     pub batch_size: usize,
 }
 
@@ -145,7 +148,7 @@ impl Default for UsageSettings {
     fn default() -> Self {
         Self {
             queue_capacity: 10_000,
-            batch_size: 500,
+            batch_size: 50,
         }
     }
 }
