@@ -110,10 +110,12 @@ nginx_pid=""
 nginx_proxy_pid=""
 gateway_pid=""
 gateway_b_pid=""
+hold_pid=""
 db_created=false
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [ -n "$hold_pid" ]; then kill "$hold_pid" 2>/dev/null || true; fi
     stop_process "$gateway_pid" "the gateway"
     stop_process "$gateway_b_pid" "gateway-b"
     # nginx in the foreground (daemon off): its master stops its workers on SIGTERM.
@@ -321,7 +323,8 @@ if [ -n "$gateway_b_pid" ]; then
     paths+=("gateway-b=$gateway_b/v1/chat/completions")
 fi
 
-# Both paths must answer the same completion before anything is measured.
+# Every path must answer the model server's exact completion before anything is measured (the
+# gateway also with the version it resolved).
 check=$(curl -fsS --max-time 5 -D "$results_dir/check-headers.txt" -H "authorization: Bearer $key" \
     -H 'content-type: application/json' --data "$body" "$gateway_url")
 if [ "$check" != "$completion" ] || ! grep -qi '^x-maas-version: 1' "$results_dir/check-headers.txt"; then
@@ -333,9 +336,7 @@ fi
 
 oha_args=(--no-tui --output-format json -m POST -H "authorization: Bearer $key"
     -H 'content-type: application/json' -d "$body")
-proxied=$(curl -fsS --max-time 5 -H 'content-type: application/json' --data "$body" "$proxy_url")
-[ "$proxied" = "$completion" ] || { echo "bench: the reference proxy answered: $proxied" >&2; exit 1; }
-echo "bench: warming up the ${#paths[@]} paths (2,000 requests each)" >&2
+echo "bench: checking and warming up the ${#paths[@]} paths (2,000 requests each)" >&2
 for path in "${paths[@]}"; do
     answer=$(curl -fsS --max-time 5 -H "authorization: Bearer $key" -H 'content-type: application/json' \
         --data "$body" "${path#*=}")
@@ -353,7 +354,12 @@ if has_part hold; then
         printf 'GATEWAY_PID=%s\nGATEWAY_B_PID=%s\n' "$gateway_pid" "$gateway_b_pid"
     } >"$results_dir/hold.env"
     echo "bench: holding; the paths are in $results_dir/hold.env; Ctrl-C (or SIGTERM) ends" >&2
-    while true; do sleep 1; done
+    # A long sleep, not one a second: each new process would land on the measured CPUs.
+    while true; do
+        sleep 3600 &
+        hold_pid=$!
+        wait "$hold_pid"
+    done
 fi
 
 # parse_wrk FILE: "requests/s<TAB>p50<TAB>p99<TAB>non-2xx" from wrk --latency output.
