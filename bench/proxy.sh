@@ -440,8 +440,8 @@ measured_rates=$(has_part rates && echo "$rates" || true)
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
-echo "bench: highest throughput, wrk -t$threads -c$connections -d$max_duration" >&2
-declare -A max_rps=([direct]="-	-	-	-" [gateway]="-	-	-	-")
+declare -A max_rps
+has_part max && echo "bench: highest throughput, wrk -t$threads -c$connections -d$max_duration" >&2
 for name in $(has_part max && echo direct gateway); do
     url=$direct_url
     [ "$name" = gateway ] && url=$gateway_url
@@ -468,7 +468,7 @@ sys.exit(0 if achieved >= 0.97 * rate and bad == 0 and p99 <= limit else 1)
 ' "$rate" "$(cut -f1 <<<"$g")" "$(cut -f3 <<<"$g")" "$(cut -f4 <<<"$g")" "$sustain_p99_ms"
 }
 
-echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $rounds interleaved" \
+has_part rates && echo "bench: constant rate (oha -q, -c$rate_connections, latency corrected), $rounds interleaved" \
     "rounds of $round_duration per path" >&2
 declare -A interleaved_rows
 highest=""
@@ -491,9 +491,10 @@ for rate in $measured_rates; do
         highest=$rate
     fi
 done
-gateway_max=$(cut -f1 <<<"${max_rps[gateway]}")
-[ "$gateway_max" != - ] || gateway_max=1000000
-echo "bench: ladder up to the gateway's wrk maximum ($gateway_max/s), until p99 > ${sustain_p99_ms} ms" >&2
+# Without a wrk run, the ladder is capped only by its own list.
+gateway_max=1000000000
+has_part max && gateway_max=$(cut -f1 <<<"${max_rps[gateway]}")
+has_part ladder && echo "bench: ladder up to the gateway's wrk maximum ($gateway_max/s), until p99 > ${sustain_p99_ms} ms" >&2
 for rate in $(has_part ladder && echo "$ladder"); do
     if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)' "$rate" "$gateway_max"; then
         break
@@ -507,20 +508,24 @@ done
 
 # ---------------------------------------------------------------------------------------------
 {
-    printf 'Highest throughput (wrk -t%s -c%s -d%s, closed loop)\n' "$threads" "$connections" "$max_duration"
-    printf '%-10s %12s %10s %10s  %s\n' "path" "requests/s" "p50" "p99" "non-2xx"
-    for name in direct gateway; do
-        IFS=$'\t' read -r rps p50 p99 bad <<<"${max_rps[$name]}"
-        printf '%-10s %12s %10s %10s  %s\n' "$name" "$rps" "$p50" "$p99" "$bad"
-    done
-    printf '\nConstant rate, interleaved (oha -q, %s connections, latency corrected for coordinated omission;\n' \
-        "$rate_connections"
-    printf '%s rounds of %s per path, the order reversed every other round; quantiles over all rounds), ms\n' \
-        "$rounds" "$round_duration"
-    printf '%8s %-12s | %8s %8s %8s %8s | %8s %8s | %8s %7s\n' "rate/s" "path" "p50" "p90" "p99" "p99.9" \
-        "added50" "added99" "got/s" "non-200"
-    for rate in $measured_rates; do
-        python3 - "$rate" "$results_dir/interleaved-$rate.tsv" <<'EOF'
+    if has_part max; then
+        printf 'Highest throughput (wrk -t%s -c%s -d%s, closed loop)\n' "$threads" "$connections" "$max_duration"
+        printf '%-10s %12s %10s %10s  %s\n' "path" "requests/s" "p50" "p99" "non-2xx"
+        for name in direct gateway; do
+            IFS=$'\t' read -r rps p50 p99 bad <<<"${max_rps[$name]}"
+            printf '%-10s %12s %10s %10s  %s\n' "$name" "$rps" "$p50" "$p99" "$bad"
+        done
+        echo
+    fi
+    if has_part rates; then
+        printf 'Constant rate, interleaved (oha -q, %s connections, latency corrected for coordinated omission;\n' \
+            "$rate_connections"
+        printf '%s rounds of %s per path, the order reversed every other round; quantiles over all rounds), ms\n' \
+            "$rounds" "$round_duration"
+        printf '%8s %-12s | %8s %8s %8s %8s | %8s %8s | %8s %7s\n' "rate/s" "path" "p50" "p90" "p99" "p99.9" \
+            "added50" "added99" "got/s" "non-200"
+        for rate in $measured_rates; do
+            python3 - "$rate" "$results_dir/interleaved-$rate.tsv" <<'EOF'
 import sys
 
 rate = sys.argv[1]
@@ -536,25 +541,30 @@ overhead = next(r for r in rows if r[0] == "overhead")
 print("%8s %-12s   machine busy %s %%, hypervisor steal %s %%; gateway's own overhead p50 %s, p99 %s ms"
       % ("", "", cpu[1], cpu[2], overhead[1], overhead[2]))
 EOF
-    done
-    printf '%s\n' "added: the path's percentile minus direct's. nginx-proxy: a second nginx that only proxies" \
-        "to the model server, the floor for one more hop on this machine. Steal: time the hypervisor" \
-        "gave the machine's CPUs to someone else (/proc/stat)."
-    printf '\nLadder (oha -q, %s connections, %s per run, direct then gateway), ms\n' \
-        "$rate_connections" "$ladder_duration"
-    printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "rate/s" "direct50" "direct99" \
-        "gw p50" "gw p99" "added50" "added99" "gw got/s" "non-200" "ovh p50" "ovh p99"
-    for row in "${rows[@]}"; do
-        IFS=$'\t' read -r rate _ d50 d99 d_bad _ _ g_rps g50 g99 g_bad o50 o99 <<<"$row"
-        printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "$rate" "$d50" "$d99" "$g50" "$g99" \
-            "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g50" "$d50")" \
-            "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g99" "$d99")" \
-            "$g_rps" "$((d_bad + g_bad))" "$o50" "$o99"
-    done
-    [ ${#rows[@]} -gt 0 ] || printf '(no ladder rate was below the gateway'"'"'s wrk maximum)\n'
-    printf '%s\n' "ovh: the gateway's own overhead histogram (maas_gateway_overhead_seconds) over the" \
-        "same run, as the bucket bound in ms that the quantile falls under."
-    printf '\nHighest sustained rate through the gateway (kept >= 97%%, all 200, p99 <= %s ms): %s\n' \
+        done
+        printf '%s\n' "added: the path's percentile minus direct's. nginx-proxy: a second nginx that only proxies" \
+            "to the model server, the floor for one more hop on this machine. Steal: time the hypervisor" \
+            "gave the machine's CPUs to someone else (/proc/stat)."
+        echo
+    fi
+    if has_part ladder; then
+        printf 'Ladder (oha -q, %s connections, %s per run, direct then gateway), ms\n' \
+            "$rate_connections" "$ladder_duration"
+        printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "rate/s" "direct50" "direct99" \
+            "gw p50" "gw p99" "added50" "added99" "gw got/s" "non-200" "ovh p50" "ovh p99"
+        for row in "${rows[@]}"; do
+            IFS=$'\t' read -r rate _ d50 d99 d_bad _ _ g_rps g50 g99 g_bad o50 o99 <<<"$row"
+            printf '%8s | %9s %9s | %9s %9s | %9s %9s | %9s %8s | %8s %8s\n' "$rate" "$d50" "$d99" "$g50" "$g99" \
+                "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g50" "$d50")" \
+                "$(python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$g99" "$d99")" \
+                "$g_rps" "$((d_bad + g_bad))" "$o50" "$o99"
+        done
+        [ ${#rows[@]} -gt 0 ] || printf '(no ladder rate was below the gateway'"'"'s wrk maximum)\n'
+        printf '%s\n' "ovh: the gateway's own overhead histogram (maas_gateway_overhead_seconds) over the" \
+            "same run, as the bucket bound in ms that the quantile falls under."
+        echo
+    fi
+    printf 'Highest sustained rate through the gateway (kept >= 97%%, all 200, p99 <= %s ms): %s\n' \
         "$sustain_p99_ms" "${highest:-none of the rates tried}"
     printf '%s, %s cores (load average %s when measuring began); nginx %s worker(s) as the model\n' \
         "$(uname -sr)" "$(nproc --all)" "$load_at_start" "$nginx_workers"
