@@ -2,14 +2,25 @@
 //! passes chunks through as they arrive while it watches for the upstream's `usage`.
 
 use std::cell::RefCell;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use futures_util::Stream;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use maas_domain::ValidationError;
 use maas_domain::inference::UsageEvent;
 use maas_telemetry::names;
 
@@ -36,8 +47,18 @@ const NOT_FORWARDED: &[&str] = &[
     "cookie",
 ];
 
+/// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The upstream's answer: status, headers and a body that is read as it arrives.
+pub type UpstreamResponse = hyper::Response<Incoming>;
+
 /// The gateway's client for every model server: keep-alive pools per upstream host, so a warm
 /// call pays no connection, DNS or TLS set-up.
+///
+/// It is hyper-util's client with nothing on top: no redirects (a model server's redirect is
+/// passed to the caller as is), no proxy from the environment, no retries, and the URL parsed
+/// once per call.
 ///
 /// One `Upstream` serves the whole process, but it keeps the connections of each worker thread
 /// apart: a connection is driven by the runtime of the thread that opened it, and actix-web
@@ -46,86 +67,160 @@ const NOT_FORWARDED: &[&str] = &[
 /// connection, the response handed back), which on a busy machine is most of the proxy's tail
 /// latency. So each worker thread gets its own pool, built from the same settings on first use;
 /// `upstream.pool_max_idle_per_host` applies per worker thread.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Upstream {
     settings: UpstreamSettings,
     /// Tells this `Upstream`'s per-thread clients from those of another one (tests run several).
     id: u64,
-    /// Used on a thread where building a client of its own failed (it never has so far: the
-    /// settings were checked by building this one).
-    fallback: reqwest::Client,
+    /// TLS settings and the system's CA roots, loaded once and shared by every thread's client.
+    tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("settings", &self.settings)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's clients, by [`Upstream::id`].
-    static THREAD_CLIENTS: RefCell<Vec<(u64, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
+    static THREAD_CLIENTS: RefCell<Vec<(u64, HttpClient)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn build_client(settings: &UpstreamSettings) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
-        .read_timeout(Duration::from_secs(settings.timeout_seconds))
-        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+/// rustls with the ring provider and the system's CA roots. A system without any (a bare
+/// container image) still gets a client: plain-HTTP model servers work, HTTPS ones fail their
+/// handshake with an unknown-issuer error, which reaches the log of the failed call.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (valid, _invalid) = roots.add_parsable_certificates(found.certs);
+    if valid == 0 && !found.errors.is_empty() {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!("no usable CA certificates: {}", errors.join("; ")));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+fn build_client(settings: &UpstreamSettings, tls: &rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(settings.connect_timeout_seconds)));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
 }
 
 impl Upstream {
     /// A client with the configured timeouts and pool size.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (no usable TLS roots, say).
+    /// When the system's CA certificates exist but none of them can be used.
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
         Ok(Self {
-            fallback: build_client(settings)?,
+            tls: Arc::new(tls_config()?),
             settings: *settings,
             id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             timeout: Duration::from_secs(settings.timeout_seconds),
         })
     }
 
+    /// Longest wait for the response headers, and between two chunks of the body.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The calling thread's client (built on first use).
-    fn client(&self) -> reqwest::Client {
+    fn client(&self) -> HttpClient {
         THREAD_CLIENTS
             .try_with(|clients| {
                 let mut clients = clients.borrow_mut();
                 if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
                     return client.clone();
                 }
-                let client = build_client(&self.settings).unwrap_or_else(|_| self.fallback.clone());
+                let client = build_client(&self.settings, &self.tls);
                 clients.push((self.id, client.clone()));
                 client
             })
-            .unwrap_or_else(|_| self.fallback.clone())
+            // Only while the thread shuts down: a client of its own for this one call.
+            .unwrap_or_else(|_| build_client(&self.settings, &self.tls))
     }
 
     /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
+    ///
+    /// # Errors
+    /// [`ApiError::UpstreamTimeout`] past the timeout, [`ApiError::UpstreamUnreachable`] when no
+    /// connection could be made or it broke before the headers.
     pub async fn send(
         &self,
-        method: reqwest::Method,
-        url: &str,
-        headers: reqwest::header::HeaderMap,
+        method: Method,
+        uri: Uri,
+        headers: hyper::HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, ApiError> {
-        let request = self
-            .client()
-            .request(method, url)
-            .headers(headers)
-            .body(body);
-        match tokio::time::timeout(self.timeout, request.send()).await {
+    ) -> Result<UpstreamResponse, ApiError> {
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.timeout, self.client().request(request)).await {
             Err(_) => Err(ApiError::UpstreamTimeout),
-            Ok(Err(e)) if e.is_timeout() => Err(ApiError::UpstreamTimeout),
-            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable(e.to_string())),
+            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// `{endpoint_url}/{path}?{query}` as a request target. The fast path takes it as it is; a URL
+/// with characters a URI may not hold (a raw call's path with a space, say, which actix hands
+/// over decoded) is normalised by the WHATWG URL parser first, which percent-encodes them as a
+/// browser would.
+///
+/// # Errors
+/// A validation error naming `path` when even that gives no URI.
+pub fn upstream_uri(endpoint: &str, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    let url = upstream_url(endpoint, path, query);
+    if let Ok(uri) = Uri::try_from(url.as_str()) {
+        return Ok(uri);
+    }
+    url::Url::parse(&url)
+        .ok()
+        .and_then(|u| Uri::try_from(u.as_str()).ok())
+        .ok_or_else(|| {
+            ValidationError::new("path", "is not a valid URL path for the model server").into()
+        })
+}
+
+/// An error and its sources, one after the other (hyper-util's own message is only the kind).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 fn forwarded(name: &str, connection_listed: &[String]) -> bool {
@@ -147,37 +242,37 @@ pub fn request_headers(
     incoming: &HeaderMap,
     request_id: Option<&str>,
     upstream_key: Option<&str>,
-) -> reqwest::header::HeaderMap {
+) -> hyper::HeaderMap {
     let listed = connection_listed(
         incoming
             .get_all("connection")
             .filter_map(|v| v.to_str().ok().map(str::to_owned)),
     );
-    let mut out = reqwest::header::HeaderMap::new();
+    let mut out = hyper::HeaderMap::new();
     for (name, value) in incoming {
         if !forwarded(name.as_str(), &listed) || name.as_str() == "x-request-id" {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
-            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
-            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+            hyper::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            hyper::header::HeaderValue::from_bytes(value.as_bytes()),
         ) {
             out.append(name, value);
         }
     }
-    if let Some(id) = request_id.and_then(|id| reqwest::header::HeaderValue::from_str(id).ok()) {
+    if let Some(id) = request_id.and_then(|id| hyper::header::HeaderValue::from_str(id).ok()) {
         out.insert("x-request-id", id);
     }
-    if let Some(key) = upstream_key
-        .and_then(|k| reqwest::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
+    if let Some(key) =
+        upstream_key.and_then(|k| hyper::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
     {
-        out.insert(reqwest::header::AUTHORIZATION, key);
+        out.insert(hyper::header::AUTHORIZATION, key);
     }
     out
 }
 
 /// The upstream's headers that go back to the client (end-to-end ones only).
-pub fn response_headers(upstream: &reqwest::header::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+pub fn response_headers(upstream: &hyper::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     let listed = connection_listed(
         upstream
             .get_all("connection")
@@ -339,67 +434,107 @@ pub fn millis(d: Duration) -> i32 {
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// The upstream body, passed through chunk by chunk. Dropping it (the client went away) drops
-/// the upstream response, which cancels the upstream call.
-pub struct MeteredBody<S> {
-    inner: S,
+/// the upstream response, which cancels the upstream call. A body that sends nothing for
+/// `upstream.timeout_seconds` is cut off (the call is recorded with status 504).
+pub struct MeteredBody<B> {
+    inner: B,
     meter: Meter,
     /// The upstream's `Content-Length`, if it sent one.
     expected: Option<u64>,
     seen: u64,
+    /// Longest wait for the next chunk.
+    idle: Duration,
+    /// Armed when the body first waits; re-armed when it waits again after a chunk.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether a chunk came since the timer was last armed.
+    progressed: bool,
 }
 
-impl<S> MeteredBody<S> {
-    /// Wraps an upstream byte stream.
-    pub fn new(inner: S, meter: Meter) -> Self {
+impl<B: hyper::body::Body> MeteredBody<B> {
+    /// Wraps an upstream body that may send nothing for at most `idle` between two chunks. Its
+    /// exact length, when the upstream sent one, is kept: the call counts as complete once that
+    /// many bytes passed, even if the server drops the body before polling its end (it knows
+    /// the length, so it need not).
+    pub fn new(inner: B, meter: Meter, idle: Duration) -> Self {
         Self {
+            expected: inner.size_hint().exact(),
             inner,
             meter,
-            expected: None,
             seen: 0,
+            idle,
+            idle_timer: None,
+            progressed: false,
         }
     }
 
-    /// Wraps an upstream byte stream of `length` bytes: the call counts as complete once they
-    /// all passed, even if the server drops the body before polling its end (it knows the
-    /// length, so it need not).
-    pub fn sized(inner: S, meter: Meter, length: u64) -> Self {
-        Self {
-            inner,
-            meter,
-            expected: Some(length),
-            seen: 0,
-        }
+    /// The body's exact length, if the upstream sent one.
+    pub fn exact_length(&self) -> Option<u64> {
+        self.expected
+    }
+
+    /// Called when the upstream has nothing yet: arms the idle timer and tells whether it ran
+    /// out.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        let timer = match &mut self.idle_timer {
+            Some(timer) => {
+                if self.progressed {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => self
+                .idle_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.progressed = false;
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
-impl<S> Stream for MeteredBody<S>
+impl<B> Stream for MeteredBody<B>
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.meter.observe(&chunk);
-                this.seen = this.seen.saturating_add(chunk.len() as u64);
-                if this.expected.is_some_and(|n| this.seen >= n) {
-                    this.meter.finish(None);
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not passed on (actix-web's HTTP/1 writer has none).
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    this.progressed = true;
+                    this.meter.observe(&chunk);
+                    this.seen = this.seen.saturating_add(chunk.len() as u64);
+                    if this.expected.is_some_and(|n| this.seen >= n) {
+                        this.meter.finish(None);
+                    }
+                    Poll::Ready(Some(Ok(chunk)))
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.meter.finish(Some(502));
-                Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
-                    "the model server's response broke off: {e}"
-                )))))
-            }
-            Poll::Ready(None) => {
-                this.meter.finish(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.meter.finish(Some(502));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
+                        "the model server's response broke off: {e}"
+                    )))))
+                }
+                Poll::Ready(None) => {
+                    this.meter.finish(None);
+                    Poll::Ready(None)
+                }
+                Poll::Pending if this.idle_expired(cx) => {
+                    this.meter.finish(Some(504));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorGatewayTimeout(format!(
+                        "the model server sent nothing for {} s",
+                        this.idle.as_secs()
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }

@@ -45,6 +45,45 @@ async fn assert_openai_error(res: reqwest::Response, status: u16, code: &str) ->
     body
 }
 
+/// An app whose model servers get one second to answer (and between two chunks).
+async fn spawn_with_one_second_upstream_timeout() -> TestApp {
+    spawn_with(Options {
+        upstream: UpstreamSettings {
+            timeout_seconds: 1,
+            ..UpstreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await
+}
+
+/// Waits (bounded) for the gateway to drop the stub's stream: ordering, not speed.
+async fn assert_upstream_cancelled(stub: &Stub) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stub.was_cancelled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stub.was_cancelled(), "the upstream call was dropped");
+}
+
+/// `GET /api/v1/usage?group_by=model`, polled (bounded) until `complete` holds for it: usage is
+/// written in the background.
+async fn usage_by_model(app: &TestApp, complete: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: Value = app
+            .get("/api/v1/usage?group_by=model")
+            .await
+            .json()
+            .await
+            .expect("json");
+        if complete(&report) || Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_chat_completion_is_forwarded_as_is_and_answered_with_gateway_headers() {
     let app = spawn_app().await;
@@ -267,26 +306,14 @@ async fn a_client_that_disconnects_cancels_the_upstream_call() {
     assert!(String::from_utf8_lossy(&first).contains("data:"));
     assert!(!stub.was_cancelled());
     drop(body);
-    // Bounded wait for the cancellation to travel gateway → stub (ordering, not speed).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !stub.was_cancelled() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stub.was_cancelled(), "the upstream stream was dropped");
+    assert_upstream_cancelled(&stub).await;
     stub.stop().await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn upstream_failures_are_502_504_or_passed_through() {
-    let app = spawn_with(Options {
-        upstream: UpstreamSettings {
-            timeout_seconds: 1,
-            ..UpstreamSettings::default()
-        },
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_with_one_second_upstream_timeout().await;
     let stub = start_stub().await;
     servable(&app, &stub, "f").await;
     // Unreachable: nothing listens on port 1.
@@ -316,6 +343,38 @@ async fn upstream_failures_are_502_504_or_passed_through() {
 }
 
 #[tokio::test]
+async fn a_model_server_that_goes_quiet_mid_body_is_cut_off_after_the_timeout() {
+    let app = spawn_with_one_second_upstream_timeout().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "quiet").await;
+    // The headers come at once, the first chunk only after 3 s: longer than the timeout.
+    let res = chat(
+        &app,
+        json!({"model": "quiet:1", "stream": true, "stub_drip": true, "stub_drip_ms": 3000}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    // Bounded only so that a regression fails instead of hanging (the stub never ends).
+    let body = tokio::time::timeout(Duration::from_secs(60), res.bytes()).await;
+    let body = body.expect("the gateway ends the body; it does not wait for the model server");
+    if let Ok(body) = &body {
+        assert!(
+            !String::from_utf8_lossy(body).contains("data:"),
+            "the body broke off before any chunk"
+        );
+    }
+    assert_upstream_cancelled(&stub).await;
+    // Recorded as a failed call, whatever the client saw of it.
+    let report = usage_by_model(&app, |r| r["items"][0]["errors"].is_i64()).await;
+    assert_eq!(report["items"][0]["requests"], 1);
+    assert_eq!(report["items"][0]["errors"], 1);
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains("maas_upstream_duration_seconds_bucket{model=\"quiet\""));
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn raw_calls_forward_any_body_to_any_path_of_the_selected_version() {
     let app = spawn_app().await;
     let stub = start_stub().await;
@@ -339,6 +398,17 @@ async fn raw_calls_forward_any_body_to_any_path_of_the_selected_version() {
         stub.last().header("authorization"),
         Some("Bearer sk-upstream-1")
     );
+    // A path that arrives percent-encoded leaves percent-encoded, whatever it holds.
+    let res = app
+        .client
+        .post(app.url("/v1/models/raw/invoke/echo/a%20b/%C3%A9?version=1"))
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 200);
+    let echoed: Value = res.json().await.expect("json");
+    assert_eq!(echoed["path"], "/v1/echo/a%20b/%C3%A9");
 
     app.put_json("/api/v1/models/raw/aliases/prod", &json!({"version": 2}))
         .await;
@@ -405,23 +475,13 @@ async fn every_call_leaves_a_usage_event_with_tokens_and_members_see_only_their_
         .expect("POST");
     res.bytes().await.expect("body");
 
-    // Written in the background: poll (bounded) until all four calls are in.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let report = loop {
-        let report: Value = app
-            .get("/api/v1/usage?group_by=model")
-            .await
-            .json()
-            .await
-            .expect("json");
+    let report = usage_by_model(&app, |report| {
         let total: i64 = report["items"].as_array().map_or(0, |items| {
             items.iter().filter_map(|i| i["requests"].as_i64()).sum()
         });
-        if total >= 4 || Instant::now() > deadline {
-            break report;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        total >= 4
+    })
+    .await;
     let items = report["items"].as_array().expect("items");
     let metered = items
         .iter()

@@ -236,7 +236,7 @@ impl Cache for RedisCache {
             Ok((Some(value), _)) => {
                 self.record_success();
                 count_lookup(scope, cache_result::HIT);
-                CacheLookup::Hit(value)
+                CacheLookup::Hit(value.into())
             }
             Ok((None, generation)) => {
                 self.record_success();

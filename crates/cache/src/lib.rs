@@ -31,7 +31,7 @@
 //! }
 //!
 //! let bytes = match cache.lookup("model:llama", "v1").await {
-//!     CacheLookup::Hit(bytes) => bytes,
+//!     CacheLookup::Hit(cached) => cached.bytes().to_vec(),
 //!     CacheLookup::Miss(token) => {
 //!         let bytes = b"loaded from Postgres".to_vec();
 //!         cache.fill("model:llama", "v1", token, bytes.clone()).await;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use maas_domain::ports::{Cache, CacheLookup, FillToken};
+use maas_domain::ports::{Cache, CacheLookup, Cached, FillToken};
 use maas_telemetry::names::{self, cache_result};
 
 use crate::cache::count_lookup;
@@ -48,7 +48,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 struct Entry {
-    value: Arc<[u8]>,
+    /// The bytes and, once a reader decoded them, the decoded value.
+    value: Cached,
     expires_at: Instant,
 }
 
@@ -184,13 +185,13 @@ impl LocalStore {
         metrics::gauge!(names::CACHE_LOCAL_LIVE).set(0.0);
     }
 
-    fn get(&self, scope: &str, field: &str) -> Option<Arc<[u8]>> {
+    fn get(&self, scope: &str, field: &str) -> Option<Cached> {
         if !self.is_live() {
             return None;
         }
         let entries = self.entries.read().ok()?;
         let entry = entries.scopes.get(scope)?.get(field)?;
-        (entry.expires_at > Instant::now()).then(|| Arc::clone(&entry.value))
+        (entry.expires_at > Instant::now()).then(|| entry.value.clone())
     }
 
     /// The epoch to hand to [`insert`](Self::insert) after a read that starts now.
@@ -200,7 +201,7 @@ impl LocalStore {
 
     /// Stores a value read under `epoch`, unless anything was dropped since or the tier is not
     /// live.
-    fn insert(&self, epoch: u64, scope: &str, field: &str, value: &[u8]) {
+    fn insert(&self, epoch: u64, scope: &str, field: &str, value: &Cached) {
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
@@ -218,7 +219,7 @@ impl LocalStore {
         let previous = fields.insert(
             field.to_owned(),
             Entry {
-                value: Arc::from(value),
+                value: value.clone(),
                 expires_at: now + self.ttl,
             },
         );
@@ -263,7 +264,7 @@ impl Cache for NearCache {
     async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
         if let Some(value) = self.local.get(scope, field) {
             count_lookup(scope, cache_result::LOCAL_HIT);
-            return CacheLookup::Hit(value.to_vec());
+            return CacheLookup::Hit(value);
         }
         let epoch = self.local.epoch();
         let found = self.shared.lookup(scope, field).await;
@@ -404,21 +405,24 @@ mod tests {
         // An invalidation arrives while the read is in flight...
         store.drop_scope("model:a");
         // ...so what the read brings back may predate it.
-        store.insert(epoch, "model:a", "m", b"old");
+        store.insert(epoch, "model:a", "m", &Cached::from(&b"old"[..]));
         assert!(store.get("model:a", "m").is_none());
         // A read that began after it is kept.
         let epoch = store.epoch();
-        store.insert(epoch, "model:a", "m", b"new");
-        assert_eq!(store.get("model:a", "m").as_deref(), Some(&b"new"[..]));
+        store.insert(epoch, "model:a", "m", &Cached::from(&b"new"[..]));
+        assert_eq!(
+            store.get("model:a", "m").as_ref().map(Cached::bytes),
+            Some(&b"new"[..])
+        );
     }
 
     #[test]
     fn nothing_is_kept_or_served_while_not_live() {
         let store = LocalStore::new(Duration::from_secs(60), 10);
-        store.insert(store.epoch(), "model:a", "m", b"v");
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
         assert!(store.is_empty());
         store.go_live();
-        store.insert(store.epoch(), "model:a", "m", b"v");
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
         assert_eq!(store.len(), 1);
         store.go_dark();
         assert!(store.is_empty());
@@ -428,18 +432,18 @@ mod tests {
     #[test]
     fn going_live_again_starts_empty_and_voids_reads_in_flight() {
         let store = live_store(Duration::from_secs(60), 10);
-        store.insert(store.epoch(), "model:a", "m", b"v");
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
         let epoch = store.epoch();
         store.go_live();
         assert!(store.is_empty());
-        store.insert(epoch, "model:a", "n", b"v");
+        store.insert(epoch, "model:a", "n", &Cached::from(&b"v"[..]));
         assert!(store.is_empty());
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
         let store = live_store(Duration::from_millis(20), 10);
-        store.insert(store.epoch(), "model:a", "m", b"v");
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
         assert!(store.get("model:a", "m").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(store.get("model:a", "m").is_none());
@@ -448,27 +452,48 @@ mod tests {
     #[test]
     fn a_full_store_takes_no_more_until_entries_expire() {
         let store = live_store(Duration::from_millis(20), 2);
-        store.insert(store.epoch(), "model:a", "1", b"v");
-        store.insert(store.epoch(), "model:a", "2", b"v");
-        store.insert(store.epoch(), "model:b", "1", b"v");
+        store.insert(store.epoch(), "model:a", "1", &Cached::from(&b"v"[..]));
+        store.insert(store.epoch(), "model:a", "2", &Cached::from(&b"v"[..]));
+        store.insert(store.epoch(), "model:b", "1", &Cached::from(&b"v"[..]));
         assert_eq!(store.len(), 2);
         assert!(store.get("model:b", "1").is_none());
         // Overwriting a field does not count twice.
-        store.insert(store.epoch(), "model:a", "2", b"w");
+        store.insert(store.epoch(), "model:a", "2", &Cached::from(&b"w"[..]));
         assert_eq!(store.len(), 2);
         std::thread::sleep(Duration::from_millis(40));
-        store.insert(store.epoch(), "model:b", "1", b"v");
+        store.insert(store.epoch(), "model:b", "1", &Cached::from(&b"v"[..]));
         assert_eq!(store.len(), 1);
         assert!(store.get("model:b", "1").is_some());
+    }
+
+    #[test]
+    fn a_held_entry_is_decoded_once_for_all_its_readers() {
+        let store = live_store(Duration::from_secs(60), 10);
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"41"[..]));
+        let decodes = std::cell::Cell::new(0);
+        let decode = |bytes: &[u8]| {
+            decodes.set(decodes.get() + 1);
+            std::str::from_utf8(bytes).ok()?.parse::<u32>().ok()
+        };
+        for _ in 0..3 {
+            let cached = store.get("model:a", "m").expect("held");
+            assert_eq!(cached.decode(decode), Some(41));
+        }
+        assert_eq!(decodes.get(), 1);
+        // A new value for the field starts undecoded.
+        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"42"[..]));
+        let cached = store.get("model:a", "m").expect("held");
+        assert_eq!(cached.decode(decode), Some(42));
+        assert_eq!(decodes.get(), 2);
     }
 
     #[test]
     fn dropping_a_scope_drops_all_its_fields_and_only_them() {
         let store = live_store(Duration::from_secs(60), 10);
         for field in ["m", "v:1", "a:prod"] {
-            store.insert(store.epoch(), "model:a", field, b"v");
+            store.insert(store.epoch(), "model:a", field, &Cached::from(&b"v"[..]));
         }
-        store.insert(store.epoch(), "model:b", "m", b"v");
+        store.insert(store.epoch(), "model:b", "m", &Cached::from(&b"v"[..]));
         store.drop_scope("model:a");
         assert_eq!(store.len(), 1);
         assert!(store.get("model:b", "m").is_some());

@@ -75,7 +75,10 @@ async fn a_filled_value_is_a_hit_with_the_same_bytes() {
     let token = miss_token(&cache, "model:a", "v1").await;
     cache.fill("model:a", "v1", token, value.clone()).await;
 
-    assert_eq!(cache.lookup("model:a", "v1").await, CacheLookup::Hit(value));
+    assert_eq!(
+        cache.lookup("model:a", "v1").await,
+        CacheLookup::Hit(value.into())
+    );
     assert!(
         matches!(cache.lookup("model:a", "v2").await, CacheLookup::Miss(_)),
         "another field of the scope stays a miss"
@@ -107,7 +110,7 @@ async fn invalidating_a_scope_drops_every_field_of_it_and_nothing_else() {
     ));
     assert_eq!(
         reader.lookup("model:b", "v1").await,
-        CacheLookup::Hit(b"cached".to_vec())
+        CacheLookup::Hit(b"cached".to_vec().into())
     );
 
     redis.cleanup().await.expect("clean up");
@@ -149,7 +152,7 @@ async fn a_fill_with_a_token_from_after_the_invalidation_is_stored() {
 
     assert_eq!(
         cache.lookup("model:a", "v1").await,
-        CacheLookup::Hit(b"new row".to_vec())
+        CacheLookup::Hit(b"new row".to_vec().into())
     );
 
     redis.cleanup().await.expect("clean up");
@@ -236,7 +239,7 @@ async fn a_connection_killed_under_the_cache_is_replaced_without_a_bypass() {
 
     assert_eq!(
         cache.lookup("model:a", "v1").await,
-        CacheLookup::Hit(b"row".to_vec())
+        CacheLookup::Hit(b"row".to_vec().into())
     );
     assert!(pooled.is_condemned(), "the dead connection left the pool");
     assert!(!cache.is_bypassing());

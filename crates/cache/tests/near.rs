@@ -78,7 +78,7 @@ async fn store_and_warm(cache: &NearCache, field: &str, value: &[u8]) {
         panic!("expected a first miss");
     };
     cache.fill(SCOPE, field, token, value.to_vec()).await;
-    assert!(matches!(cache.lookup(SCOPE, field).await, CacheLookup::Hit(v) if v == value));
+    assert!(matches!(cache.lookup(SCOPE, field).await, CacheLookup::Hit(v) if v.bytes() == value));
 }
 
 /// Deletes the scope's hash in Redis behind every cache's back: from then on, only the local
@@ -114,7 +114,7 @@ async fn a_value_read_from_redis_is_then_served_from_the_process() {
     assert_eq!(a.local.len(), 1);
     delete_behind_the_back(&redis, &shared_key(&redis)).await;
     assert!(
-        matches!(a.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v == b"one"),
+        matches!(a.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v.bytes() == b"one"),
         "the process still has it, without asking Redis"
     );
     let counters = CounterSnapshot::take(&snapshotter);
@@ -137,7 +137,7 @@ async fn an_invalidation_on_one_replica_reaches_the_other() {
     let a = live_replica(&redis).await;
     let b = live_replica(&redis).await;
     store_and_warm(&a.cache, "v", b"old").await;
-    assert!(matches!(b.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v == b"old"));
+    assert!(matches!(b.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v.bytes() == b"old"));
     assert_eq!(b.local.len(), 1, "B keeps it in its process");
     let before = a.local.invalidations_received();
 
@@ -181,7 +181,9 @@ async fn other_scopes_stay_when_one_is_invalidated() {
     a.cache.invalidate(other).await;
     assert_eq!(a.local.len(), 1);
     delete_behind_the_back(&redis, &shared_key(&redis)).await;
-    assert!(matches!(a.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v == b"kept"));
+    assert!(
+        matches!(a.cache.lookup(SCOPE, "v").await, CacheLookup::Hit(v) if v.bytes() == b"kept")
+    );
     drop(a);
     redis.cleanup().await.expect("cleanup");
 }

@@ -130,8 +130,10 @@ impl Accounts {
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
         let scope = key_scope(hash);
         let token = match self.cache.lookup(&scope, "k").await {
-            CacheLookup::Hit(bytes) => {
-                if let Ok(record) = serde_json::from_slice::<Option<KeyRecord>>(&bytes) {
+            CacheLookup::Hit(cached) => {
+                let decoded =
+                    cached.decode(|bytes| serde_json::from_slice::<Option<KeyRecord>>(bytes).ok());
+                if let Some(record) = decoded {
                     return Ok(record);
                 }
                 Some(crate::ports::FillToken(None))

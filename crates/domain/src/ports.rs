@@ -1,6 +1,9 @@
 //! Ports: the traits that storage, cache and health adapters implement. The domain and the api
 //! see only these; adapters live in other crates.
 
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -97,11 +100,88 @@ pub trait RegistryRepository: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FillToken(pub Option<String>);
 
+/// A cached value: its bytes, and beside them a slot for the value decoded from them.
+///
+/// An in-process tier hands out the same `Cached` for as long as it holds the entry, so a hot
+/// entry is decoded once instead of on every read ([`decode`](Self::decode)); the decoded value
+/// lives and dies with the bytes, so it is exactly as fresh as they are. A value fetched over
+/// the network comes with an empty slot of its own.
+#[derive(Clone)]
+pub struct Cached {
+    bytes: Arc<[u8]>,
+    decoded: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Cached {
+    /// A value with nothing decoded yet.
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            decoded: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The serialized value.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The value as a `T`: `decode` runs on the bytes the first time, and later calls (on this
+    /// `Cached` or its clones) get a copy of what it gave. `None` when `decode` fails. A value
+    /// decoded as another type before is decoded afresh and not kept.
+    pub fn decode<T, F>(&self, decode: F) -> Option<T>
+    where
+        T: Any + Clone + Send + Sync,
+        F: FnOnce(&[u8]) -> Option<T>,
+    {
+        if let Some(value) = self.decoded.get() {
+            return match value.downcast_ref::<T>() {
+                Some(value) => Some(value.clone()),
+                None => decode(&self.bytes),
+            };
+        }
+        let value = decode(&self.bytes)?;
+        // A concurrent reader may have stored its own copy first; both decoded the same bytes.
+        let _ = self.decoded.set(Arc::new(value.clone()));
+        Some(value)
+    }
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("bytes", &String::from_utf8_lossy(&self.bytes))
+            .field("decoded", &self.decoded.get().is_some())
+            .finish()
+    }
+}
+
+/// Two values are equal when their bytes are.
+impl PartialEq for Cached {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Cached {}
+
+impl From<Vec<u8>> for Cached {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::new(bytes)
+    }
+}
+
+impl From<&[u8]> for Cached {
+    fn from(bytes: &[u8]) -> Self {
+        Self::new(bytes)
+    }
+}
+
 /// What a cache lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheLookup {
-    /// The cached bytes.
-    Hit(Vec<u8>),
+    /// The cached value.
+    Hit(Cached),
     /// Not cached; fill with this token after loading.
     Miss(FillToken),
     /// The cache is off, down or too slow: go to the source and do not fill.
@@ -252,4 +332,32 @@ pub trait UsageRepository: Send + Sync {
     async fn insert_usage(&self, events: &[UsageEvent]) -> Result<(), RepoError>;
     /// Aggregates events per the query's grouping, ordered by group.
     async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_value_is_decoded_once_and_shared_by_its_clones() {
+        let cached = Cached::from(b"7".to_vec());
+        let copy = cached.clone();
+        let calls = std::cell::Cell::new(0);
+        let as_number = |bytes: &[u8]| {
+            calls.set(calls.get() + 1);
+            std::str::from_utf8(bytes).ok()?.parse::<i64>().ok()
+        };
+        assert_eq!(cached.decode(as_number), Some(7));
+        assert_eq!(copy.decode(as_number), Some(7));
+        assert_eq!(calls.get(), 1);
+        // Another type is decoded afresh each time, and does not replace the kept value.
+        let as_text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
+        assert_eq!(copy.decode(as_text), Some("7".to_owned()));
+        assert_eq!(cached.decode(as_number), Some(7));
+        assert_eq!(calls.get(), 1);
+        // A failed decode keeps nothing, and a later one may still succeed.
+        let fresh = Cached::from(b"x".to_vec());
+        assert_eq!(fresh.decode(as_number), None);
+        assert_eq!(fresh.decode(as_text), Some("x".to_owned()));
+    }
 }

@@ -38,16 +38,18 @@ impl Registry {
 
     async fn cached<T, F>(&self, model: &ModelName, field: &str, load: F) -> Result<T, DomainError>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: Future<Output = Result<T, DomainError>>,
     {
         let scope = scope(model);
         let token = match self.cache.lookup(&scope, field).await {
-            CacheLookup::Hit(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(value) => return Ok(value),
-                // An entry from an incompatible build: reload and overwrite it.
-                Err(_) => Some(crate::ports::FillToken(None)),
-            },
+            CacheLookup::Hit(cached) => {
+                match cached.decode(|bytes| serde_json::from_slice(bytes).ok()) {
+                    Some(value) => return Ok(value),
+                    // An entry from an incompatible build: reload and overwrite it.
+                    None => Some(crate::ports::FillToken(None)),
+                }
+            }
             CacheLookup::Miss(token) => Some(token),
             CacheLookup::Bypass => None,
         };

@@ -21,7 +21,7 @@ use crate::auth::Actor;
 use crate::error::{ApiError, OpenAiError};
 use crate::extract::{content_length, is_json, read_body};
 use crate::middleware::{RequestStarted, current_request_id};
-use crate::proxy::{Meter, MeteredBody, millis, request_headers, response_headers, upstream_url};
+use crate::proxy::{Meter, MeteredBody, millis, request_headers, response_headers, upstream_uri};
 use crate::state::AppState;
 
 /// An entry of `GET /v1/models` (OpenAI's model object).
@@ -93,7 +93,7 @@ impl Call<'_> {
     async fn forward(
         &self,
         version: &ModelVersion,
-        method: reqwest::Method,
+        method: hyper::Method,
         path: &str,
         query: Option<&str>,
         body: Bytes,
@@ -103,14 +103,15 @@ impl Call<'_> {
             let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
             return Err(self.failed(Some(number), ApiError::Domain(err)));
         };
-        let url = upstream_url(endpoint.as_str(), path, query);
+        let uri = upstream_uri(endpoint.as_str(), path, query)
+            .map_err(|e| self.failed(Some(number), e))?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
             version.upstream_api_key.as_ref().map(|k| k.expose()),
         );
         let upstream_started = Instant::now();
-        let sent = self.state.upstream.send(method, &url, headers, body).await;
+        let sent = self.state.upstream.send(method, uri, headers, body).await;
         let model = version.model.as_str().to_owned();
         let response = match sent {
             Ok(response) => response,
@@ -134,7 +135,7 @@ impl Call<'_> {
 
         let sse = response
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         let mut out = HttpResponse::build(
@@ -162,16 +163,12 @@ impl Call<'_> {
             sse,
             self.state.usage_queue.clone(),
         );
+        let body = MeteredBody::new(response.into_body(), meter, self.state.upstream.timeout());
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
         // framing, and the answer usually leaves in one write. Still streamed, never buffered.
-        let length = response.content_length().filter(|_| !sse);
-        let stream = Box::pin(response.bytes_stream());
-        Ok(match length {
-            Some(length) => out.body(actix_web::body::SizedStream::new(
-                length,
-                MeteredBody::sized(stream, meter, length),
-            )),
-            None => out.streaming(MeteredBody::new(stream, meter)),
+        Ok(match body.exact_length().filter(|_| !sse) {
+            Some(length) => out.body(actix_web::body::SizedStream::new(length, body)),
+            None => out.streaming(body),
         })
     }
 }
@@ -230,7 +227,7 @@ async fn openai(
         model: target.model.as_str().to_owned(),
     };
     let version = call.resolve(&target).await?;
-    call.forward(&version, reqwest::Method::POST, path, None, body)
+    call.forward(&version, hyper::Method::POST, path, None, body)
         .await
 }
 
@@ -352,7 +349,7 @@ pub async fn invoke(
         model: target.model.as_str().to_owned(),
     };
     let version = call.resolve(&target).await?;
-    call.forward(&version, reqwest::Method::POST, &rest, Some(&query), body)
+    call.forward(&version, hyper::Method::POST, &rest, Some(&query), body)
         .await
 }
 

@@ -1,6 +1,7 @@
 //! An OpenAI-compatible model server for the tests, on a free port, that the test steers through
 //! fields of the request body (which the gateway forwards untouched): `stub_delay_ms`,
-//! `stub_status`, `stub_drip` (an endless slow stream, to see cancellation).
+//! `stub_status`, `stub_drip` (an endless slow stream, to see cancellation) with `stub_drip_ms`
+//! between its chunks (50 by default).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,9 +126,10 @@ async fn handle(
     }
     let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10});
     if request["stub_drip"].as_bool() == Some(true) {
+        let every = Duration::from_millis(request["stub_drip_ms"].as_u64().unwrap_or(50));
         let guard = DripGuard(shared.get_ref().clone());
-        let stream = futures_util::stream::unfold((0_u64, guard), |(n, guard)| async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let stream = futures_util::stream::unfold((0_u64, guard), move |(n, guard)| async move {
+            tokio::time::sleep(every).await;
             let chunk = format!("data: {{\"n\":{n}}}\n\n");
             Some((
                 Ok::<_, actix_web::Error>(web::Bytes::from(chunk)),
