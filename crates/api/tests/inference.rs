@@ -432,6 +432,34 @@ async fn raw_calls_forward_any_body_to_any_path_of_the_selected_version() {
 }
 
 #[tokio::test]
+async fn a_model_server_named_by_host_name_is_found_by_name_resolution() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    app.create_model("named").await;
+    let endpoint = stub.base.replace("127.0.0.1", "localhost");
+    let res = app
+        .post_json(
+            "/api/v1/models/named/versions",
+            &json!({"source_uri": "s3://m/1", "endpoint_url": endpoint}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = chat(&app, json!({"model": "named", "messages": []})).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(stub.last().path, "/v1/chat/completions");
+    assert!(
+        stub.last()
+            .header("host")
+            .is_some_and(|h| h.starts_with("localhost:")),
+        "the model server sees its own name as Host"
+    );
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn v1_routes_need_a_key_and_refuse_in_openai_shape() {
     let app = spawn_app().await;
     let res = app
