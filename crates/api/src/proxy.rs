@@ -95,14 +95,18 @@ thread_local! {
 
 /// rustls with the ring provider and the system's CA roots. A system without any (a bare
 /// container image) still gets a client: plain-HTTP model servers work, HTTPS ones fail their
-/// handshake with an unknown-issuer error, which reaches the log of the failed call.
+/// handshake with an unknown-issuer error, which reaches the log of the failed call. A system
+/// whose certificates are there but none of them usable is a start-up error.
 fn tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
-    let (valid, _invalid) = roots.add_parsable_certificates(found.certs);
-    if valid == 0 && !found.errors.is_empty() {
+    let (valid, invalid) = roots.add_parsable_certificates(found.certs);
+    if valid == 0 && (invalid > 0 || !found.errors.is_empty()) {
         let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(format!("no usable CA certificates: {}", errors.join("; ")));
+        return Err(format!(
+            "none of the system's CA certificates is usable ({invalid} unparsable): {}",
+            errors.join("; ")
+        ));
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -472,23 +476,20 @@ impl<B: hyper::body::Body> MeteredBody<B> {
         self.expected
     }
 
-    /// Called when the upstream has nothing yet: arms the idle timer and tells whether it ran
-    /// out.
+    /// Called when the upstream has nothing yet: (re)arms the idle timer if a chunk came since
+    /// it was last armed, and tells whether it ran out.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + self.idle;
-        let timer = match &mut self.idle_timer {
-            Some(timer) => {
-                if self.progressed {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
+        if self.progressed || self.idle_timer.is_none() {
+            let deadline = tokio::time::Instant::now() + self.idle;
+            match &mut self.idle_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            None => self
-                .idle_timer
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        self.progressed = false;
-        timer.as_mut().poll(cx).is_ready()
+            self.progressed = false;
+        }
+        self.idle_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 }
 
