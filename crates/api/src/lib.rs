@@ -21,6 +21,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod meters;
 pub mod middleware;
 pub mod openapi;
 pub mod proxy;

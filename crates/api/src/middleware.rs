@@ -7,9 +7,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
-use maas_telemetry::names;
 
 use crate::error::ErrorDetail;
+use crate::meters;
 use crate::state::AppState;
 
 /// The header carrying the request id, in both directions.
@@ -44,7 +44,7 @@ struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).increment(1.0);
+        meters::add_in_flight(1.0);
         Self
     }
 }
@@ -52,7 +52,7 @@ impl InFlight {
 impl Drop for InFlight {
     // Runs even when the client goes away and the request future is dropped.
     fn drop(&mut self) {
-        metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT).decrement(1.0);
+        meters::add_in_flight(-1.0);
     }
 }
 
@@ -77,19 +77,18 @@ pub async fn request_context(
         .request()
         .match_pattern()
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let method = response.request().method().as_str().to_owned();
-
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL,
-        "method" => method.clone(), "route" => route.clone(), "status" => status.as_str().to_owned())
-    .increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
-        "method" => method.clone(), "route" => route.clone())
-    .record(elapsed.as_secs_f64());
+    meters::record_request(
+        response.request().method(),
+        &route,
+        status.as_u16(),
+        elapsed,
+    );
 
     if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
         let log = &state.logger;
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        let path = response.request().path().to_owned();
+        let method = response.request().method().as_str();
+        let path = response.request().path();
         let error = response
             .response()
             .extensions()
@@ -97,11 +96,11 @@ pub async fn request_context(
             .map(|d| d.0.clone());
         if status.is_server_error() {
             slog::error!(log, "request";
-                "request_id" => &id, "method" => &method, "route" => &route, "path" => path,
+                "request_id" => &id, "method" => method, "route" => &route, "path" => path,
                 "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
         } else {
             slog::info!(log, "request";
-                "request_id" => &id, "method" => &method, "route" => &route, "path" => path,
+                "request_id" => &id, "method" => method, "route" => &route, "path" => path,
                 "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
         }
     }

@@ -22,9 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use maas_domain::ValidationError;
 use maas_domain::inference::UsageEvent;
-use maas_telemetry::names;
 
 use crate::error::ApiError;
+use crate::meters;
 use crate::settings::UpstreamSettings;
 use crate::usage::UsageQueue;
 
@@ -203,11 +203,11 @@ impl Upstream {
 /// # Errors
 /// A validation error naming `path` when even that gives no URI.
 pub fn upstream_uri(endpoint: &str, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-    let url = upstream_url(endpoint, path, query);
-    if let Ok(uri) = Uri::try_from(url.as_str()) {
+    // Taking the `String` keeps its buffer: no copy.
+    if let Ok(uri) = Uri::try_from(upstream_url(endpoint, path, query)) {
         return Ok(uri);
     }
-    url::Url::parse(&url)
+    url::Url::parse(&upstream_url(endpoint, path, query))
         .ok()
         .and_then(|u| Uri::try_from(u.as_str()).ok())
         .ok_or_else(|| {
@@ -227,18 +227,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-fn forwarded(name: &str, connection_listed: &[String]) -> bool {
-    !NOT_FORWARDED.contains(&name) && !connection_listed.iter().any(|c| c == name)
-}
-
-fn connection_listed(headers: impl Iterator<Item = String>) -> Vec<String> {
-    headers
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
+/// Whether a header goes on: not hop-by-hop, not the gateway's own, and not named by one of
+/// the message's `Connection` values (`connection`, compared without regard to case, as header
+/// names are).
+fn forwarded(name: &str, connection: &[&[u8]]) -> bool {
+    !NOT_FORWARDED.contains(&name)
+        && !connection.iter().any(|value| {
+            value
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
         })
-        .collect()
 }
 
 /// The client's headers that go upstream: end-to-end ones only, never its credentials.
@@ -247,14 +245,14 @@ pub fn request_headers(
     request_id: Option<&str>,
     upstream_key: Option<&str>,
 ) -> hyper::HeaderMap {
-    let listed = connection_listed(
-        incoming
-            .get_all("connection")
-            .filter_map(|v| v.to_str().ok().map(str::to_owned)),
-    );
+    // Collected once (no allocation when there is none, the usual case over HTTP/1.1).
+    let connection: Vec<&[u8]> = incoming
+        .get_all(actix_web::http::header::CONNECTION)
+        .map(HeaderValue::as_bytes)
+        .collect();
     let mut out = hyper::HeaderMap::new();
     for (name, value) in incoming {
-        if !forwarded(name.as_str(), &listed) || name.as_str() == "x-request-id" {
+        if !forwarded(name.as_str(), &connection) || name.as_str() == "x-request-id" {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -276,24 +274,24 @@ pub fn request_headers(
 }
 
 /// The upstream's headers that go back to the client (end-to-end ones only).
-pub fn response_headers(upstream: &hyper::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    let listed = connection_listed(
-        upstream
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned)),
-    );
+pub fn response_headers(
+    upstream: &hyper::HeaderMap,
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    let connection: Vec<&[u8]> = upstream
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .map(hyper::header::HeaderValue::as_bytes)
+        .collect();
     upstream
         .iter()
-        .filter(|(name, _)| forwarded(name.as_str(), &listed) && name.as_str() != "set-cookie")
-        .filter(|(name, _)| name.as_str() != "x-request-id")
+        .filter(move |(name, _)| forwarded(name.as_str(), &connection))
+        .filter(|(name, _)| name.as_str() != "set-cookie" && name.as_str() != "x-request-id")
         .filter_map(|(name, value)| {
             Some((
                 HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
                 HeaderValue::from_bytes(value.as_bytes()).ok()?,
             ))
         })
-        .collect()
 }
 
 /// `{endpoint_url}/{path}`, with exactly one slash between them.
@@ -316,18 +314,17 @@ const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
 /// Watches a response body for the OpenAI `usage` object, and records the call when the body
 /// ends, fails, or is dropped because the client went away.
 pub struct Meter {
-    /// The event to record; tokens and times are filled in at the end.
-    pub event: UsageEvent,
+    /// The event to record, with tokens and times filled in at the end; `None` once recorded.
+    event: Option<UsageEvent>,
     /// When the gateway received the request.
-    pub started: Instant,
+    started: Instant,
     /// When the request was sent upstream.
-    pub upstream_started: Instant,
+    upstream_started: Instant,
     /// Whether the body is server-sent events.
-    pub sse: bool,
+    sse: bool,
     /// Where the event goes.
-    pub queue: UsageQueue,
+    queue: UsageQueue,
     buffer: Vec<u8>,
-    recorded: bool,
 }
 
 impl Meter {
@@ -340,14 +337,18 @@ impl Meter {
         queue: UsageQueue,
     ) -> Self {
         Self {
-            event,
+            event: Some(event),
             started,
             upstream_started,
             sse,
             queue,
             buffer: Vec::new(),
-            recorded: false,
         }
+    }
+
+    /// The event as it stands, until it is recorded.
+    pub fn event(&self) -> Option<&UsageEvent> {
+        self.event.as_ref()
     }
 
     fn observe(&mut self, chunk: &[u8]) {
@@ -381,51 +382,72 @@ impl Meter {
         let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice::<WithUsage>(json) else {
             return;
         };
-        if let Some(n) = usage["prompt_tokens"].as_i64() {
-            self.event.prompt_tokens = Some(n);
+        let Some(event) = &mut self.event else {
+            return;
+        };
+        if let Some(n) = usage.prompt_tokens.0 {
+            event.prompt_tokens = Some(n);
         }
-        if let Some(n) = usage["completion_tokens"].as_i64() {
-            self.event.completion_tokens = Some(n);
+        if let Some(n) = usage.completion_tokens.0 {
+            event.completion_tokens = Some(n);
         }
     }
 
     /// Records the call once; `status` overrides the event's when the body broke off.
     fn finish(&mut self, status: Option<u16>) {
-        if self.recorded {
+        if self.event.is_none() {
             return;
         }
-        self.recorded = true;
         if !self.sse && !self.buffer.is_empty() {
             let body = std::mem::take(&mut self.buffer);
             self.take_usage(&body);
         }
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
         if let Some(status) = status {
-            self.event.status = status;
+            event.status = status;
         }
         let upstream = self.upstream_started.elapsed();
-        self.event.upstream_ms = Some(millis(upstream));
-        self.event.latency_ms = millis(self.started.elapsed());
-        let model = self.event.model.clone();
-        metrics::histogram!(names::UPSTREAM_DURATION_SECONDS, "model" => model.clone())
-            .record(upstream.as_secs_f64());
-        if let Some(n) = self.event.prompt_tokens {
-            metrics::counter!(names::TOKENS_TOTAL, "model" => model.clone(), "kind" => "prompt")
-                .increment(n.max(0).unsigned_abs());
-        }
-        if let Some(n) = self.event.completion_tokens {
-            metrics::counter!(names::TOKENS_TOTAL, "model" => model, "kind" => "completion")
-                .increment(n.max(0).unsigned_abs());
-        }
-        self.queue.push(self.event.clone());
+        event.upstream_ms = Some(millis(upstream));
+        event.latency_ms = millis(self.started.elapsed());
+        meters::record_upstream(
+            &event.model,
+            upstream,
+            event.prompt_tokens,
+            event.completion_tokens,
+        );
+        self.queue.push(event);
     }
 }
 
-/// The part of an upstream answer the meter reads. `usage` stays loosely typed: a field of an
-/// unexpected type there must not cost the other one.
+/// The part of an upstream answer the meter reads; everything else is skipped unread.
 #[derive(serde::Deserialize)]
 struct WithUsage {
     #[serde(default)]
-    usage: Option<serde_json::Value>,
+    usage: Option<UsageCounts>,
+}
+
+/// OpenAI's `usage` object, the two counts the gateway keeps (its other fields are skipped).
+#[derive(serde::Deserialize)]
+struct UsageCounts {
+    #[serde(default)]
+    prompt_tokens: Count,
+    #[serde(default)]
+    completion_tokens: Count,
+}
+
+/// A token count, or `None` when the field holds anything but an integer: a field of an
+/// unexpected type must not cost the other one.
+#[derive(Default)]
+struct Count(Option<i64>);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A number deserialises into a `Value` without allocating; anything else is dropped.
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+        Ok(Self(value.as_i64()))
+    }
 }
 
 /// Milliseconds, saturating at `i32::MAX`.
@@ -556,7 +578,8 @@ mod tests {
         let event = crate::usage::tests::event();
         let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
         meter.take_usage(body);
-        (meter.event.prompt_tokens, meter.event.completion_tokens)
+        let event = meter.event().expect("not recorded yet");
+        (event.prompt_tokens, event.completion_tokens)
     }
 
     #[test]
@@ -566,6 +589,9 @@ mod tests {
         assert_eq!(tokens_of(answer), (Some(12), Some(34)));
         let usage_first = br#"{"usage":{"completion_tokens":5},"choices":[]}"#;
         assert_eq!(tokens_of(usage_first), (None, Some(5)));
+        let detailed = br#"{"usage":{"prompt_tokens_details":{"cached_tokens":2},"prompt_tokens":7,
+            "total_tokens":9,"completion_tokens":2,"completion_tokens_details":null}}"#;
+        assert_eq!(tokens_of(detailed), (Some(7), Some(2)));
     }
 
     #[test]
@@ -573,6 +599,14 @@ mod tests {
         assert_eq!(
             tokens_of(br#"{"usage":{"prompt_tokens":"many","completion_tokens":3}}"#),
             (None, Some(3))
+        );
+        assert_eq!(
+            tokens_of(br#"{"usage":{"prompt_tokens":{"n":1},"completion_tokens":2.5}}"#),
+            (None, None)
+        );
+        assert_eq!(
+            tokens_of(br#"{"usage":{"prompt_tokens":[1],"completion_tokens":4}}"#),
+            (None, Some(4))
         );
         for body in [
             &br#"{"usage":null}"#[..],
@@ -589,6 +623,42 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn upstream_hop_by_hop_headers_and_cookies_stay_behind() {
+        let mut upstream = hyper::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close"),
+            ("connection", "X-Upstream-Hop"),
+            ("x-upstream-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "session=1"),
+            ("x-request-id", "theirs"),
+            ("content-type", "application/json"),
+            ("openai-processing-ms", "12"),
+            ("openai-processing-ms", "13"),
+        ] {
+            upstream.append(
+                hyper::header::HeaderName::from_static(k),
+                hyper::header::HeaderValue::from_static(v),
+            );
+        }
+        let out: Vec<(String, String)> = response_headers(&upstream)
+            .map(|(name, value)| {
+                let value = value.to_str().map(str::to_owned).unwrap_or_default();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            out,
+            vec![
+                pair("content-type", "application/json"),
+                pair("openai-processing-ms", "12"),
+                pair("openai-processing-ms", "13"),
+            ]
+        );
     }
 
     #[test]
@@ -609,7 +679,7 @@ mod tests {
         for (k, v) in [
             ("authorization", "Bearer maas_client"),
             ("x-api-key", "maas_client"),
-            ("connection", "keep-alive, x-custom-hop"),
+            ("connection", "keep-alive, X-Custom-Hop"),
             ("x-custom-hop", "1"),
             ("keep-alive", "timeout=5"),
             ("content-type", "application/json"),

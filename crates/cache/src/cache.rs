@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use maas_domain::ports::{Cache, CacheLookup, FillToken};
+use maas_telemetry::metrics::{HandleMemo, memoised};
 use maas_telemetry::names::{self, cache_result};
 use redis::{RedisError, Script};
 
@@ -198,12 +199,21 @@ fn scope_kind(scope: &str) -> &str {
     scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
 }
 
+thread_local! {
+    /// This thread's [`names::CACHE_REQUESTS_TOTAL`] handles by kind and result.
+    static LOOKUP_COUNTERS: HandleMemo<(String, &'static str), metrics::Counter> =
+        const { HandleMemo::new() };
+}
+
 /// Counts a lookup of `scope` in [`names::CACHE_REQUESTS_TOTAL`] (also for [`crate::near`]).
+/// The handle comes from the recorder in effect when the thread first counts that label set.
 pub(crate) fn count_lookup(scope: &str, result: &'static str) {
-    metrics::counter!(
-        names::CACHE_REQUESTS_TOTAL,
-        "kind" => scope_kind(scope).to_owned(),
-        "result" => result
+    let kind = scope_kind(scope);
+    memoised(
+        &LOOKUP_COUNTERS,
+        |(k, r)| k == kind && *r == result,
+        || (kind.to_owned(), result),
+        || metrics::counter!(names::CACHE_REQUESTS_TOTAL, "kind" => kind.to_owned(), "result" => result),
     )
     .increment(1);
 }

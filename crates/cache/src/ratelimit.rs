@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use maas_domain::ports::{RateDecision, RateLimit, RateLimiter};
+use maas_telemetry::metrics::{HandleMemo, memoised};
 use maas_telemetry::names::{self, rate_limit_decision};
 use redis::Script;
 use uuid::Uuid;
@@ -402,8 +403,22 @@ fn decision(reply: ScriptReply) -> RateDecision {
     }
 }
 
+thread_local! {
+    /// This thread's decision counters (three at most).
+    static DECISION_COUNTERS: HandleMemo<&'static str, metrics::Counter> =
+        const { HandleMemo::new() };
+}
+
+/// Counts a decision in [`names::RATE_LIMIT_DECISIONS_TOTAL`]. The handle comes from the
+/// recorder in effect when the thread first counts that decision.
 fn count(decision: &'static str) {
-    metrics::counter!(names::RATE_LIMIT_DECISIONS_TOTAL, "decision" => decision).increment(1);
+    memoised(
+        &DECISION_COUNTERS,
+        |d| *d == decision,
+        || decision,
+        || metrics::counter!(names::RATE_LIMIT_DECISIONS_TOTAL, "decision" => decision),
+    )
+    .increment(1);
 }
 
 #[async_trait]

@@ -1,5 +1,6 @@
 //! Inference routing: which version a call goes to, and the usage it leaves behind.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -130,8 +131,8 @@ pub struct UsageEvent {
     pub model: String,
     /// The version that served it, if one was resolved.
     pub version: Option<i32>,
-    /// The gateway route pattern (`/v1/chat/completions`, …).
-    pub route: String,
+    /// The gateway route pattern (`/v1/chat/completions`, …); the gateway's own are static.
+    pub route: Cow<'static, str>,
     /// HTTP status returned to the client.
     pub status: u16,
     /// Total time in the gateway, in milliseconds.

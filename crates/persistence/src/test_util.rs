@@ -400,7 +400,7 @@ pub fn usage_event(
         user_id,
         model: model.to_owned(),
         version: Some(1),
-        route: "/v1/chat/completions".to_owned(),
+        route: "/v1/chat/completions".into(),
         status: 200,
         latency_ms: 10,
         upstream_ms: Some(8),

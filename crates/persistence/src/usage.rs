@@ -136,7 +136,7 @@ impl UsageRepository for PgUsageRepository {
                 .bind::<Array<Uuid>, _>(column(events, |e| e.user_id))
                 .bind::<Array<Text>, _>(column(events, |e| e.model.as_str()))
                 .bind::<Array<Nullable<Int4>>, _>(column(events, |e| e.version))
-                .bind::<Array<Text>, _>(column(events, |e| e.route.as_str()))
+                .bind::<Array<Text>, _>(column(events, |e| e.route.as_ref()))
                 .bind::<Array<Int4>, _>(column(events, |e| i32::from(e.status)))
                 .bind::<Array<Int4>, _>(column(events, |e| e.latency_ms))
                 .bind::<Array<Nullable<Int4>>, _>(column(events, |e| e.upstream_ms))

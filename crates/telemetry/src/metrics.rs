@@ -96,3 +96,70 @@ fn describe() {
         "Requests refused authentication, by reason"
     );
 }
+
+/// A thread's memo of metric handles by label values, for metrics recorded on every request.
+///
+/// `metrics::counter!(name, "label" => value)` builds a key (allocating owned label values),
+/// hashes it and looks it up in the recorder's registry under a lock, every time. With a memo
+/// in a `thread_local!`, each thread registers a label set once and reuses the handle: a lookup
+/// is a scan of a few entries, with no allocation and no lock. Meant for metrics with a handful
+/// of label sets; the memo never forgets one.
+///
+/// A handle comes from the recorder in effect when the thread first records that label set:
+/// install the recorder (or a thread's local one) before recording.
+///
+/// ```
+/// use maas_telemetry::metrics::{HandleMemo, memoised};
+///
+/// thread_local! {
+///     static DECISIONS: HandleMemo<&'static str, metrics::Counter> = const { HandleMemo::new() };
+/// }
+///
+/// fn count(decision: &'static str) {
+///     memoised(&DECISIONS, |d| *d == decision, || decision, || {
+///         metrics::counter!("decisions_total", "decision" => decision)
+///     })
+///     .increment(1);
+/// }
+/// count("allowed");
+/// ```
+#[derive(Debug)]
+pub struct HandleMemo<K, H> {
+    entries: std::cell::RefCell<Vec<(K, H)>>,
+}
+
+impl<K, H> HandleMemo<K, H> {
+    /// An empty memo.
+    pub const fn new() -> Self {
+        Self {
+            entries: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl<K, H> Default for HandleMemo<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The handle of the label set that `matches` picks in this thread's `memo`; the first time,
+/// `register` makes it and `key` names it. A thread that is shutting down (its memo gone) gets
+/// a freshly registered handle.
+pub fn memoised<K: 'static, H: Clone + 'static>(
+    memo: &'static std::thread::LocalKey<HandleMemo<K, H>>,
+    matches: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    register: impl Fn() -> H,
+) -> H {
+    memo.try_with(|memo| {
+        let mut entries = memo.entries.borrow_mut();
+        if let Some((_, handle)) = entries.iter().find(|(k, _)| matches(k)) {
+            return handle.clone();
+        }
+        let handle = register();
+        entries.push((key(), handle.clone()));
+        handle
+    })
+    .unwrap_or_else(|_| register())
+}

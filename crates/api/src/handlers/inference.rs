@@ -13,13 +13,13 @@ use maas_domain::identity::Principal;
 use maas_domain::inference::{Target, UsageEvent};
 use maas_domain::model::ModelVersion;
 use maas_domain::values::ModelName;
-use maas_telemetry::names;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Actor;
 use crate::error::{ApiError, OpenAiError};
 use crate::extract::{content_length, is_json, read_body};
+use crate::meters;
 use crate::middleware::{RequestStarted, current_request_id};
 use crate::proxy::{Meter, MeteredBody, millis, request_headers, response_headers, upstream_uri};
 use crate::state::AppState;
@@ -62,7 +62,7 @@ impl Call<'_> {
             user_id: self.actor.user_id,
             model: self.model.clone(),
             version,
-            route: self.route.to_owned(),
+            route: self.route.into(),
             status,
             latency_ms: millis(self.started.elapsed()),
             upstream_ms: None,
@@ -112,14 +112,12 @@ impl Call<'_> {
         );
         let upstream_started = Instant::now();
         let sent = self.state.upstream.send(method, uri, headers, body).await;
-        let model = version.model.as_str().to_owned();
+        let model = version.model.as_str();
         let response = match sent {
             Ok(response) => response,
             Err(err) => {
                 use actix_web::ResponseError as _;
-                metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
-                    "model" => model, "status" => err.status_code().as_str().to_owned())
-                .increment(1);
+                meters::count_upstream(model, err.status_code().as_u16());
                 return Err(self.failed(Some(number), err));
             }
         };
@@ -127,11 +125,9 @@ impl Call<'_> {
             .started
             .elapsed()
             .saturating_sub(upstream_started.elapsed());
-        metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS).record(overhead.as_secs_f64());
+        meters::record_overhead(overhead);
         let status = response.status().as_u16();
-        metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
-            "model" => model.clone(), "status" => status.to_string())
-        .increment(1);
+        meters::count_upstream(model, status);
 
         let sse = response
             .headers()
@@ -145,11 +141,12 @@ impl Call<'_> {
         for (name, value) in response_headers(response.headers()) {
             out.append_header((name, value));
         }
+        let overhead_us = overhead.as_micros();
         out.insert_header(("x-maas-model", model))
-            .insert_header(("x-maas-version", number.to_string()))
+            .insert_header(("x-maas-version", number))
             .insert_header((
                 "x-maas-overhead-ms",
-                format!("{:.3}", overhead.as_secs_f64() * 1000.0),
+                format!("{}.{:03}", overhead_us / 1000, overhead_us % 1000),
             ));
         if sse {
             // Proxies between the gateway and the client must not buffer the stream either.

@@ -1,0 +1,331 @@
+//! The per-request metrics, with their handles kept per thread.
+//!
+//! `metrics::counter!(name, "label" => value)` builds a key (allocating its owned label
+//! values), hashes it and looks it up in the recorder's registry, under a lock, on every call.
+//! A proxied call records about ten such metrics. Here each worker thread registers a label set
+//! once and keeps the handle: later calls cost one lookup of a short string in a map of the
+//! thread's own, with no allocation and no lock. What reaches the recorder is the same.
+//!
+//! Handles come from the recorder in effect when a thread first records a label set, so install
+//! the recorder before serving (the gateway's binary and the test harness do).
+//!
+//! Label sets stay bounded: routes are the matched patterns, methods outside the standard ones
+//! are counted as `OTHER` (a client cannot mint new series with made-up methods), models are
+//! the registry's, statuses are three-digit numbers.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::Method;
+use maas_telemetry::names;
+use metrics::{Counter, Gauge, Histogram};
+
+/// The `method` label: the method itself when it is a standard one, else `OTHER`.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// `http_request_duration_seconds` of one method on one route, and `http_requests_total` of it
+/// by status.
+struct MethodMeters {
+    method: &'static str,
+    duration: Histogram,
+    by_status: Vec<(u16, Counter)>,
+}
+
+/// The meters of one model.
+struct ModelMeters {
+    upstream_duration: Histogram,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    by_status: Vec<(u16, Counter)>,
+}
+
+impl ModelMeters {
+    fn new(model: &str) -> Self {
+        Self {
+            upstream_duration: metrics::histogram!(names::UPSTREAM_DURATION_SECONDS,
+                "model" => model.to_owned()),
+            prompt_tokens: metrics::counter!(names::TOKENS_TOTAL,
+                "model" => model.to_owned(), "kind" => "prompt"),
+            completion_tokens: metrics::counter!(names::TOKENS_TOTAL,
+                "model" => model.to_owned(), "kind" => "completion"),
+            by_status: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    static IN_FLIGHT: Gauge = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
+    static OVERHEAD: Histogram = metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS);
+    /// By route pattern.
+    static ROUTES: RefCell<HashMap<String, Vec<MethodMeters>>> = RefCell::new(HashMap::new());
+    /// By model name.
+    static MODELS: RefCell<HashMap<String, ModelMeters>> = RefCell::new(HashMap::new());
+}
+
+/// The counter for `status` in `list`, registered with `register` the first time.
+fn status_counter(
+    list: &mut Vec<(u16, Counter)>,
+    status: u16,
+    register: impl FnOnce() -> Counter,
+) -> &Counter {
+    let at = match list.iter().position(|(s, _)| *s == status) {
+        Some(at) => at,
+        None => {
+            list.push((status, register()));
+            list.len() - 1
+        }
+    };
+    &list[at].1
+}
+
+/// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
+/// records nothing).
+pub fn add_in_flight(delta: f64) {
+    let _ = IN_FLIGHT.try_with(|gauge| gauge.increment(delta));
+}
+
+/// Records one served request: `http_requests_total{method,route,status}` and
+/// `http_request_duration_seconds{method,route}`.
+pub fn record_request(method: &Method, route: &str, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    let _ = ROUTES.try_with(|routes| {
+        let mut routes = routes.borrow_mut();
+        let methods = match routes.get_mut(route) {
+            Some(methods) => methods,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        let at = match methods.iter().position(|m| m.method == method) {
+            Some(at) => at,
+            None => {
+                methods.push(MethodMeters {
+                    method,
+                    duration: metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
+                        "method" => method, "route" => route.to_owned()),
+                    by_status: Vec::new(),
+                });
+                methods.len() - 1
+            }
+        };
+        let meters = &mut methods[at];
+        meters.duration.record(elapsed.as_secs_f64());
+        status_counter(&mut meters.by_status, status, || {
+            metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method,
+                "route" => route.to_owned(), "status" => status.to_string())
+        })
+        .increment(1);
+    });
+}
+
+/// Records the gateway's own time on an inference call (`maas_gateway_overhead_seconds`).
+pub fn record_overhead(overhead: Duration) {
+    let _ = OVERHEAD.try_with(|histogram| histogram.record(overhead.as_secs_f64()));
+}
+
+/// Runs `f` on the meters of `model`, registering them the first time.
+fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters)) {
+    let _ = MODELS.try_with(|models| {
+        let mut models = models.borrow_mut();
+        let meters = match models.get_mut(model) {
+            Some(meters) => meters,
+            None => models
+                .entry(model.to_owned())
+                .or_insert_with(|| ModelMeters::new(model)),
+        };
+        f(meters);
+    });
+}
+
+/// Counts a call forwarded to `model`'s server, by the status the caller got
+/// (`maas_upstream_requests_total{model,status}`).
+pub fn count_upstream(model: &str, status: u16) {
+    with_model(model, |meters| {
+        status_counter(&mut meters.by_status, status, || {
+            metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
+                "model" => model.to_owned(), "status" => status.to_string())
+        })
+        .increment(1);
+    });
+}
+
+/// Records a completed upstream call of `model`: its duration and the tokens it reported
+/// (`maas_upstream_duration_seconds{model}`, `maas_tokens_total{model,kind}`).
+pub fn record_upstream(
+    model: &str,
+    duration: Duration,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+) {
+    with_model(model, |meters| {
+        meters.upstream_duration.record(duration.as_secs_f64());
+        if let Some(n) = prompt_tokens {
+            meters.prompt_tokens.increment(n.max(0).unsigned_abs());
+        }
+        if let Some(n) = completion_tokens {
+            meters.completion_tokens.increment(n.max(0).unsigned_abs());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// What a metric holds: a counter's count, a gauge's value, or a histogram's sample count.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Counter(u64),
+        Gauge(f64),
+        Samples(usize),
+    }
+
+    /// Every metric recorded under `name` with exactly `labels`.
+    fn seen(
+        snapshot: &[(
+            metrics_util::CompositeKey,
+            Option<metrics::Unit>,
+            Option<metrics::SharedString>,
+            DebugValue,
+        )],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Vec<Seen> {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| {
+                let key = key.key();
+                let mut have: Vec<(&str, &str)> =
+                    key.labels().map(|l| (l.key(), l.value())).collect();
+                let mut want = labels.to_vec();
+                have.sort_unstable();
+                want.sort_unstable();
+                key.name() == name && have == want
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => Seen::Counter(*n),
+                DebugValue::Gauge(v) => Seen::Gauge(v.into_inner()),
+                DebugValue::Histogram(samples) => Seen::Samples(samples.len()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn memoised_handles_record_under_the_same_labels_as_the_macros() {
+        // A thread of its own: its memos start empty and see this recorder.
+        std::thread::spawn(|| {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            let _guard = metrics::set_default_local_recorder(&recorder);
+
+            for _ in 0..3 {
+                record_request(&Method::POST, "/v1/chat/completions", 200, Duration::ZERO);
+            }
+            record_request(&Method::POST, "/v1/chat/completions", 429, Duration::ZERO);
+            let made_up = Method::from_bytes(b"BREW").expect("an extension method");
+            record_request(&made_up, "/health", 405, Duration::ZERO);
+            count_upstream("m", 200);
+            count_upstream("m", 200);
+            count_upstream("m", 502);
+            count_upstream("n", 200);
+            record_upstream("m", Duration::from_millis(2), Some(7), None);
+            record_upstream("m", Duration::from_millis(2), Some(3), Some(-1));
+            add_in_flight(1.0);
+            add_in_flight(1.0);
+            add_in_flight(-1.0);
+            record_overhead(Duration::from_micros(50));
+
+            let snapshot = snapshotter.snapshot().into_vec();
+            let route = "/v1/chat/completions";
+            let count = |name, labels: &[(&str, &str)]| seen(&snapshot, name, labels);
+            assert_eq!(
+                count(
+                    names::HTTP_REQUESTS_TOTAL,
+                    &[("method", "POST"), ("route", route), ("status", "200")]
+                ),
+                vec![Seen::Counter(3)]
+            );
+            assert_eq!(
+                count(
+                    names::HTTP_REQUESTS_TOTAL,
+                    &[("method", "POST"), ("route", route), ("status", "429")]
+                ),
+                vec![Seen::Counter(1)]
+            );
+            assert_eq!(
+                count(
+                    names::HTTP_REQUESTS_TOTAL,
+                    &[("method", "OTHER"), ("route", "/health"), ("status", "405")]
+                ),
+                vec![Seen::Counter(1)],
+                "made-up methods share one label value"
+            );
+            assert_eq!(
+                count(
+                    names::HTTP_REQUEST_DURATION_SECONDS,
+                    &[("method", "POST"), ("route", route)]
+                ),
+                vec![Seen::Samples(4)]
+            );
+            for (model, status, n) in [("m", "200", 2), ("m", "502", 1), ("n", "200", 1)] {
+                assert_eq!(
+                    count(
+                        names::UPSTREAM_REQUESTS_TOTAL,
+                        &[("model", model), ("status", status)]
+                    ),
+                    vec![Seen::Counter(n)],
+                    "{model} {status}"
+                );
+            }
+            assert_eq!(
+                count(names::TOKENS_TOTAL, &[("model", "m"), ("kind", "prompt")]),
+                vec![Seen::Counter(10)]
+            );
+            assert_eq!(
+                count(
+                    names::TOKENS_TOTAL,
+                    &[("model", "m"), ("kind", "completion")]
+                ),
+                vec![Seen::Counter(0)],
+                "a negative count adds nothing"
+            );
+            assert_eq!(
+                count(names::UPSTREAM_DURATION_SECONDS, &[("model", "m")]),
+                vec![Seen::Samples(2)]
+            );
+            assert_eq!(
+                count(names::HTTP_REQUESTS_IN_FLIGHT, &[]),
+                vec![Seen::Gauge(1.0)]
+            );
+            assert_eq!(
+                count(names::GATEWAY_OVERHEAD_SECONDS, &[]),
+                vec![Seen::Samples(1)]
+            );
+        })
+        .join()
+        .expect("the test thread");
+    }
+
+    #[test]
+    fn standard_methods_keep_their_names() {
+        for method in [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS] {
+            assert_eq!(method_label(&method), method.as_str());
+        }
+        let made_up = Method::from_bytes(b"PURGE").expect("an extension method");
+        assert_eq!(method_label(&made_up), "OTHER");
+    }
+}
