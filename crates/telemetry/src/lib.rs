@@ -21,6 +21,7 @@
 //! assert!(handle.render().contains("maas_build_info"));
 //! ```
 
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod names;

@@ -102,10 +102,11 @@ struct Gathered {
 /// wake-up per line (a wake-up per access-log line of another thread was a measurable share of
 /// the proxy's tail latency on a busy 2-core machine).
 ///
-/// A formatter writes a record in many small pieces (slog-json: one per key, value and
-/// punctuation). They gather in `record`, which only this writer touches (the drain's mutex
-/// serialises the records), and are handed to the writer thread a line at a time: one lock of
-/// the shared buffer per record instead of one per piece.
+/// The JSON drain ([`crate::json::JsonLines`]) writes each record as one finished line, which
+/// goes to the shared buffer as it is. A formatter that writes a record in pieces (slog-term)
+/// gathers them in `record`, which only this writer touches (the drain's mutex serialises the
+/// records), and hands them over a line at a time: one lock of the shared buffer per record
+/// either way.
 enum GatherWriter {
     Gather {
         shared: std::sync::Arc<Gathered>,
@@ -117,7 +118,7 @@ enum GatherWriter {
 
 /// Appends `record` to the shared lines and empties it; waits while the writer thread is more
 /// than [`WAIT_AT_BYTES`] behind.
-fn hand_over(shared: &Gathered, record: &mut Vec<u8>) -> std::io::Result<()> {
+fn hand_over(shared: &Gathered, record: &[u8]) -> std::io::Result<()> {
     let mut lines = shared
         .lines
         .lock()
@@ -131,7 +132,6 @@ fn hand_over(shared: &Gathered, record: &mut Vec<u8>) -> std::io::Result<()> {
             .0;
     }
     lines.extend_from_slice(record);
-    record.clear();
     if lines.len() >= WAKE_AT_BYTES {
         shared.wake.notify_one();
     }
@@ -142,12 +142,18 @@ impl Write for GatherWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Self::Direct(sink) => sink.write(buf),
+            // A whole line at once: no copy into `record`.
+            Self::Gather { shared, record } if record.is_empty() && buf.ends_with(b"\n") => {
+                hand_over(shared, buf)?;
+                Ok(buf.len())
+            }
             Self::Gather { shared, record } => {
                 record.extend_from_slice(buf);
                 // A record ends with its newline (JSON escapes those inside values; a pretty
                 // line with one inside is handed over in two parts, in order).
                 if buf.ends_with(b"\n") {
                     hand_over(shared, record)?;
+                    record.clear();
                 }
                 Ok(buf.len())
             }
@@ -157,7 +163,11 @@ impl Write for GatherWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             // The writer thread flushes the sink after each write.
-            Self::Gather { shared, record } if !record.is_empty() => hand_over(shared, record),
+            Self::Gather { shared, record } if !record.is_empty() => {
+                hand_over(shared, record)?;
+                record.clear();
+                Ok(())
+            }
             Self::Gather { .. } => Ok(()),
             Self::Direct(sink) => sink.flush(),
         }
@@ -171,6 +181,7 @@ impl Drop for GatherWriter {
         {
             // Nowhere to report it; only a record without its newline can be left here.
             let _ = hand_over(shared, record);
+            record.clear();
         }
     }
 }
@@ -281,11 +292,7 @@ where
     let level = settings.level.slog();
     let logger = match settings.format {
         LogFormat::Json => {
-            let drain = slog_json::Json::new(writer)
-                .set_newlines(true)
-                .add_default_keys()
-                .build()
-                .fuse();
+            let drain = crate::json::JsonLines::new(writer).fuse();
             let drain = std::sync::Mutex::new(drain).ignore_res();
             Logger::root(
                 slog::LevelFilter::new(drain, level).fuse(),

@@ -49,6 +49,40 @@ fn json_logs_are_one_object_per_line_with_level_message_and_fields() {
 }
 
 #[test]
+fn json_fields_keep_their_types_and_odd_text_survives() {
+    let buffer = Buffer::default();
+    let (logger, guard) = build_logger(&LogSettings::default(), buffer.clone());
+    let error: Option<&str> = None;
+    let path = "/v1/models/a \"b\"\\c\n/invoke";
+    slog::error!(logger, "upstream {} failed: {}", "m\"1", 502;
+        "path" => path, "latency_ms" => 0.065_472, "status" => 502_u16, "delta" => -3_i64,
+        "big" => u64::MAX, "cached" => false, "error" => error, "nan" => f64::NAN,
+        "grade" => 'é', "reason" => format_args!("{}\t{}", "x", 1));
+    drop(guard);
+
+    let text = buffer.text();
+    let line = text.lines().next().expect("one line");
+    assert!(
+        line.starts_with(r#"{"msg":"upstream m\"1 failed: 502","level":"ERRO","ts":""#),
+        "message, level and time come first: {line}"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(line).expect("the line is JSON");
+    let ts = parsed["ts"].as_str().expect("ts is a string");
+    assert!(
+        ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "RFC 3339 UTC with nanoseconds: {ts}"
+    );
+    let expected = serde_json::json!({
+        "path": path, "latency_ms": 0.065_472, "status": 502, "delta": -3, "big": u64::MAX,
+        "cached": false, "error": null, "nan": null, "grade": "é", "reason": "x\t1",
+        "service": "maas-gateway",
+    });
+    for (key, value) in expected.as_object().expect("an object") {
+        assert_eq!(&parsed[key], value, "{key}");
+    }
+}
+
+#[test]
 fn lines_below_the_configured_level_are_not_written() {
     let buffer = Buffer::default();
     let settings = LogSettings {
