@@ -7,7 +7,8 @@
 //! thread's own, with no allocation and no lock. What reaches the recorder is the same.
 //!
 //! Handles come from the recorder in effect when a thread first records a label set, so install
-//! the recorder before serving (the gateway's binary and the test harness do).
+//! the recorder before serving (the gateway's binary and the test harness do). A thread that is
+//! shutting down, its memo gone, records nothing more.
 //!
 //! Label sets stay bounded: routes are the matched patterns, methods outside the standard ones
 //! are counted as `OTHER` (a client cannot mint new series with made-up methods), models are
@@ -40,7 +41,6 @@ pub fn method_label(method: &Method) -> &'static str {
 /// `http_request_duration_seconds` of one method on one route, and `http_requests_total` of it
 /// by status.
 struct MethodMeters {
-    method: &'static str,
     duration: Histogram,
     by_status: Vec<(u16, Counter)>,
 }
@@ -71,25 +71,27 @@ thread_local! {
     static IN_FLIGHT: Gauge = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
     static OVERHEAD: Histogram = metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS);
     /// By route pattern.
-    static ROUTES: RefCell<HashMap<String, Vec<MethodMeters>>> = RefCell::new(HashMap::new());
+    static ROUTES: RefCell<HashMap<String, Vec<(&'static str, MethodMeters)>>> =
+        RefCell::new(HashMap::new());
     /// By model name.
     static MODELS: RefCell<HashMap<String, ModelMeters>> = RefCell::new(HashMap::new());
 }
 
-/// The counter for `status` in `list`, registered with `register` the first time.
-fn status_counter(
-    list: &mut Vec<(u16, Counter)>,
-    status: u16,
-    register: impl FnOnce() -> Counter,
-) -> &Counter {
-    let at = match list.iter().position(|(s, _)| *s == status) {
+/// The value kept under `key` in `list`, made by `make` the first time (the lists hold a
+/// handful of entries: a scan beats a map).
+fn find_or_push<K: PartialEq, V>(
+    list: &mut Vec<(K, V)>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> &mut V {
+    let at = match list.iter().position(|(k, _)| *k == key) {
         Some(at) => at,
         None => {
-            list.push((status, register()));
+            list.push((key, make()));
             list.len() - 1
         }
     };
-    &list[at].1
+    &mut list[at].1
 }
 
 /// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
@@ -108,21 +110,13 @@ pub fn record_request(method: &Method, route: &str, status: u16, elapsed: Durati
             Some(methods) => methods,
             None => routes.entry(route.to_owned()).or_default(),
         };
-        let at = match methods.iter().position(|m| m.method == method) {
-            Some(at) => at,
-            None => {
-                methods.push(MethodMeters {
-                    method,
-                    duration: metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
-                        "method" => method, "route" => route.to_owned()),
-                    by_status: Vec::new(),
-                });
-                methods.len() - 1
-            }
-        };
-        let meters = &mut methods[at];
+        let meters = find_or_push(methods, method, || MethodMeters {
+            duration: metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
+                "method" => method, "route" => route.to_owned()),
+            by_status: Vec::new(),
+        });
         meters.duration.record(elapsed.as_secs_f64());
-        status_counter(&mut meters.by_status, status, || {
+        find_or_push(&mut meters.by_status, status, || {
             metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method,
                 "route" => route.to_owned(), "status" => status.to_string())
         })
@@ -153,7 +147,7 @@ fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters)) {
 /// (`maas_upstream_requests_total{model,status}`).
 pub fn count_upstream(model: &str, status: u16) {
     with_model(model, |meters| {
-        status_counter(&mut meters.by_status, status, || {
+        find_or_push(&mut meters.by_status, status, || {
             metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
                 "model" => model.to_owned(), "status" => status.to_string())
         })
