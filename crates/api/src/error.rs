@@ -195,29 +195,86 @@ impl ApiError {
 }
 
 /// An [`ApiError`] rendered in OpenAI's error shape (for the `/v1` routes).
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct OpenAiError(#[from] pub ApiError);
+#[derive(Debug)]
+pub struct OpenAiError {
+    /// What went wrong.
+    pub error: ApiError,
+    /// The version the call had been routed to when it failed, if it got that far (the model
+    /// server was unreachable, too slow, or not registered): the response names it in
+    /// `x-maas-model` and `x-maas-version`, as a forwarded answer does.
+    pub routed: Option<Routed>,
+}
+
+/// The model and version a call was routed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The model's name.
+    pub model: String,
+    /// The version number.
+    pub version: i32,
+}
+
+impl OpenAiError {
+    /// `error`, for a call that was routed to `routed`.
+    pub fn routed(error: ApiError, routed: Routed) -> Self {
+        Self {
+            error,
+            routed: Some(routed),
+        }
+    }
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for OpenAiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            routed: None,
+        }
+    }
+}
 
 impl From<DomainError> for OpenAiError {
     fn from(e: DomainError) -> Self {
-        Self(ApiError::Domain(e))
+        ApiError::Domain(e).into()
     }
 }
 
 impl From<ValidationError> for OpenAiError {
     fn from(e: ValidationError) -> Self {
-        Self(ApiError::from(e))
+        ApiError::from(e).into()
     }
 }
 
 impl ResponseError for OpenAiError {
     fn status_code(&self) -> StatusCode {
-        self.0.status_code()
+        self.error.status_code()
     }
 
     fn error_response(&self) -> HttpResponse {
-        self.0.openai_response()
+        let mut response = self.error.openai_response();
+        if let Some(routed) = &self.routed {
+            let headers = response.headers_mut();
+            if let Ok(model) = HeaderValue::from_str(&routed.model) {
+                headers.insert(header::HeaderName::from_static("x-maas-model"), model);
+            }
+            headers.insert(
+                header::HeaderName::from_static("x-maas-version"),
+                HeaderValue::from(routed.version),
+            );
+        }
+        response
     }
 }
 

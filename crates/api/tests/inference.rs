@@ -186,6 +186,9 @@ async fn the_model_field_selects_alias_version_or_the_default() {
     // Unknown model, alias or version, or a version without endpoint: 404 in OpenAI's shape.
     for model in ["ghost", "sel@nope", "sel:9", "sel:3", "sel@latest"] {
         let res = chat(&app, json!({"model": model, "messages": []})).await;
+        // Routed nowhere, so no version is named.
+        assert_eq!(version_of(&res), None, "{model}");
+        assert_eq!(header(&res, "x-maas-model"), None, "{model}");
         assert_openai_error(res, 404, "model_not_found").await;
     }
     // Bad requests name the field, in OpenAI's shape.
@@ -324,6 +327,9 @@ async fn upstream_failures_are_502_504_or_passed_through() {
     )
     .await;
     let res = chat(&app, json!({"model": "down"})).await;
+    // The answer names the version whose model server failed, as a forwarded one does.
+    assert_eq!(header(&res, "x-maas-model"), Some("down"));
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
     let err = assert_openai_error(res, 502, "upstream_unreachable").await;
     assert!(
         !err.to_string().contains("127.0.0.1"),
@@ -331,6 +337,8 @@ async fn upstream_failures_are_502_504_or_passed_through() {
     );
     // Slower than upstream.timeout_seconds.
     let res = chat(&app, json!({"model": "f:1", "stub_delay_ms": 3000})).await;
+    assert_eq!(header(&res, "x-maas-model"), Some("f"));
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
     assert_openai_error(res, 504, "upstream_timeout").await;
     // The upstream's own errors pass through with status and body.
     let res = chat(&app, json!({"model": "f:1", "stub_status": 503})).await;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Actor;
-use crate::error::{ApiError, OpenAiError};
+use crate::error::{ApiError, OpenAiError, Routed};
 use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::{RequestStarted, current_request_id};
@@ -72,13 +72,30 @@ impl Call<'_> {
         }
     }
 
-    /// Records a call that failed before or at the upstream, and hands the error back.
-    fn failed(&self, version: Option<i32>, err: ApiError) -> OpenAiError {
+    /// Records a call that failed before it was routed, and hands the error back.
+    fn failed(&self, err: ApiError) -> OpenAiError {
         use actix_web::ResponseError as _;
         self.state
             .usage_queue
-            .push(self.event(version, err.status_code().as_u16()));
-        OpenAiError(err)
+            .push(self.event(None, err.status_code().as_u16()));
+        err.into()
+    }
+
+    /// Records a call routed to `version` that failed at or before the upstream, and hands the
+    /// error back naming the version.
+    fn failed_at(&self, version: &ModelVersion, err: ApiError) -> OpenAiError {
+        use actix_web::ResponseError as _;
+        let number = version.version.get();
+        self.state
+            .usage_queue
+            .push(self.event(Some(number), err.status_code().as_u16()));
+        OpenAiError::routed(
+            err,
+            Routed {
+                model: version.model.as_str().to_owned(),
+                version: number,
+            },
+        )
     }
 
     async fn resolve(&self, target: &Target) -> Result<ModelVersion, OpenAiError> {
@@ -86,7 +103,7 @@ impl Call<'_> {
             .registry
             .resolve_target(target)
             .await
-            .map_err(|e| self.failed(None, ApiError::Domain(e)))
+            .map_err(|e| self.failed(ApiError::Domain(e)))
     }
 
     /// Sends the call upstream and streams the answer back.
@@ -101,10 +118,10 @@ impl Call<'_> {
         let number = version.version.get();
         let Some(endpoint) = &version.endpoint_url else {
             let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
-            return Err(self.failed(Some(number), ApiError::Domain(err)));
+            return Err(self.failed_at(version, ApiError::Domain(err)));
         };
-        let uri = upstream_uri(endpoint.as_str(), path, query)
-            .map_err(|e| self.failed(Some(number), e))?;
+        let uri =
+            upstream_uri(endpoint.as_str(), path, query).map_err(|e| self.failed_at(version, e))?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
@@ -118,7 +135,7 @@ impl Call<'_> {
             Err(err) => {
                 use actix_web::ResponseError as _;
                 meters::count_upstream(model, err.status_code().as_u16());
-                return Err(self.failed(Some(number), err));
+                return Err(self.failed_at(version, err));
             }
         };
         let overhead = self
