@@ -42,8 +42,14 @@ use crate::settings::DatabaseSettings;
 /// Where the admin connection goes unless `MAAS_TEST_DATABASE_URL` says otherwise.
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Key of the advisory lock that serializes template builds across test processes.
+/// Key of the advisory lock that serializes template builds across test processes (held
+/// exclusively while a template is built or old ones are pruned, shared while one is cloned).
 const TEMPLATE_LOCK_KEY: i64 = 0x6d61_6173_746d_706c; // "maastmpl"
+/// Name prefix of the migrated templates; the rest is a hash of the migrations.
+const TEMPLATE_PREFIX: &str = "maas_tmpl_";
+/// Templates of other migrations kept when a new one is built (the newest ones), so that test
+/// runs of a few branches side by side do not rebuild each other's; older ones are dropped.
+const OTHER_TEMPLATES_KEPT: usize = 3;
 /// Attempts of statements that fail while another session briefly uses a database.
 const BUSY_ATTEMPTS: u32 = 20;
 /// The migrations the template is built from, read at run time so that editing one builds a new
@@ -81,7 +87,10 @@ impl TestDatabase {
             None => format!(r#"CREATE DATABASE "{name}""#),
         };
         let mut admin = admin_connection(&admin_url).await;
+        // Shared: no template is pruned while it is being cloned.
+        lock(&mut admin, "pg_advisory_lock_shared").await;
         execute_when_not_busy(&mut admin, &sql).await;
+        lock(&mut admin, "pg_advisory_unlock_shared").await;
         Self {
             url: with_database(&admin_url, &name),
             name,
@@ -208,7 +217,7 @@ async fn execute_when_not_busy(conn: &mut AsyncPgConnection, sql: &str) {
 async fn ensure_template() -> String {
     let admin_url = admin_url();
     let template = format!(
-        "maas_tmpl_{:016x}",
+        "{TEMPLATE_PREFIX}{:016x}",
         migrations_hash(Path::new(MIGRATIONS_DIR))
     );
     let mut admin = admin_connection(&admin_url).await;
@@ -236,9 +245,74 @@ async fn ensure_template() -> String {
             &format!(r#"ALTER DATABASE "{template}" IS_TEMPLATE true"#),
         )
         .await;
+        // The migrations changed: templates of much older ones are no longer needed.
+        prune_locked(&mut admin, TEMPLATE_PREFIX, &template, OTHER_TEMPLATES_KEPT).await;
     }
     lock(&mut admin, "pg_advisory_unlock").await;
     template
+}
+
+/// Drops the databases named `prefix…` except `current` and the `keep` newest others (by OID,
+/// i.e. creation order), under the template lock, and returns the names it dropped.
+///
+/// The test databases' own templates are pruned this way whenever a new one is built; this is
+/// public for that rule's test, which runs it on a prefix of its own. Best effort: a database
+/// that cannot be dropped (a session outside the tests is connected to it) is kept and named
+/// on stderr.
+pub async fn prune_templates(prefix: &str, current: &str, keep: usize) -> Vec<String> {
+    let mut admin = admin_connection(&admin_url()).await;
+    lock(&mut admin, "pg_advisory_lock").await;
+    let dropped = prune_locked(&mut admin, prefix, current, keep).await;
+    lock(&mut admin, "pg_advisory_unlock").await;
+    dropped
+}
+
+async fn prune_locked(
+    admin: &mut AsyncPgConnection,
+    prefix: &str,
+    current: &str,
+    keep: usize,
+) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+    let stale: Vec<Name> = match diesel::sql_query(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname <> $2 \
+         ORDER BY oid DESC OFFSET $3",
+    )
+    .bind::<Text, _>(prefix)
+    .bind::<Text, _>(current)
+    .bind::<BigInt, _>(i64::try_from(keep).unwrap_or(i64::MAX))
+    .load(admin)
+    .await
+    {
+        Ok(stale) => stale,
+        Err(e) => {
+            eprintln!("listing old test templates failed: {e}");
+            return Vec::new();
+        }
+    };
+    let mut dropped = Vec::new();
+    for Name { datname } in stale {
+        // A template cannot be dropped; one that is in use goes back to being one.
+        let unmark = format!(r#"ALTER DATABASE "{datname}" IS_TEMPLATE false"#);
+        let drop = format!(r#"DROP DATABASE IF EXISTS "{datname}""#);
+        let outcome = match diesel::sql_query(unmark).execute(admin).await {
+            Ok(_) => diesel::sql_query(drop).execute(admin).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(_) => dropped.push(datname),
+            Err(e) => {
+                eprintln!("could not drop the old test template {datname}: {e}");
+                let remark = format!(r#"ALTER DATABASE "{datname}" IS_TEMPLATE true"#);
+                let _ = diesel::sql_query(remark).execute(admin).await;
+            }
+        }
+    }
+    dropped
 }
 
 async fn lock(admin: &mut AsyncPgConnection, function: &str) {

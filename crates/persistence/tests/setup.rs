@@ -244,3 +244,68 @@ async fn a_test_database_is_dropped_even_while_connections_to_it_are_open() {
     drop(held);
     assert!(AsyncPgConnection::establish(&url).await.is_err());
 }
+
+#[tokio::test]
+async fn building_a_template_prunes_all_but_the_newest_others() {
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+    let admin_url = std::env::var("MAAS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| maas_persistence::test_util::DEFAULT_ADMIN_URL.to_owned());
+    let mut admin = AsyncPgConnection::establish(&admin_url)
+        .await
+        .expect("admin connection");
+    // A prefix of this test's own, so no real template is touched.
+    let prefix = format!("maas_prune_{}_", uuid::Uuid::new_v4().simple());
+    let names: Vec<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|suffix| format!("{prefix}{suffix}"))
+        .collect();
+    for name in &names {
+        diesel::sql_query(format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("created");
+        diesel::sql_query(format!(r#"ALTER DATABASE "{name}" IS_TEMPLATE true"#))
+            .execute(&mut admin)
+            .await
+            .expect("marked a template");
+    }
+    // `c` is the current one; of the others, the two created last stay.
+    let mut dropped = maas_persistence::test_util::prune_templates(&prefix, &names[2], 2).await;
+    dropped.sort();
+    assert_eq!(dropped, [names[0].clone(), names[1].clone()]);
+    let left: Vec<String> = diesel::sql_query(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+    )
+    .bind::<Text, _>(&prefix)
+    .load::<Name>(&mut admin)
+    .await
+    .expect("listed")
+    .into_iter()
+    .map(|n| n.datname)
+    .collect();
+    assert_eq!(left, names[2..]);
+
+    // Nothing more to prune: a second run drops nothing.
+    assert!(
+        maas_persistence::test_util::prune_templates(&prefix, &names[2], 2)
+            .await
+            .is_empty()
+    );
+    for name in &names[2..] {
+        diesel::sql_query(format!(r#"ALTER DATABASE "{name}" IS_TEMPLATE false"#))
+            .execute(&mut admin)
+            .await
+            .expect("unmarked");
+        diesel::sql_query(format!(r#"DROP DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .expect("dropped");
+    }
+}
