@@ -30,7 +30,12 @@ use crate::usage::UsageQueue;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the gateway sets itself: never forwarded in
 /// either direction. The client's credentials are among them: its API key never leaves.
+/// `expect` was answered by the gateway, which read the whole body before forwarding it, and
+/// `accept-encoding` is replaced by `identity` (see [`request_headers`]).
 const NOT_FORWARDED: &[&str] = &[
+    "expect",
+    "accept-encoding",
+    "x-forwarded-for",
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -240,10 +245,19 @@ fn forwarded(name: &str, connection: &[&[u8]]) -> bool {
 }
 
 /// The client's headers that go upstream: end-to-end ones only, never its credentials.
+///
+/// Two are set by the gateway:
+/// - `accept-encoding: identity`: the answer must come uncompressed, or the meter could not read
+///   its `usage` (a client could dodge its token accounting by asking for gzip);
+/// - `x-forwarded-for`: what the client sent, if anything, with `peer` (the address the gateway
+///   saw) appended, as nginx's `$proxy_add_x_forwarded_for` does. Only the last entry is the
+///   gateway's word; the ones before it are what the client or proxies in front of the gateway
+///   said.
 pub fn request_headers(
     incoming: &HeaderMap,
     request_id: Option<&str>,
     upstream_key: Option<&str>,
+    peer: Option<std::net::IpAddr>,
 ) -> hyper::HeaderMap {
     // Collected once (no allocation when there is none, the usual case over HTTP/1.1).
     let connection: Vec<&[u8]> = incoming
@@ -264,6 +278,21 @@ pub fn request_headers(
     }
     if let Some(id) = request_id.and_then(|id| hyper::header::HeaderValue::from_str(id).ok()) {
         out.insert("x-request-id", id);
+    }
+    out.insert(
+        hyper::header::ACCEPT_ENCODING,
+        hyper::header::HeaderValue::from_static("identity"),
+    );
+    if let Some(peer) = peer {
+        let mut chain = Vec::new();
+        for value in incoming.get_all("x-forwarded-for") {
+            chain.extend_from_slice(value.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.to_string().as_bytes());
+        if let Ok(value) = hyper::header::HeaderValue::from_bytes(&chain) {
+            out.insert("x-forwarded-for", value);
+        }
     }
     if let Some(key) =
         upstream_key.and_then(|k| hyper::header::HeaderValue::from_str(&format!("Bearer {k}")).ok())
@@ -294,18 +323,79 @@ pub fn response_headers(
         })
 }
 
-/// `{endpoint_url}/{path}`, with exactly one slash between them.
+/// `{endpoint_url}/{path}?{query}`, with exactly one slash between the two paths. A query on
+/// the endpoint itself (`https://h/openai?api-version=1`) comes first, then the call's; a
+/// fragment on the endpoint is left out.
 pub fn upstream_url(endpoint: &str, path: &str, query: Option<&str>) -> String {
+    let endpoint = endpoint
+        .split_once('#')
+        .map_or(endpoint, |(before, _)| before);
+    let (base, endpoint_query) = endpoint.split_once('?').unwrap_or((endpoint, ""));
     let mut url = format!(
         "{}/{}",
-        endpoint.trim_end_matches('/'),
+        base.trim_end_matches('/'),
         path.trim_start_matches('/')
     );
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        url.push('?');
+    let queries = [endpoint_query, query.unwrap_or("")];
+    let mut separator = '?';
+    for query in queries.into_iter().filter(|q| !q.is_empty()) {
+        url.push(separator);
         url.push_str(query);
+        separator = '&';
     }
     url
+}
+
+/// The part of a raw call's request path after `/v1/models/{name}/invoke/`, exactly as the
+/// client sent it (still percent-encoded, so the model server gets the same bytes), checked so
+/// that it stays below the version's `endpoint_url`.
+///
+/// # Errors
+/// A validation error naming `path` for a segment that is `.` or `..` (also when
+/// percent-encoded), or that holds, percent-encoded, a `/`, `\`, `?`, `#` or a control character:
+/// any of them could take the call out of the endpoint on a server that decodes before routing.
+pub fn raw_call_path(request_path: &str) -> Result<&str, ApiError> {
+    // "", "v1", "models", the name, "invoke", then the rest.
+    let tail = request_path.splitn(6, '/').nth(5).unwrap_or("");
+    for segment in tail.split('/') {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
+        if decoded == b"." || decoded == b".." {
+            return Err(ValidationError::new(
+                "path",
+                "must not hold `.` or `..` segments: a raw call stays below the endpoint",
+            )
+            .into());
+        }
+        if decoded
+            .iter()
+            .any(|b| matches!(b, b'/' | b'\\' | b'?' | b'#') || b.is_ascii_control())
+        {
+            return Err(ValidationError::new(
+                "path",
+                "must not hold an encoded `/`, `\\`, `?`, `#` or control character",
+            )
+            .into());
+        }
+    }
+    Ok(tail)
+}
+
+/// A raw call's query without the gateway's own `alias` and `version` parameters; every other
+/// pair goes on byte for byte, in its order.
+pub fn raw_call_query(query: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+        let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+        if key == "alias" || key == "version" {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(pair);
+    }
+    out
 }
 
 /// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
@@ -674,6 +764,111 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_query_comes_first_and_its_fragment_is_left_out() {
+        assert_eq!(
+            upstream_url("https://h/openai?api-version=1", "chat/completions", None),
+            "https://h/openai/chat/completions?api-version=1"
+        );
+        assert_eq!(
+            upstream_url("https://h/openai/?api-version=1#x", "embed", Some("a=1")),
+            "https://h/openai/embed?api-version=1&a=1"
+        );
+        assert_eq!(
+            upstream_url("https://h/v1#frag", "embed", Some("")),
+            "https://h/v1/embed"
+        );
+    }
+
+    #[test]
+    fn a_raw_call_path_is_kept_as_sent_below_the_endpoint() {
+        let tail = |path: &str| {
+            raw_call_path(path)
+                .map(str::to_owned)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            tail("/v1/models/m/invoke/echo/deep").as_deref(),
+            Ok("echo/deep")
+        );
+        assert_eq!(
+            tail("/v1/models/m/invoke/a%20b/%C3%A9").as_deref(),
+            Ok("a%20b/%C3%A9")
+        );
+        assert_eq!(tail("/v1/models/m/invoke/").as_deref(), Ok(""));
+        assert_eq!(
+            tail("/v1/models/m/invoke/a..b/.x/..y").as_deref(),
+            Ok("a..b/.x/..y")
+        );
+        for escape in [
+            "/v1/models/m/invoke/../../admin",
+            "/v1/models/m/invoke/echo/..",
+            "/v1/models/m/invoke/./echo",
+            "/v1/models/m/invoke/%2e%2E/admin",
+            "/v1/models/m/invoke/.%2e/admin",
+            "/v1/models/m/invoke/..%2F..%2Fsecret",
+            "/v1/models/m/invoke/a%5cb",
+            "/v1/models/m/invoke/echo%3Fversion=9",
+            "/v1/models/m/invoke/echo%23frag",
+            "/v1/models/m/invoke/echo%0d%0aX-Inj:%201",
+            "/v1/models/m/invoke/echo%00",
+        ] {
+            let err = tail(escape).expect_err(escape);
+            assert!(err.contains("path"), "{escape}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_raw_call_query_loses_only_the_gateway_parameters() {
+        assert_eq!(raw_call_query("version=1&foo=bar"), "foo=bar");
+        assert_eq!(
+            raw_call_query("flag&alias=prod&b=%FF&c=a+b%20c&%76ersion=2&versions=3"),
+            "flag&b=%FF&c=a+b%20c&versions=3"
+        );
+        assert_eq!(raw_call_query(""), "");
+        assert_eq!(raw_call_query("&&x=1&"), "x=1");
+    }
+
+    #[test]
+    fn the_answer_is_asked_for_uncompressed_and_the_peer_is_appended_to_x_forwarded_for() {
+        let mut incoming = HeaderMap::new();
+        for (k, v) in [
+            ("accept-encoding", "gzip, br"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ] {
+            incoming.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        incoming.append(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        let peer = "192.0.2.7".parse().ok();
+        let out = request_headers(&incoming, None, None, peer);
+        let all = |name: &str| -> Vec<&str> {
+            out.get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(all("accept-encoding"), ["identity"]);
+        assert!(
+            all("expect").is_empty(),
+            "the gateway answered Expect itself"
+        );
+        assert_eq!(all("x-forwarded-for"), ["6.6.6.6, 10.0.0.1, 192.0.2.7"]);
+
+        let out = request_headers(&HeaderMap::new(), None, None, peer);
+        assert_eq!(
+            out.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            Some("192.0.2.7")
+        );
+        assert_eq!(
+            out.get("accept-encoding").and_then(|v| v.to_str().ok()),
+            Some("identity")
+        );
+    }
+
+    #[test]
     fn hop_by_hop_headers_and_client_credentials_stay_behind() {
         let mut incoming = HeaderMap::new();
         for (k, v) in [
@@ -688,7 +883,7 @@ mod tests {
         ] {
             incoming.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = request_headers(&incoming, Some("rid-1"), Some("sk-upstream"));
+        let out = request_headers(&incoming, Some("rid-1"), Some("sk-upstream"), None);
         assert_eq!(
             out.get("authorization").and_then(|v| v.to_str().ok()),
             Some("Bearer sk-upstream")
@@ -711,7 +906,7 @@ mod tests {
             out.get("x-request-id").and_then(|v| v.to_str().ok()),
             Some("rid-1")
         );
-        let out = request_headers(&incoming, None, None);
+        let out = request_headers(&incoming, None, None, None);
         assert!(
             out.get("authorization").is_none(),
             "no upstream key: no Authorization at all"

@@ -439,6 +439,77 @@ async fn raw_calls_forward_any_body_to_any_path_of_the_selected_version() {
     app.stop().await;
 }
 
+/// Sends `target` as the request line's target byte for byte (an HTTP client would resolve dot
+/// segments first) and returns the status and body of the answer.
+async fn raw_request(app: &TestApp, target: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 1\r\nConnection: close\r\n\r\nx",
+        app.admin_key
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_raw_call_cannot_leave_its_endpoint_and_its_query_goes_on_as_sent() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    app.create_model("raw").await;
+    app.post_json(
+        "/api/v1/models/raw/versions",
+        &json!({"source_uri": "s3://m/1", "endpoint_url": stub.base}),
+    )
+    .await;
+    for target in [
+        "/v1/models/raw/invoke/../../admin/echo?version=1",
+        "/v1/models/raw/invoke/%2e%2e/%2E%2E/admin/echo?version=1",
+        "/v1/models/raw/invoke/echo/.%2e/.%2e/.%2e/zz/echo?version=1",
+        "/v1/models/raw/invoke/echo%20x/../../../../zz/echo?version=1",
+        "/v1/models/raw/invoke/..%2F..%2Fsecret/echo?version=1",
+        "/v1/models/raw/invoke/echo%3Finjected=1%26version=9?version=1",
+        "/v1/models/raw/invoke/echo%0d%0aX-Inj:%201?version=1",
+    ] {
+        let (status, body) = raw_request(&app, target).await;
+        assert_eq!(status, 422, "{target}: {body}");
+        assert_eq!(body["error"]["param"], "path", "{target}: {body}");
+    }
+    assert!(stub.seen().is_empty(), "nothing reached the model server");
+
+    // The query goes on byte for byte, without the gateway's own parameters.
+    let (status, body) = raw_request(
+        &app,
+        "/v1/models/raw/invoke/echo/a%2Eb?flag&version=1&b=%FF&c=a+b",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], "/v1/echo/a%2Eb");
+    assert_eq!(body["query"], "flag&b=%FF&c=a+b");
+    // Answers come uncompressed (the meter reads them), and the model server learns the
+    // client's address.
+    let seen = stub.last();
+    assert_eq!(seen.header("accept-encoding"), Some("identity"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    stub.stop().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_model_server_named_by_host_name_is_found_by_name_resolution() {
     let app = spawn_app().await;

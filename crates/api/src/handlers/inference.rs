@@ -21,7 +21,10 @@ use crate::error::{ApiError, OpenAiError, Routed};
 use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::{RequestStarted, current_request_id};
-use crate::proxy::{Meter, MeteredBody, millis, request_headers, response_headers, upstream_uri};
+use crate::proxy::{
+    Meter, MeteredBody, millis, raw_call_path, raw_call_query, request_headers, response_headers,
+    upstream_uri,
+};
 use crate::state::AppState;
 
 /// An entry of `GET /v1/models` (OpenAI's model object).
@@ -126,6 +129,7 @@ impl Call<'_> {
             self.req.headers(),
             current_request_id().as_deref(),
             version.upstream_api_key.as_ref().map(|k| k.expose()),
+            self.req.peer_addr().map(|peer| peer.ip()),
         );
         let upstream_started = Instant::now();
         let sent = self.state.upstream.send(method, uri, headers, body).await;
@@ -331,8 +335,10 @@ pub async fn invoke(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, OpenAiError> {
     let started = started(&req);
-    let (name, rest) = path.into_inner();
+    let (name, _decoded_rest) = path.into_inner();
     let name = ModelName::parse(name)?;
+    // As sent, not as actix decoded it: the model server gets the client's bytes.
+    let rest = raw_call_path(req.uri().path())?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ValidationError::new("query", e.to_string()))?;
     let pick = |key: &str| {
@@ -342,12 +348,7 @@ pub async fn invoke(
             .map(|(_, v)| v.as_str())
     };
     let target = Target::with_params(name, pick("alias"), pick("version"))?;
-    let forwarded: Vec<&(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| k != "alias" && k != "version")
-        .collect();
-    let query = serde_urlencoded::to_string(&forwarded)
-        .map_err(|e| ValidationError::new("query", e.to_string()))?;
+    let query = raw_call_query(req.query_string());
     let body = read_body(
         payload.into_inner(),
         content_length(&req),
@@ -363,7 +364,7 @@ pub async fn invoke(
         model: target.model.as_str().to_owned(),
     };
     let version = call.resolve(&target).await?;
-    call.forward(&version, hyper::Method::POST, &rest, Some(&query), body)
+    call.forward(&version, hyper::Method::POST, rest, Some(&query), body)
         .await
 }
 
