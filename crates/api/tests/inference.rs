@@ -378,6 +378,11 @@ async fn a_model_server_that_goes_quiet_mid_body_is_cut_off_after_the_timeout() 
     assert_eq!(report["items"][0]["errors"], 1);
     let metrics = app.metrics_text().await;
     assert!(metrics.contains("maas_upstream_duration_seconds_bucket{model=\"quiet\""));
+    // Generations take minutes: the buckets go that far.
+    assert!(
+        metrics.contains("maas_upstream_duration_seconds_bucket{model=\"quiet\",le=\"600\"}"),
+        "{metrics}"
+    );
     stub.stop().await;
     app.stop().await;
 }

@@ -14,6 +14,14 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Histogram buckets (seconds) for `maas_upstream_duration_seconds`, from 5 ms to 10 min: a call
+/// lasts until the model server's body is complete, and a long generation takes minutes
+/// (`upstream.timeout_seconds` is 300 by default).
+pub const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+
 /// How often [`PrometheusHandle::run_upkeep`] should run (it drains histogram buffers).
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -29,6 +37,12 @@ pub fn install_recorder(version: &str) -> Result<PrometheusHandle, TelemetryErro
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                // A full name wins over a suffix.
+                .set_buckets_for_metric(
+                    Matcher::Full(names::UPSTREAM_DURATION_SECONDS.into()),
+                    UPSTREAM_BUCKETS,
+                )
                 .map_err(|e| e.to_string())?
                 .build_recorder();
             let handle = recorder.handle();
