@@ -400,6 +400,9 @@ pub fn raw_call_query(query: &str) -> String {
 
 /// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
+/// Of a longer body (a large batch of embeddings, say), only its last bytes are kept: OpenAI's
+/// answers end with `usage`.
+const USAGE_TAIL: usize = 64 * 1024;
 
 /// Watches a response body for the OpenAI `usage` object, and records the call when the body
 /// ends, fails, or is dropped because the client went away.
@@ -415,6 +418,8 @@ pub struct Meter {
     /// Where the event goes.
     queue: UsageQueue,
     buffer: Vec<u8>,
+    /// A non-streamed body outgrew [`USAGE_SCAN_LIMIT`]: `buffer` holds only its tail.
+    tail_only: bool,
 }
 
 impl Meter {
@@ -433,6 +438,7 @@ impl Meter {
             sse,
             queue,
             buffer: Vec::new(),
+            tail_only: false,
         }
     }
 
@@ -451,8 +457,46 @@ impl Meter {
             if self.buffer.len() > USAGE_SCAN_LIMIT {
                 self.buffer.clear();
             }
-        } else if self.buffer.len() + chunk.len() <= USAGE_SCAN_LIMIT {
+        } else if !self.tail_only && self.buffer.len() + chunk.len() <= USAGE_SCAN_LIMIT {
             self.buffer.extend_from_slice(chunk);
+        } else {
+            // Up to twice the tail is held, then cut back to one: each byte is moved at most
+            // once, however small the chunks.
+            self.tail_only = true;
+            self.buffer
+                .extend_from_slice(&chunk[chunk.len().saturating_sub(2 * USAGE_TAIL)..]);
+            if self.buffer.len() > 2 * USAGE_TAIL {
+                let drop = self.buffer.len() - USAGE_TAIL;
+                self.buffer.drain(..drop);
+            }
+        }
+    }
+
+    /// Reads the tokens of a non-streamed body, once it is complete.
+    fn settle_usage(&mut self) {
+        if self.sse || self.buffer.is_empty() {
+            return;
+        }
+        let body = std::mem::take(&mut self.buffer);
+        if !self.tail_only {
+            self.take_usage(&body);
+            return;
+        }
+        // The tail starts anywhere: read the last `"usage":` key that is not inside a string
+        // (where its quotes would be escaped) and the object after it.
+        let key = b"\"usage\"";
+        let found = (0..body.len().saturating_sub(key.len() - 1))
+            .rev()
+            .filter(|&at| body[at..].starts_with(key) && (at == 0 || body[at - 1] != b'\\'))
+            .find_map(|at| {
+                let rest = body[at + key.len()..].trim_ascii_start();
+                rest.strip_prefix(b":")
+            });
+        if let Some(value) = found {
+            let mut values = serde_json::Deserializer::from_slice(value).into_iter::<UsageCounts>();
+            if let Some(Ok(usage)) = values.next() {
+                self.count(usage);
+            }
         }
     }
 
@@ -472,6 +516,10 @@ impl Meter {
         let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice::<WithUsage>(json) else {
             return;
         };
+        self.count(usage);
+    }
+
+    fn count(&mut self, usage: UsageCounts) {
         let Some(event) = &mut self.event else {
             return;
         };
@@ -488,10 +536,7 @@ impl Meter {
         if self.event.is_none() {
             return;
         }
-        if !self.sse && !self.buffer.is_empty() {
-            let body = std::mem::take(&mut self.buffer);
-            self.take_usage(&body);
-        }
+        self.settle_usage();
         let Some(mut event) = self.event.take() else {
             return;
         };
@@ -670,6 +715,56 @@ mod tests {
         meter.take_usage(body);
         let event = meter.event().expect("not recorded yet");
         (event.prompt_tokens, event.completion_tokens)
+    }
+
+    /// The token counts a meter reads from a non-streamed `body` that arrives in `chunk`-byte
+    /// pieces.
+    fn tokens_of_chunked(body: &[u8], chunk: usize) -> (Option<i64>, Option<i64>) {
+        let (queue, _receiver) = UsageQueue::new(1);
+        let event = crate::usage::tests::event();
+        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        for piece in body.chunks(chunk) {
+            meter.observe(piece);
+        }
+        meter.settle_usage();
+        let event = meter.event().expect("not recorded yet");
+        (event.prompt_tokens, event.completion_tokens)
+    }
+
+    /// An embeddings answer of about `bytes` bytes, `usage` last, as OpenAI sends it; `filler`
+    /// goes into the last embedding's object, after its vector.
+    fn large_answer(bytes: usize, filler: &str) -> Vec<u8> {
+        let vector = vec!["0.0123456789"; bytes / 13].join(",");
+        format!(
+            r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[{vector}],"note":"{filler}"}}],"model":"m","usage":{{"prompt_tokens":5,"total_tokens":5}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_large_answer_still_gives_its_usage_from_its_tail() {
+        let body = large_answer(3 * USAGE_SCAN_LIMIT, "");
+        assert!(body.len() > 2 * USAGE_SCAN_LIMIT);
+        for chunk in [1000, 16 * 1024, USAGE_TAIL + 7, 3 * USAGE_TAIL, body.len()] {
+            assert_eq!(tokens_of_chunked(&body, chunk), (Some(5), None), "{chunk}");
+        }
+        let just_over = large_answer(USAGE_SCAN_LIMIT + 3 * USAGE_TAIL, "");
+        assert!(just_over.len() > USAGE_SCAN_LIMIT);
+        assert_eq!(
+            tokens_of_chunked(&just_over, 1),
+            (Some(5), None),
+            "byte by byte"
+        );
+        // A `"usage"` inside a string (its quotes escaped) is not the answer's.
+        let body = large_answer(
+            2 * USAGE_SCAN_LIMIT,
+            r#"say "usage": {"prompt_tokens": 99}"#,
+        );
+        assert_eq!(tokens_of_chunked(&body, 16 * 1024), (Some(5), None));
+        // A tail without `usage` leaves the counts empty.
+        let mut body = large_answer(2 * USAGE_SCAN_LIMIT, "");
+        body.truncate(body.len() - 60);
+        assert_eq!(tokens_of_chunked(&body, 16 * 1024), (None, None));
     }
 
     #[test]
