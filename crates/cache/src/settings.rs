@@ -23,8 +23,8 @@ pub struct RedisSettings {
     pub db: i64,
     /// Password (`AUTH`), if the server requires one.
     pub password: Option<String>,
-    /// A full `redis://` (or `rediss://`, `redis+unix://`) URL; when set it overrides host, port,
-    /// db and password.
+    /// A full `redis://` (or `redis+unix://`) URL; when set it overrides host, port, db and
+    /// password. TLS (`rediss://`) is not built in: the connection is refused at start-up.
     pub url: Option<String>,
     /// Most connections the pool opens.
     pub pool_max_size: u32,

@@ -27,16 +27,25 @@ impl HealthCheck for PgHealth {
         "postgres"
     }
 
+    /// `SELECT 1` on a pooled connection, or, when every connection of the pool is busy, on a
+    /// connection of its own: a pool saturated by load is not a database that is down, and a
+    /// replica that reported it so would be taken out of its load balancer with all the others
+    /// at the moment they are all busiest.
     async fn check(&self) -> Result<(), String> {
+        let state = self.pool.state();
+        if state.connections >= self.max && state.idle_connections == 0 {
+            let mut conn = self
+                .pool
+                .dedicated_connection()
+                .await
+                .map_err(|e| format!("cannot connect to the database: {e}"))?;
+            return select_one(&mut conn).await;
+        }
         let mut conn = self.pool.get().await.map_err(|e| match e {
             bb8::RunError::TimedOut => "timed out waiting for a database connection".to_owned(),
             bb8::RunError::User(e) => format!("cannot connect to the database: {e}"),
         })?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        select_one(&mut conn).await
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
@@ -47,4 +56,12 @@ impl HealthCheck for PgHealth {
             idle: state.idle_connections,
         })
     }
+}
+
+async fn select_one(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), String> {
+    diesel::sql_query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -207,6 +207,25 @@ async fn the_health_check_round_trips_and_reports_the_pool() {
 }
 
 #[tokio::test]
+async fn a_pool_busy_to_its_last_connection_is_still_a_healthy_database() {
+    let db = TestDatabase::new().await;
+    let settings = DatabaseSettings {
+        pool_max_size: 1,
+        connect_timeout_seconds: 1,
+        ..db.settings()
+    };
+    let pool = connect(&settings).await.expect("pool");
+    let health = PgHealth::new(pool.clone());
+    let _busy = pool.get().await.expect("the only connection");
+    health
+        .check()
+        .await
+        .expect("busy is not down: the check gets a connection of its own");
+    let status = health.pool_status().expect("pooled");
+    assert_eq!((status.max, status.in_use()), (1, 1), "{status:?}");
+}
+
+#[tokio::test]
 async fn the_health_check_fails_when_the_database_is_unreachable() {
     let health = PgHealth::new(connect(&nowhere()).await.expect("pool"));
     let err = health.check().await.expect_err("nothing listens there");
