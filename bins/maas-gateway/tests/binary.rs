@@ -55,7 +55,17 @@ impl Gateway {
     }
 
     fn start_with(db: &TestDatabase, redis_url: &str, key_prefix: &str) -> Self {
-        let mut child = command(&[
+        Self::start_env(db, redis_url, key_prefix, &[])
+    }
+
+    /// Started with `extra` settings on top of the usual ones.
+    fn start_env(
+        db: &TestDatabase,
+        redis_url: &str,
+        key_prefix: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env = vec![
             ("MAAS_DATABASE__URL", db.url()),
             ("MAAS_REDIS__URL", redis_url),
             ("MAAS_REDIS__KEY_PREFIX", key_prefix),
@@ -64,11 +74,13 @@ impl Gateway {
             ("MAAS_SERVER__WORKERS", "2"),
             ("MAAS_SERVER__SHUTDOWN_TIMEOUT_SECONDS", "30"),
             ("MAAS_AUTH__BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn maas-gateway");
+        ];
+        env.extend_from_slice(extra);
+        let mut child = command(&env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn maas-gateway");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -130,6 +142,64 @@ impl Gateway {
         self.seen.extend(self.lines.iter());
         (status, self.seen)
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_drain_window_readiness_says_draining_while_serving_goes_on_then_it_stops() {
+    let db = TestDatabase::empty().await;
+    let redis = TestRedis::start().await.expect("redis");
+    // Long enough that the requests below land inside the window on any machine; the test
+    // waits for the exit, never for the window to pass.
+    let gateway = Gateway::start_env(
+        &db,
+        &redis.settings.connection_url(),
+        &redis.prefix,
+        &[("MAAS_SERVER__DRAIN_SECONDS", "10")],
+    );
+    let client = reqwest::Client::new();
+    let res = client
+        .get(gateway.url("/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(res.status(), 200);
+
+    gateway.terminate();
+    // Readiness turns (bounded wait: the signal is handled asynchronously).
+    let deadline = Instant::now() + PATIENCE;
+    let body = loop {
+        let res = client
+            .get(gateway.url("/health/ready"))
+            .send()
+            .await
+            .expect("still listening while draining");
+        if res.status() == 503 {
+            break res.json::<Value>().await.expect("json");
+        }
+        assert!(Instant::now() < deadline, "readiness never said draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["status"], "draining", "{body}");
+    // Everything else is served as before.
+    let res = client
+        .get(gateway.url("/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status(), 200);
+    let res = admin_client()
+        .get(gateway.url("/api/v1/users/me"))
+        .send()
+        .await
+        .expect("an API call");
+    assert_eq!(res.status(), 200);
+
+    let (status, lines) = gateway.wait();
+    assert!(status.success(), "exits 0 after the window, got {status}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"msg\":\"stopped\"")),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

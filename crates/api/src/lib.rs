@@ -42,7 +42,7 @@ use crate::handlers::{aliases, docs, health, inference, keys, models, users, ver
 pub use crate::settings::{
     AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings,
 };
-pub use crate::state::{AppState, Dependency};
+pub use crate::state::{AppState, Dependency, Draining};
 
 /// A resource whose wrong-method requests get a 405 problem instead of an empty body.
 fn resource(path: &str) -> Resource {
@@ -169,20 +169,65 @@ pub fn app(
 /// Serves the app on `listener` until SIGTERM or SIGINT, then drains in-flight requests for
 /// up to `server.shutdown_timeout_seconds`. Await the returned server; it resolves after the
 /// drain.
+///
+/// With `server.drain_seconds` above 0 the signals are the gateway's own: on the first one,
+/// `/health/ready` answers 503 `draining` for that long while everything else is served as
+/// before, and only then does the server stop listening and drain. Call it inside a Tokio
+/// runtime.
 pub fn run(
     listener: TcpListener,
     state: AppState,
     settings: &ServerSettings,
 ) -> std::io::Result<Server> {
     let max_body_bytes = settings.max_body_bytes;
-    let mut server = HttpServer::new(move || app(state.clone(), max_body_bytes))
-        // Streamed (chunked) answers go out in several small writes; with Nagle's algorithm on,
-        // the second waits for a delayed ACK (40 ms on Linux).
-        .tcp_nodelay(true)
-        .shutdown_timeout(settings.shutdown_timeout_seconds)
-        .listen(listener)?;
+    let drain = std::time::Duration::from_secs(settings.drain_seconds);
+    let draining = web::Data::new(state::Draining::default());
+    let app_draining = draining.clone();
+    let mut server =
+        HttpServer::new(move || app(state.clone(), max_body_bytes).app_data(app_draining.clone()))
+            // Streamed (chunked) answers go out in several small writes; with Nagle's algorithm on,
+            // the second waits for a delayed ACK (40 ms on Linux).
+            .tcp_nodelay(true)
+            .shutdown_timeout(settings.shutdown_timeout_seconds)
+            .listen(listener)?;
     if let Some(workers) = settings.workers {
         server = server.workers(workers.max(1));
     }
-    Ok(server.run())
+    if drain.is_zero() {
+        return Ok(server.run());
+    }
+    let server = server.disable_signals().run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        stop_signal().await;
+        draining.start();
+        tokio::time::sleep(drain).await;
+        handle.stop(true).await;
+    });
+    Ok(server)
+}
+
+/// The first SIGTERM or SIGINT (Ctrl-C). Where a handler cannot be installed, only the other
+/// signal counts.
+async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

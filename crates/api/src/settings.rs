@@ -14,6 +14,10 @@ pub struct ServerSettings {
     pub workers: Option<usize>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_timeout_seconds: u64,
+    /// On SIGTERM or SIGINT, how long `/health/ready` answers 503 `draining` while the server
+    /// goes on serving, before it stops listening and drains: time for a load balancer to take
+    /// the replica out of rotation. 0 (the default): stop listening at once.
+    pub drain_seconds: u64,
     /// Largest accepted request body, in bytes (larger gives 413).
     pub max_body_bytes: usize,
 }
@@ -25,6 +29,7 @@ impl Default for ServerSettings {
             port: 8000,
             workers: None,
             shutdown_timeout_seconds: 30,
+            drain_seconds: 0,
             max_body_bytes: 256 * 1024,
         }
     }

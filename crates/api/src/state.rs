@@ -46,3 +46,21 @@ pub struct AppState {
     /// Where access lines and errors go.
     pub logger: slog::Logger,
 }
+
+/// Set once the server was told to stop and is waiting out `server.drain_seconds`:
+/// `/health/ready` then answers 503 `draining`. [`crate::run`] registers one; an app without it
+/// is never draining.
+#[derive(Debug, Default)]
+pub struct Draining(std::sync::atomic::AtomicBool);
+
+impl Draining {
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// From now on, readiness says `draining`.
+    pub fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -10,7 +10,7 @@ use maas_telemetry::names;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::state::{AppState, Dependency};
+use crate::state::{AppState, Dependency, Draining};
 
 /// Each dependency check of `/health/ready` is cut off after this long.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -25,8 +25,9 @@ pub struct Liveness {
 /// Body of `/health/ready`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` (all up), `degraded` (an optional dependency is down; still serving) or
-    /// `unavailable` (a required dependency is down; 503).
+    /// `ready` (all up), `degraded` (an optional dependency is down; still serving),
+    /// `unavailable` (a required dependency is down; 503) or `draining` (told to stop; 503, no
+    /// checks).
     pub status: String,
     /// One report per dependency, by name.
     pub checks: BTreeMap<String, CheckReport>,
@@ -87,9 +88,18 @@ async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
 #[utoipa::path(get, path = "/health/ready", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready, or degraded (an optional dependency is down)", body = Readiness),
-        (status = 503, description = "A required dependency is down", body = Readiness),
+        (status = 503, description = "A required dependency is down, or the server is draining before it stops", body = Readiness),
     ))]
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub async fn ready(
+    state: web::Data<AppState>,
+    draining: Option<web::Data<Draining>>,
+) -> HttpResponse {
+    if draining.is_some_and(|d| d.is_draining()) {
+        return HttpResponse::ServiceUnavailable().json(Readiness {
+            status: "draining".to_owned(),
+            checks: BTreeMap::new(),
+        });
+    }
     let reports = join_all(state.dependencies.iter().map(|dep| check(&state, dep))).await;
     let required_down = reports.iter().any(|(_, r)| r.required && r.error.is_some());
     let any_down = reports.iter().any(|(_, r)| r.error.is_some());
