@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::future::Future as _;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -289,7 +290,8 @@ pub fn request_headers(
             chain.extend_from_slice(value.as_bytes());
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(peer.to_string().as_bytes());
+        // Formatted straight into the header's bytes (writing to a `Vec` cannot fail).
+        let _ = write!(chain, "{peer}");
         if let Ok(value) = hyper::header::HeaderValue::from_bytes(&chain) {
             out.insert("x-forwarded-for", value);
         }

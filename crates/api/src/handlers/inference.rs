@@ -75,23 +75,25 @@ impl Call<'_> {
         }
     }
 
-    /// Records a call that failed before it was routed, and hands the error back.
-    fn failed(&self, err: ApiError) -> OpenAiError {
+    /// Records a call that failed with `err`, routed to `version` if it got that far.
+    fn record_failure(&self, version: Option<i32>, err: &ApiError) {
         use actix_web::ResponseError as _;
         self.state
             .usage_queue
-            .push(self.event(None, err.status_code().as_u16()));
+            .push(self.event(version, err.status_code().as_u16()));
+    }
+
+    /// Records a call that failed before it was routed, and hands the error back.
+    fn failed(&self, err: ApiError) -> OpenAiError {
+        self.record_failure(None, &err);
         err.into()
     }
 
     /// Records a call routed to `version` that failed at or before the upstream, and hands the
     /// error back naming the version.
     fn failed_at(&self, version: &ModelVersion, err: ApiError) -> OpenAiError {
-        use actix_web::ResponseError as _;
         let number = version.version.get();
-        self.state
-            .usage_queue
-            .push(self.event(Some(number), err.status_code().as_u16()));
+        self.record_failure(Some(number), &err);
         OpenAiError::routed(
             err,
             Routed {
