@@ -3,8 +3,9 @@
 
     python3 e2e/stub_upstream.py [PORT]      # PORT 0 (the default) picks a free one
 
-It listens on 127.0.0.1 only and prints the port it bound as the first line on stdout, so a
-script can start it with port 0 and read the port back. Logs go to stderr.
+It listens on 127.0.0.1 only (STUB_HOST=0.0.0.0 in the environment for all interfaces, as in
+the container test, docker/test.sh) and prints the port it bound as the first line on stdout,
+so a script can start it with port 0 and read the port back. Logs go to stderr.
 
 Routes, all answering at once and deterministically so that a test can predict every byte:
 
@@ -34,6 +35,7 @@ the gateway cancelled the upstream call when its client left).
 
 import base64
 import json
+import os
 import struct
 import sys
 import threading
@@ -460,12 +462,13 @@ class Handler(BaseHTTPRequestHandler):
 
 def main(argv):
     port = int(argv[1]) if len(argv) > 1 else 0
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = os.environ.get("STUB_HOST", "127.0.0.1")
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     # A larger accept queue than the default 5, for bursts of concurrent test calls.
     server.socket.listen(128)
     print(server.server_address[1], flush=True)
-    sys.stderr.write("stub: listening on 127.0.0.1:%d\n" % server.server_address[1])
+    sys.stderr.write("stub: listening on %s:%d\n" % (host, server.server_address[1]))
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

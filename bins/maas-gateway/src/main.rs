@@ -279,14 +279,13 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
             Err(e) => return Err(format!("creating the bootstrap admin failed: {e}")),
         }
     }
-    let rate_limiter = Arc::new(
-        maas_cache::RedisRateLimiter::new(
-            redis.clone(),
-            settings.redis.key_prefix.clone(),
-            Duration::from_millis(settings.redis.command_timeout_ms),
-        )
-        .with_leases(Duration::from_millis(settings.rate_limit.lease_ms)),
-    );
+    let limiter = maas_cache::RedisRateLimiter::new(
+        redis.clone(),
+        settings.redis.key_prefix.clone(),
+        Duration::from_millis(settings.redis.command_timeout_ms),
+    )
+    .with_leases(Duration::from_millis(settings.rate_limit.lease_ms));
+    let rate_limiter = Arc::new(limiter.clone());
     let dependencies: Arc<[Dependency]> = Arc::new([
         Dependency {
             check: Arc::new(maas_persistence::PgHealth::new(pg.clone())),
@@ -354,13 +353,17 @@ async fn serve(log: &Logger, settings: Settings) -> Result<(), String> {
     info!(log, "listening"; "address" => local.to_string(), "port" => local.port());
     let server = maas_api::run(listener, state, &settings.server).map_err(|e| e.to_string())?;
     let result = server.await.map_err(|e| e.to_string());
+    info!(
+        log,
+        "server stopped: in-flight requests drained; writing the queued usage events"
+    );
     // Every queue sender went with the server: the writer drains what is left, then ends.
-    if tokio::time::timeout(Duration::from_secs(10), usage_writer)
-        .await
-        .is_err()
-    {
-        warn!(log, "usage events still queued after 10 s were not written");
+    match tokio::time::timeout(Duration::from_secs(10), usage_writer).await {
+        Ok(_) => info!(log, "usage events flushed"),
+        Err(_) => warn!(log, "usage events still queued after 10 s were not written"),
     }
+    // What this replica's rate-limit leases did not use goes back to the other replicas.
+    limiter.release_leases().await;
     upkeep.abort();
     usage_flush.abort();
     if let Some(listener) = invalidation_listener {

@@ -166,6 +166,9 @@ async fn two_replicas_sharing_redis_admit_no_more_than_limit_plus_burst_together
         admitted <= bound,
         "admitted {admitted} > limit + burst ({bound})"
     );
+    // Strict: no replica may sit on part of the burst while the other refuses. (Leases take only
+    // from the upper half of a burst and a key's first grant on a replica is never a lease, so
+    // with a burst of 5 every one of these requests is decided by Redis.)
     assert!(
         admitted >= burst as usize,
         "the burst is admitted: {admitted}"

@@ -47,13 +47,23 @@
 //!   whole lease period, at most 4 times the last lease and at most `burst / 2` (at least 1).
 //!   A quiet key, or one with a small burst, asks for one request at a time: it is decided by
 //!   Redis per request, as without leases.
+//! - **Leases take only from the upper half of the allowance.** The script grants the request
+//!   that asked whenever the GCRA admits it, but extra requests only out of what exceeds
+//!   `ceil(burst / 2)` (the *reserve*). So once a key has used half its burst, every replica's
+//!   every request is decided by Redis, one at a time, exactly as without leases: near the
+//!   limit no replica can be refused while another sits on the key's last requests. (A burst
+//!   below 4 never leases at all.)
+//! - **What a lease does not use goes back.** When a lease ends with requests left (its `D` ran
+//!   out, or the process stops: [`RedisRateLimiter::release_leases`]), they are returned to
+//!   Redis: `TAT` moves back by one interval per returned request (never before `now`), as if
+//!   they had never been granted. Allowance a replica took and did not need is then available
+//!   to the others again instead of being lost; a busy key that stops abruptly costs the other
+//!   replicas at most `D` of waiting for its leftovers, never the leftovers themselves.
 //! - Redis never grants more than the GCRA allows, so replicas together never get more than
 //!   `rpm + burst` a minute granted. A granted request is admitted up to `D` after its grant, so
 //!   over a sliding minute at most `rpm · (1 + D / 60 s) + burst` are admitted (with the default
-//!   250 ms lease: 0.4 % above `rpm`).
-//! - A lease of one replica is not available to another: near its limit a busy key may be
-//!   refused while another replica still holds a few of its requests (at most `burst / 2` each,
-//!   for at most `D`). Dropped leftovers are allowance lost, never gained.
+//!   250 ms lease: 0.4 % above `rpm`). Returned requests were never admitted, so returning them
+//!   does not change that bound.
 //! - `remaining` of a lease-admitted request is Redis's `remaining` at the grant plus what the
 //!   lease still holds; `reset_seconds` counts from the grant.
 //!
@@ -105,8 +115,9 @@ const EXPIRY_MARGIN_MS: u64 = 1_000;
 const MICROS_PER_SECOND: u64 = 1_000_000;
 
 /// The GCRA decision for up to `want` requests at once. KEYS: the key's TAT. ARGV: emission
-/// interval T (µs), capacity burst · T (µs), expiry margin (ms), want (at least 1). Grants as many
-/// of the `want` requests as fit, at least one or none. Returns `{granted (0 = refused),
+/// interval T (µs), capacity burst · T (µs), expiry margin (ms), want (at least 1), reserve (the
+/// requests that extra grants leave alone). Grants the request that asked if it fits, plus up to
+/// `want - 1` more out of what exceeds the reserve, or none. Returns `{granted (0 = refused),
 /// remaining, retry_after_us, reset_us}`.
 ///
 /// Numbers are Lua doubles, exact for integers below 2^53; they are written with `%.0f` so that
@@ -119,6 +130,7 @@ local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local margin_ms = tonumber(ARGV[3])
 local want = math.max(tonumber(ARGV[4]) or 1, 1)
+local reserve = math.max(tonumber(ARGV[5]) or 0, 0)
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = now
@@ -130,15 +142,47 @@ local fit = math.floor((now + capacity - tat) / interval)
 if fit < 1 then
   return {0, 0, tat + interval - capacity - now, tat - now}
 end
-local granted = math.min(want, fit)
+local extras = math.min(want - 1, math.max(fit - 1 - reserve, 0))
+local granted = 1 + extras
 local new_tat = tat + granted * interval
 local ttl_ms = math.ceil((new_tat - now) / 1000) + margin_ms
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
 return {granted, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
 ";
 
+/// Gives back requests a lease did not use. KEYS: the key's TAT. ARGV: their intervals (µs), the
+/// expiry margin (ms). `TAT` moves back by that much; at or before `now` the allowance is full,
+/// which a missing key says too. Returns 1 when something was given back.
+const RETURN_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local amount = tonumber(ARGV[1])
+local margin_ms = tonumber(ARGV[2])
+local stored = tonumber(redis.call('GET', KEYS[1]))
+if not stored then
+  return 0
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = stored - amount
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+local ttl_ms = math.ceil((tat - now) / 1000) + margin_ms
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
+return 1
+";
+
 /// The script's reply: granted (0 = refused), remaining, retry-after (µs), reset (µs).
 type ScriptReply = (i64, i64, i64, i64);
+
+/// What one script call granted.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    granted: u32,
+    reply: ScriptReply,
+    interval_us: u64,
+}
 
 /// The Redis rate limiter. Cheap to clone; clones share the pool and the breaker.
 ///
@@ -153,6 +197,10 @@ struct Inner {
     key_prefix: String,
     command_timeout: Duration,
     script: Script,
+    /// Gives back what a lease did not use.
+    return_script: Script,
+    /// Tells one lease period of a key from the next.
+    next_generation: AtomicU64,
     /// Open after Redis was unreachable or too slow: checks skip Redis.
     breaker: Breaker,
     /// How long granted requests may wait in this process; zero: every check asks Redis.
@@ -164,6 +212,12 @@ struct Inner {
 /// Requests Redis granted this process for one key and that it has not admitted yet.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
+    /// This lease period, among the key's periods in this process.
+    generation: u64,
+    /// The emission interval its requests were granted at (µs): what each returned one is worth.
+    interval_us: u64,
+    /// Whether a task gives back what is left when the period ends.
+    return_armed: bool,
     /// Still to admit.
     left: u32,
     /// Admitted from this lease.
@@ -190,6 +244,8 @@ impl RedisRateLimiter {
                 key_prefix: key_prefix.into(),
                 command_timeout,
                 script: Script::new(GCRA_SCRIPT),
+                return_script: Script::new(RETURN_SCRIPT),
+                next_generation: AtomicU64::new(0),
                 breaker: Breaker::new(DEFAULT_LIMITER_BREAKER_COOLDOWN),
                 lease_us: AtomicU64::new(0),
                 leases: Mutex::new(HashMap::new()),
@@ -258,51 +314,174 @@ impl RedisRateLimiter {
     }
 
     /// Keeps what Redis granted beyond the request that asked; returns what the key's lease now
-    /// holds.
-    fn store_lease(
-        &self,
-        key_id: Uuid,
-        granted: u32,
-        reply: ScriptReply,
-        lease: Duration,
-        now: Instant,
-    ) -> u32 {
+    /// holds. A lease whose period ended with requests left is given back first, and a lease
+    /// with requests left gets a task that gives them back when its period ends.
+    fn store_lease(&self, key_id: Uuid, grant: Grant, lease: Duration, now: Instant) -> u32 {
         let Ok(mut leases) = self.inner.leases.lock() else {
             return 0;
         };
         if leases.len() >= LEASE_SWEEP_THRESHOLD {
-            leases.retain(|_, l| l.expires_at > now);
+            leases.retain(|key, l| {
+                let keep = l.expires_at > now;
+                if !keep && l.left > 0 {
+                    self.give_back_later(*key, l.left, l.interval_us, None);
+                }
+                keep
+            });
         }
-        let (_granted, remaining, _retry, reset_us) = reply;
+        let Grant {
+            granted,
+            reply: (_granted, remaining, _retry, reset_us),
+            interval_us,
+        } = grant;
         let left = granted.saturating_sub(1);
         let remaining_at_grant = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
         let reset_at = now + Duration::from_micros(u64::try_from(reset_us.max(0)).unwrap_or(0));
-        let entry = leases.entry(key_id).or_insert(Lease {
-            left: 0,
-            used: 0,
+        let fresh = |generation| Lease {
+            generation,
+            interval_us,
+            return_armed: false,
+            left,
+            used: 1,
             granted_at: now,
-            expires_at: now,
+            expires_at: now + lease,
             remaining_at_grant,
             reset_at,
-        });
-        if entry.expires_at <= now {
-            *entry = Lease {
-                left,
-                used: 1,
-                granted_at: now,
-                expires_at: now + lease,
-                remaining_at_grant,
-                reset_at,
-            };
-        } else {
-            // Another request of this key was granted at the same time: pool the two, keeping
-            // the earlier expiry (dropping early only wastes allowance, never exceeds it).
-            entry.left = entry.left.saturating_add(left);
-            entry.used = entry.used.saturating_add(1);
-            entry.remaining_at_grant = remaining_at_grant;
-            entry.reset_at = reset_at;
+        };
+        let entry = match leases.entry(key_id) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(fresh(self.generation()))
+            }
+            std::collections::hash_map::Entry::Occupied(occupied) => {
+                let entry = occupied.into_mut();
+                if entry.expires_at <= now {
+                    if entry.left > 0 {
+                        self.give_back_later(key_id, entry.left, entry.interval_us, None);
+                    }
+                    *entry = fresh(self.generation());
+                } else {
+                    // Another request of this key was granted at the same time: pool the two,
+                    // keeping the earlier expiry (dropping early only wastes allowance, never
+                    // exceeds it) and the smaller interval (giving back less is the safe side).
+                    entry.left = entry.left.saturating_add(left);
+                    entry.used = entry.used.saturating_add(1);
+                    entry.remaining_at_grant = remaining_at_grant;
+                    entry.reset_at = reset_at;
+                    entry.interval_us = entry.interval_us.min(interval_us);
+                }
+                entry
+            }
+        };
+        if entry.left > 0 && !entry.return_armed {
+            entry.return_armed = true;
+            self.give_back_later(
+                key_id,
+                0,
+                entry.interval_us,
+                Some((entry.generation, entry.expires_at)),
+            );
         }
         entry.left
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Gives back `left` requests of `key_id` in a task of its own; with `at_end`, instead
+    /// whatever the key's lease `generation` still holds once it expires. Without a Tokio
+    /// runtime (never the case inside [`RateLimiter::check`]) nothing is given back, which only
+    /// loses allowance.
+    fn give_back_later(
+        &self,
+        key_id: Uuid,
+        left: u32,
+        interval_us: u64,
+        at_end: Option<(u64, Instant)>,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limiter = self.clone();
+        runtime.spawn(async move {
+            let left = match at_end {
+                None => left,
+                Some((generation, expires_at)) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(expires_at)).await;
+                    limiter.take_leftover(key_id, Some(generation))
+                }
+            };
+            limiter.give_back(key_id, left, interval_us).await;
+        });
+    }
+
+    /// Takes what the key's lease still holds (of `generation` only, when given), so that it
+    /// can be given back.
+    fn take_leftover(&self, key_id: Uuid, generation: Option<u64>) -> u32 {
+        let Ok(mut leases) = self.inner.leases.lock() else {
+            return 0;
+        };
+        match leases.get_mut(&key_id) {
+            Some(lease) if generation.is_none_or(|g| g == lease.generation) => {
+                std::mem::take(&mut lease.left)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Moves the key's `TAT` back by `left` intervals of `interval_us`. A failure loses that
+    /// allowance (the safe side) and is not retried.
+    async fn give_back(&self, key_id: Uuid, left: u32, interval_us: u64) {
+        if left == 0 {
+            return;
+        }
+        let amount = interval_us
+            .saturating_mul(u64::from(left))
+            .min(MAX_CAPACITY_US);
+        let mut invocation = self.inner.return_script.prepare_invoke();
+        invocation
+            .key(self.key(key_id))
+            .arg(amount)
+            .arg(EXPIRY_MARGIN_MS);
+        let invocation = &invocation;
+        let returned = call::run(
+            &self.inner.pool,
+            self.inner.command_timeout,
+            |mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await },
+        )
+        .await;
+        if let Err(failure) = returned {
+            log::debug!("giving back {left} unused leased requests failed ({failure})");
+        }
+    }
+
+    /// Gives back, now, every request this process holds in leases and has not admitted: for a
+    /// replica that stops, so that the others can use them at once. Later checks of those keys
+    /// ask Redis again.
+    pub async fn release_leases(&self) {
+        let taken: Vec<(Uuid, u32, u64)> = match self.inner.leases.lock() {
+            Ok(mut leases) => leases
+                .iter_mut()
+                .filter(|(_, l)| l.left > 0)
+                .map(|(key, l)| (*key, std::mem::take(&mut l.left), l.interval_us))
+                .collect(),
+            Err(_) => return,
+        };
+        for (key_id, left, interval_us) in taken {
+            self.give_back(key_id, left, interval_us).await;
+        }
+    }
+
+    /// Requests of `key_id` this process holds in a current lease and has not admitted yet.
+    pub fn held(&self, key_id: Uuid) -> u32 {
+        let now = Instant::now();
+        self.inner
+            .leases
+            .lock()
+            .ok()
+            .and_then(|leases| leases.get(&key_id).copied())
+            .filter(|l| l.expires_at > now)
+            .map_or(0, |l| l.left)
     }
 
     /// [`new`](Self::new) with the key prefix and command timeout of `redis`.
@@ -382,6 +561,12 @@ fn capacity_us(interval_us: u64, burst: u32) -> u64 {
         .min(MAX_CAPACITY_US)
 }
 
+/// The requests of a key's allowance that leases leave alone: `ceil(burst / 2)`, so that extra
+/// grants come only out of the upper half (a burst of 0 counts as 1).
+fn lease_reserve(burst: u32) -> u32 {
+    burst.max(1).div_ceil(2)
+}
+
 /// Whole seconds in `micros`, rounded up; 0 for none.
 fn ceil_seconds(micros: i64) -> u64 {
     u64::try_from(micros).map_or(0, |us| us.div_ceil(MICROS_PER_SECOND))
@@ -444,7 +629,8 @@ impl RateLimiter for RedisRateLimiter {
             .arg(interval)
             .arg(capacity_us(interval, limit.burst))
             .arg(EXPIRY_MARGIN_MS)
-            .arg(want);
+            .arg(want)
+            .arg(lease_reserve(limit.burst));
         let invocation = &invocation;
         let reply = call::run(
             &self.inner.pool,
@@ -459,7 +645,12 @@ impl RateLimiter for RedisRateLimiter {
                 let mut decision = decision(reply);
                 if !lease.is_zero() {
                     if granted >= 1 {
-                        let held = self.store_lease(key_id, granted, reply, lease, Instant::now());
+                        let grant = Grant {
+                            granted,
+                            reply,
+                            interval_us: interval,
+                        };
+                        let held = self.store_lease(key_id, grant, lease, Instant::now());
                         // What this process holds can still be made at once, too.
                         if let RateDecision::Allowed { remaining, .. } = &mut decision {
                             *remaining = remaining.saturating_add(held);
@@ -505,6 +696,15 @@ mod tests {
         assert_eq!(capacity_us(1_000, 5), 5_000);
         assert_eq!(capacity_us(1_000, 0), 1_000);
         assert_eq!(capacity_us(60_000_000, u32::MAX), MAX_CAPACITY_US);
+    }
+
+    #[test]
+    fn leases_leave_the_lower_half_of_the_burst_alone() {
+        assert_eq!(lease_reserve(0), 1);
+        assert_eq!(lease_reserve(1), 1);
+        assert_eq!(lease_reserve(5), 3);
+        assert_eq!(lease_reserve(20), 10);
+        assert_eq!(lease_reserve(u32::MAX), u32::MAX / 2 + 1);
     }
 
     #[test]

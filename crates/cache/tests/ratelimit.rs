@@ -516,3 +516,93 @@ async fn the_remaining_header_counts_what_the_lease_holds() {
     assert_eq!(remaining, expected);
     redis.cleanup().await.expect("cleanup");
 }
+
+/// Checks `key` on `limiter` until one is refused; returns how many were admitted.
+async fn admit_until_refused(limiter: &RedisRateLimiter, key: Uuid, limit: RateLimit) -> usize {
+    let mut admitted = 0;
+    loop {
+        match limiter.check(key, limit).await {
+            RateDecision::Allowed { .. } => admitted += 1,
+            RateDecision::Limited { .. } => return admitted,
+            RateDecision::Unavailable => panic!("Redis is up"),
+        }
+        assert!(admitted <= 10_000, "never refused");
+    }
+}
+
+#[tokio::test]
+async fn below_half_the_burst_no_lease_is_granted_and_nothing_is_held_back() {
+    let redis = test_redis().await;
+    let leasing = limiter_on(&redis).with_leases(Duration::from_secs(60));
+    let plain = limiter_on(&redis);
+    let key = Uuid::new_v4();
+    let burst = 40;
+    // Another replica takes the key below half its burst (19 left)...
+    for _ in 0..21 {
+        assert!(matches!(
+            plain.check(key, limit(SLOW, burst)).await,
+            RateDecision::Allowed { .. }
+        ));
+    }
+    // ...after which a leasing replica's busy stream is decided one request at a time.
+    for i in 0..10 {
+        let decision = leasing.check(key, limit(SLOW, burst)).await;
+        assert!(matches!(decision, RateDecision::Allowed { .. }), "{i}");
+        assert_eq!(leasing.held(key), 0, "no lease below half the burst ({i})");
+    }
+    // So the first replica gets every request that is left: none is sitting in a lease.
+    assert_eq!(
+        admit_until_refused(&plain, key, limit(SLOW, burst)).await,
+        9
+    );
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn what_a_lease_did_not_use_goes_back_to_redis_when_it_ends() {
+    let redis = test_redis().await;
+    let leasing = limiter_on(&redis).with_leases(Duration::from_millis(50));
+    let plain = limiter_on(&redis);
+    let key = Uuid::new_v4();
+    let busy = limit(SLOW, 1_000);
+    // A busy stream on the leasing replica, which then stops with requests still leased.
+    admit_twenty(&leasing, key, busy).await;
+    let held = u64::from(leasing.held(key));
+    assert!(held > 0, "the busy key holds a lease");
+    let spent = stored_tat(&redis, &leasing, key).await.expect("a TAT");
+    // Once the lease's 50 ms are over its leftovers are given back: wait for that (the bound
+    // is only there so that a broken give-back fails instead of hanging; nothing is timed).
+    let mut given_back = spent;
+    for _ in 0..500 {
+        given_back = stored_tat(&redis, &leasing, key).await.expect("a TAT");
+        if given_back < spent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One interval (60 s at one request a minute) per leased request that was not admitted.
+    assert_eq!(
+        spent - given_back,
+        held * 60_000_000,
+        "the lease's {held} went back"
+    );
+    assert_eq!(leasing.held(key), 0, "the lease ended");
+    assert_eq!(admit_until_refused(&plain, key, busy).await, 1_000 - 20);
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_stopping_replica_releases_its_leases_at_once() {
+    let redis = test_redis().await;
+    let leasing = limiter_on(&redis).with_leases(Duration::from_secs(60));
+    let plain = limiter_on(&redis);
+    let key = Uuid::new_v4();
+    let busy = limit(SLOW, 1_000);
+    admit_twenty(&leasing, key, busy).await;
+    assert!(leasing.held(key) > 0, "the busy key holds a lease");
+    leasing.release_leases().await;
+    assert_eq!(leasing.held(key), 0);
+    // Exactly the twenty admitted are spent: nothing leased is lost.
+    assert_eq!(admit_until_refused(&plain, key, busy).await, 1_000 - 20);
+    redis.cleanup().await.expect("cleanup");
+}
