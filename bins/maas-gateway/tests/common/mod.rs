@@ -1,19 +1,20 @@
-//! One place for the api tests' set-up: a real server on a free port over a database of its own
-//! (cloned from the migrated template) and a Redis key prefix of its own.
+//! One place for the full-stack tests' set-up: the real [`Application`] (the binary's own
+//! wiring) on a free port, over a database of its own (cloned from the migrated template) and a
+//! Redis key prefix of its own.
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod stub;
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_api::{AppState, Dependency, RateLimitSettings, ServerSettings, UpstreamSettings};
+use maas_api::{RateLimitSettings, UpstreamSettings};
 use maas_cache::test_util::TestRedis;
+use maas_domain::Accounts;
 use maas_domain::identity::PlaintextKey;
-use maas_domain::ports::{Cache, NoCache};
-use maas_domain::{Accounts, Registry, Usage};
+use maas_gateway::{Application, Settings, ShutdownHandle};
 use maas_persistence::test_util::TestDatabase;
 use serde_json::{Value, json};
 
@@ -31,14 +32,16 @@ pub struct TestApp {
     pub accounts: Accounts,
     pub db: Arc<TestDatabase>,
     pub redis: TestRedis,
-    pub server: actix_web::dev::ServerHandle,
+    pub server: ShutdownHandle,
+    /// Between the app and Postgres when [`Options::postgres_down`] is set (already cut).
+    pub postgres_proxy: Option<proxy::TcpProxy>,
 }
 
 /// How to build a [`TestApp`]; the defaults are a healthy app with the cache on.
 pub struct Options {
     pub cache: bool,
-    /// The in-process tier in front of Redis (as the binary runs it), kept coherent by a
-    /// pub/sub listener; its TTL is long, so tests see what invalidation messages do.
+    /// The in-process tier in front of Redis, kept coherent by a pub/sub listener; its TTL is
+    /// long, so tests see what invalidation messages do.
     pub local_cache: bool,
     pub max_body_bytes: usize,
     /// Share another app's database (a second replica).
@@ -47,7 +50,7 @@ pub struct Options {
     pub redis: Option<TestRedis>,
     /// Point the Redis pool somewhere else (down or hung Redis).
     pub redis_url: Option<String>,
-    /// Point the Postgres pool at a dead address.
+    /// Postgres goes away once the app has started (its connections cut, new ones refused).
     pub postgres_down: bool,
     /// Default limits (the tests' default is generous so only rate-limit tests meet it).
     pub rate_limit: RateLimitSettings,
@@ -86,147 +89,99 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(Options::default()).await
 }
 
+/// The settings a test app runs with: the defaults, on a free loopback port, over this test's
+/// database and Redis prefix, with the options applied.
+fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: &str) -> Settings {
+    let mut settings = Settings::default();
+    settings.server.host = "127.0.0.1".to_owned();
+    settings.server.port = 0;
+    settings.server.workers = Some(2);
+    settings.server.shutdown_timeout_seconds = 1;
+    settings.server.max_body_bytes = options.max_body_bytes;
+    settings.database = db.settings();
+    settings.redis = redis.settings.clone();
+    if let Some(url) = &options.redis_url {
+        settings.redis.url = Some(url.clone());
+        settings.redis.command_timeout_ms = 200;
+    }
+    settings.cache.enabled = options.cache;
+    // Long lifetimes: what a test sees after a write is invalidation, never expiry.
+    settings.cache.ttl_seconds = 300;
+    settings.auth.key_cache_ttl_seconds = 300;
+    settings.cache.local_ttl_ms = if options.local_cache { 300_000 } else { 0 };
+    settings.auth.bootstrap_admin_key = Some(admin_key.to_owned());
+    settings.rate_limit = options.rate_limit;
+    settings.upstream = options.upstream;
+    settings.usage.queue_capacity = 1_000;
+    settings.usage.batch_size = 100;
+    settings
+}
+
 pub async fn spawn_with(options: Options) -> TestApp {
-    let db = match options.db {
-        Some(db) => db,
+    let db = match &options.db {
+        Some(db) => Arc::clone(db),
         None => Arc::new(TestDatabase::new().await),
     };
-    let redis = match options.redis {
-        Some(redis) => redis,
+    let redis = match &options.redis {
+        Some(redis) => redis.clone(),
         None => TestRedis::start().await.expect("test redis"),
     };
-    let mut db_settings = db.settings();
-    if options.postgres_down {
-        db_settings.url = Some("postgres://postgres@127.0.0.1:1/nothing".to_owned());
-        db_settings.connect_timeout_seconds = 1;
-    }
-    let pg = maas_persistence::connect(&db_settings)
-        .await
-        .expect("pg pool");
-    let mut redis_settings = redis.settings.clone();
-    if let Some(url) = &options.redis_url {
-        redis_settings.url = Some(url.clone());
-        redis_settings.command_timeout_ms = 200;
-    }
-    let redis_pool = maas_cache::connect(&redis_settings)
-        .await
-        .expect("redis pool");
-    let cache: Arc<dyn Cache> = if options.cache {
-        Arc::new(maas_cache::RedisCache::new(
-            redis_pool.clone(),
-            redis_settings.key_prefix.clone(),
-            Duration::from_secs(300),
-            redis_settings.command_timeout(),
-        ))
-    } else {
-        Arc::new(NoCache)
-    };
-    let cache: Arc<dyn Cache> = if options.cache && options.local_cache {
-        let local = maas_cache::LocalStore::new(Duration::from_secs(300), 10_000);
-        let listener = maas_cache::listen_for_invalidations(
-            &redis_settings,
-            Arc::clone(&local),
-            Duration::from_secs(1),
-        )
-        .expect("valid redis settings");
-        tokio::spawn(listener);
-        if options.redis_url.is_none() {
-            wait_until_live(&local).await;
-        }
-        Arc::new(maas_cache::NearCache::new(local, cache))
-    } else {
-        cache
-    };
-    let accounts = Accounts::new(
-        Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
-        cache.clone(),
-    );
-    let admin_key = options.admin_key.unwrap_or_else(|| {
+    let admin_key = options.admin_key.clone().unwrap_or_else(|| {
         PlaintextKey::generate()
             .expect("csprng")
             .expose()
             .to_owned()
     });
-    if !options.postgres_down {
-        accounts
-            .bootstrap_admin(&PlaintextKey::parse(&admin_key).expect("valid key"))
+    let mut settings = settings(&options, &db, &redis, &admin_key);
+    let postgres_proxy = if options.postgres_down {
+        // The test database's URL, pointed at a proxy in front of its server.
+        let mut url = url::Url::parse(db.url()).expect("the test database URL");
+        let target = format!(
+            "{}:{}",
+            url.host_str().expect("a host"),
+            url.port().unwrap_or(5432)
+        );
+        let proxy = proxy::TcpProxy::to(&target)
             .await
-            .expect("bootstrap admin");
+            .expect("a proxy to Postgres");
+        url.set_host(Some("127.0.0.1")).expect("a host");
+        url.set_port(Some(proxy.port())).expect("a port");
+        settings.database.url = Some(url.to_string());
+        settings.database.connect_timeout_seconds = 1;
+        Some(proxy)
+    } else {
+        None
+    };
+    let app = Application::build(settings, &maas_telemetry::logging::discard_logger())
+        .await
+        .expect("the gateway starts");
+    if options.cache && options.local_cache && options.redis_url.is_none() {
+        wait_until_live(&app).await;
     }
-    let rate_limiter = Arc::new(
-        maas_cache::RedisRateLimiter::new(
-            redis_pool.clone(),
-            redis_settings.key_prefix.clone(),
-            redis_settings.command_timeout(),
-        )
-        .with_leases(Duration::from_millis(options.rate_limit.lease_ms)),
-    );
-    let app_accounts = accounts.clone();
-    let (usage_queue, usage_receiver) = maas_api::usage::UsageQueue::new(1_000);
-    let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
-        pg.clone(),
-    )));
-    tokio::spawn(maas_api::usage::write_usage(
-        usage_receiver,
-        usage.clone(),
-        100,
-        maas_telemetry::logging::discard_logger(),
-    ));
-    let state = AppState {
-        registry: Registry::new(
-            Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
-            cache,
-        ),
-        accounts,
-        upstream: maas_api::proxy::Upstream::new(&options.upstream).expect("upstream client"),
-        upstream_settings: options.upstream,
-        usage_queue,
-        usage,
-        rate_limiter,
-        rate_limit: options.rate_limit,
-        dependencies: Arc::new([
-            Dependency {
-                check: Arc::new(maas_persistence::PgHealth::new(pg)),
-                required: true,
-            },
-            Dependency {
-                check: Arc::new(maas_cache::RedisHealth::new(
-                    redis_pool,
-                    redis_settings.command_timeout(),
-                )),
-                required: false,
-            },
-        ]),
-        metrics: maas_telemetry::metrics::install_recorder("test").expect("recorder"),
-        logger: maas_telemetry::logging::discard_logger(),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let settings = ServerSettings {
-        workers: Some(2),
-        max_body_bytes: options.max_body_bytes,
-        shutdown_timeout_seconds: 1,
-        ..ServerSettings::default()
-    };
-    let server = maas_api::run(listener, state, &settings).expect("server");
-    let handle = server.handle();
-    tokio::spawn(server);
+    let port = app.port();
+    let accounts = app.accounts();
+    let server = app.shutdown_handle();
+    tokio::spawn(app.run_until_stopped());
+    if let Some(proxy) = &postgres_proxy {
+        proxy.shut();
+    }
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
         client: client_with_key(&admin_key),
         anon: reqwest::Client::new(),
         admin_key,
-        accounts: app_accounts,
+        accounts,
         db,
         redis,
-        server: handle,
+        server,
+        postgres_proxy,
     }
 }
 
 /// Waits until the in-process tier's invalidation subscription is up, so tests exercise it.
-async fn wait_until_live(local: &maas_cache::LocalStore) {
+async fn wait_until_live(app: &Application) {
     for _ in 0..500 {
-        if local.is_live() {
+        if app.local_cache_live() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,0 +1,319 @@
+//! The composition root: [`Application::build`] wires every adapter into the api's `AppState`
+//! and binds the listener; [`Application::run_until_stopped`] serves until the server stops,
+//! then writes what is still queued. The binary and the full-stack tests start the gateway
+//! through it, so there is exactly one wiring.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use maas_api::{AppState, Dependency};
+use maas_cache::{LocalStore, RedisPool, RedisRateLimiter};
+use maas_domain::identity::PlaintextKey;
+use maas_domain::ports::{Cache, NoCache};
+use maas_domain::{Accounts, Registry, Usage};
+use maas_persistence::PgPool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use slog::{Logger, info, warn};
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::settings::Settings;
+
+/// How long the usage writer gets, after the server stopped, to write what is still queued.
+const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gateway that is wired and listening, not yet serving: [`port`](Self::port) is bound (use
+/// port 0 for a free one), and [`run_until_stopped`](Self::run_until_stopped) serves.
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    log: Logger,
+    accounts: Accounts,
+    limiter: RedisRateLimiter,
+    local_tier: Option<Arc<LocalStore>>,
+    tasks: BackgroundTasks,
+}
+
+/// What runs beside the server: written or flushed at the end, or just stopped.
+struct BackgroundTasks {
+    /// Writes usage events; ends by itself once the server (every queue sender) is gone.
+    usage_writer: JoinHandle<()>,
+    /// `run_upkeep` of the Prometheus recorder.
+    upkeep: JoinHandle<()>,
+    /// Writes `last_used_at` of used keys every `auth.usage_flush_seconds`.
+    key_usage_flush: JoinHandle<()>,
+    /// The in-process cache tier's invalidation subscription.
+    invalidation_listener: Option<JoinHandle<()>>,
+}
+
+impl BackgroundTasks {
+    fn abort_periodic(&self) {
+        self.upkeep.abort();
+        self.key_usage_flush.abort();
+        if let Some(listener) = &self.invalidation_listener {
+            listener.abort();
+        }
+    }
+}
+
+/// Stops a running [`Application`] from elsewhere (a test, an embedding service).
+#[derive(Clone)]
+pub struct ShutdownHandle(ServerHandle);
+
+impl ShutdownHandle {
+    /// Stops the server: with `graceful`, in-flight requests first finish (within
+    /// `server.shutdown_timeout_seconds`). `run_until_stopped` then flushes and returns.
+    pub async fn stop(&self, graceful: bool) {
+        self.0.stop(graceful).await;
+    }
+}
+
+impl Application {
+    /// Waits for Postgres, migrates, connects Redis, wires the use-cases and adapters, starts
+    /// the background tasks, bootstraps the first admin (`auth.bootstrap_admin_key`) and binds
+    /// `server.host:server.port`.
+    ///
+    /// # Errors
+    /// Postgres unreachable for `database.startup_timeout_seconds`, a failed migration, an
+    /// unusable Redis URL, no usable CA certificates, a port that cannot be bound.
+    pub async fn build(settings: Settings, log: &Logger) -> Result<Self, Error> {
+        let metrics = maas_telemetry::metrics::install_recorder(env!("CARGO_PKG_VERSION"))
+            .map_err(|e| Error::Metrics(e.to_string()))?;
+        crate::commands::migrate(log, &settings).await?;
+        let pg = maas_persistence::connect(&settings.database).await?;
+        let redis = maas_cache::connect(&settings.redis).await?;
+
+        let local_tier = settings
+            .cache
+            .local_enabled()
+            .then(|| LocalStore::new(settings.cache.local_ttl(), settings.cache.local_max_entries));
+        let caches = Caches {
+            settings: &settings,
+            redis: &redis,
+            local_tier: local_tier.as_ref(),
+        };
+        let registry = Registry::new(
+            Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
+            caches.with_ttl(Duration::from_secs(settings.cache.ttl_seconds)),
+        );
+        let accounts = Accounts::new(
+            Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
+            caches.with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds)),
+        );
+        let invalidation_listener = match &local_tier {
+            Some(local) => Some(tokio::spawn(maas_cache::listen_for_invalidations(
+                &settings.redis,
+                Arc::clone(local),
+                // Generous: a slow ping only makes the tier step aside, which costs round trips.
+                settings.redis.command_timeout().max(Duration::from_secs(1)),
+            )?)),
+            None => None,
+        };
+        bootstrap_admin(log, &settings, &accounts).await?;
+
+        let limiter = RedisRateLimiter::from_settings(redis.clone(), &settings.redis)
+            .with_leases(Duration::from_millis(settings.rate_limit.lease_ms));
+        let upstream =
+            maas_api::proxy::Upstream::new(&settings.upstream).map_err(Error::Upstream)?;
+        let (usage_queue, usage_receiver) =
+            maas_api::usage::UsageQueue::new(settings.usage.queue_capacity);
+        let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
+            pg.clone(),
+        )));
+        let tasks = BackgroundTasks {
+            usage_writer: tokio::spawn(maas_api::usage::write_usage(
+                usage_receiver,
+                usage.clone(),
+                settings.usage.batch_size,
+                log.clone(),
+            )),
+            upkeep: tokio::spawn(upkeep(metrics.clone())),
+            key_usage_flush: tokio::spawn(flush_key_usage_every(
+                Duration::from_secs(settings.auth.usage_flush_seconds),
+                accounts.clone(),
+                log.clone(),
+            )),
+            invalidation_listener,
+        };
+        let state = AppState {
+            registry,
+            upstream,
+            upstream_settings: settings.upstream,
+            usage_queue,
+            usage,
+            accounts: accounts.clone(),
+            rate_limiter: Arc::new(limiter.clone()),
+            rate_limit: settings.rate_limit,
+            dependencies: dependencies(&settings, pg, redis),
+            metrics,
+            logger: log.clone(),
+        };
+
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        let address = listener.local_addr().map_err(Error::Server)?;
+        let server = maas_api::run(listener, state, &settings.server).map_err(Error::Server)?;
+        info!(log, "listening"; "address" => address.to_string(), "port" => address.port());
+        Ok(Self {
+            address,
+            server,
+            log: log.clone(),
+            accounts,
+            limiter,
+            local_tier,
+            tasks,
+        })
+    }
+
+    /// The port the server is bound to.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The address the server is bound to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops the server from elsewhere; see [`ShutdownHandle::stop`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.server.handle())
+    }
+
+    /// The identity use-cases the app serves with (to flush key usage when a test needs it now
+    /// rather than after `auth.usage_flush_seconds`).
+    pub fn accounts(&self) -> Accounts {
+        self.accounts.clone()
+    }
+
+    /// Whether the in-process cache tier is in use: configured, and its invalidation
+    /// subscription up (it stays aside until then).
+    pub fn local_cache_live(&self) -> bool {
+        self.local_tier
+            .as_ref()
+            .is_some_and(|local| local.is_live())
+    }
+
+    /// Serves until SIGTERM/SIGINT (see `maas_api::run`) or a [`ShutdownHandle`], drains, then
+    /// writes the queued usage events (for up to 10 s), gives this replica's unused rate-limit
+    /// leases back and writes the keys' `last_used_at`.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run_until_stopped(self) -> Result<(), Error> {
+        let Self {
+            server,
+            log,
+            accounts,
+            limiter,
+            mut tasks,
+            ..
+        } = self;
+        let served = server.await.map_err(Error::Server);
+        info!(
+            log,
+            "server stopped: in-flight requests drained; writing the queued usage events"
+        );
+        // Every queue sender went with the server: the writer drains what is left, then ends.
+        match tokio::time::timeout(USAGE_FLUSH_TIMEOUT, &mut tasks.usage_writer).await {
+            Ok(_) => info!(log, "usage events flushed"),
+            Err(_) => warn!(log, "usage events still queued after 10 s were not written"),
+        }
+        tasks.abort_periodic();
+        limiter.release_leases().await;
+        flush_key_usage(&log, &accounts).await;
+        info!(log, "stopped");
+        served
+    }
+}
+
+/// Registry reads and key lookups: Redis, behind an in-process tier that Redis pub/sub keeps
+/// coherent across replicas (see `maas_cache::near`); [`NoCache`] with `cache.enabled = false`.
+struct Caches<'a> {
+    settings: &'a Settings,
+    redis: &'a RedisPool,
+    local_tier: Option<&'a Arc<LocalStore>>,
+}
+
+impl Caches<'_> {
+    fn with_ttl(&self, ttl: Duration) -> Arc<dyn Cache> {
+        if !self.settings.cache.enabled {
+            return Arc::new(NoCache);
+        }
+        let shared: Arc<dyn Cache> = Arc::new(maas_cache::RedisCache::new(
+            self.redis.clone(),
+            self.settings.redis.key_prefix.clone(),
+            ttl,
+            self.settings.redis.command_timeout(),
+        ));
+        match self.local_tier {
+            Some(local) => Arc::new(maas_cache::NearCache::new(Arc::clone(local), shared)),
+            None => shared,
+        }
+    }
+}
+
+/// Creates user `admin` with `auth.bootstrap_admin_key` unless an admin exists.
+async fn bootstrap_admin(
+    log: &Logger,
+    settings: &Settings,
+    accounts: &Accounts,
+) -> Result<(), Error> {
+    let Some(raw) = &settings.auth.bootstrap_admin_key else {
+        return Ok(());
+    };
+    // The settings loader already checked the key's shape.
+    let key = PlaintextKey::parse(raw).map_err(|e| Error::Domain(e.into()))?;
+    match accounts.bootstrap_admin(&key).await {
+        Ok(Some(user)) => info!(log, "bootstrap admin created";
+            "username" => user.username.as_str(), "key_prefix" => key.display_prefix()),
+        Ok(None) => info!(log, "an admin exists; bootstrap key not used"),
+        Err(e) => return Err(Error::Bootstrap(e)),
+    }
+    Ok(())
+}
+
+/// What `/health/ready` checks: Postgres (required) and Redis (optional: without it the gateway
+/// serves from Postgres, `degraded`).
+fn dependencies(settings: &Settings, pg: PgPool, redis: RedisPool) -> Arc<[Dependency]> {
+    Arc::new([
+        Dependency {
+            check: Arc::new(maas_persistence::PgHealth::new(pg)),
+            required: true,
+        },
+        Dependency {
+            check: Arc::new(maas_cache::RedisHealth::new(
+                redis,
+                settings.redis.command_timeout(),
+            )),
+            required: false,
+        },
+    ])
+}
+
+async fn upkeep(metrics: PrometheusHandle) {
+    let mut tick = tokio::time::interval(maas_telemetry::metrics::UPKEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        metrics.run_upkeep();
+    }
+}
+
+async fn flush_key_usage_every(every: Duration, accounts: Accounts, log: Logger) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        flush_key_usage(&log, &accounts).await;
+    }
+}
+
+async fn flush_key_usage(log: &Logger, accounts: &Accounts) {
+    if let Err(e) = accounts.flush_key_usage().await {
+        warn!(log, "writing last_used_at of API keys failed; will retry"; "error" => e.to_string());
+    }
+}
