@@ -5,7 +5,7 @@ use maas_domain::ValidationError;
 use maas_domain::identity::{ApiKey, NewUser, RateLimitRpm, Role, User, UserPatch};
 use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
-    Alias, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
+    Alias, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage, VersionPatch,
 };
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, Username,
@@ -14,6 +14,31 @@ use maas_domain::values::{
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+/// One page of a keyset-paginated list (models by name, versions newest first, users by name).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The page's items, in the list's order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<D, T: From<D>> From<DomainPage<D>> for Page<T> {
+    fn from(page: DomainPage<D>) -> Self {
+        Self {
+            items: page.items.into_iter().map(Into::into).collect(),
+            next_cursor: page.next_cursor,
+        }
+    }
+}
+
+/// A page of models, ordered by name.
+pub type ModelList = Page<ModelResponse>;
+/// A page of a model's versions, newest first.
+pub type VersionList = Page<VersionResponse>;
+/// A page of users, ordered by name.
+pub type UserList = Page<UserResponse>;
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`), for PATCH bodies.
 fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -133,24 +158,6 @@ impl From<Model> for ModelResponse {
             latest_version: m.latest_version.map(VersionNumber::get),
             created_at: m.created_at,
             updated_at: m.updated_at,
-        }
-    }
-}
-
-/// A page of models.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ModelList {
-    /// Models ordered by name.
-    pub items: Vec<ModelResponse>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-impl From<Page<Model>> for ModelList {
-    fn from(p: Page<Model>) -> Self {
-        Self {
-            items: p.items.into_iter().map(Into::into).collect(),
-            next_cursor: p.next_cursor,
         }
     }
 }
@@ -297,24 +304,6 @@ impl From<ModelVersion> for VersionResponse {
     }
 }
 
-/// A page of versions.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VersionList {
-    /// Versions, newest first.
-    pub items: Vec<VersionResponse>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-impl From<Page<ModelVersion>> for VersionList {
-    fn from(p: Page<ModelVersion>) -> Self {
-        Self {
-            items: p.items.into_iter().map(Into::into).collect(),
-            next_cursor: p.next_cursor,
-        }
-    }
-}
-
 /// Body of `PUT /api/v1/models/{name}/aliases/{alias}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -417,24 +406,6 @@ impl From<User> for UserResponse {
             role: u.role.as_str().to_owned(),
             disabled: u.disabled,
             created_at: u.created_at,
-        }
-    }
-}
-
-/// A page of users.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserList {
-    /// Users ordered by name.
-    pub items: Vec<UserResponse>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-impl From<Page<User>> for UserList {
-    fn from(p: Page<User>) -> Self {
-        Self {
-            items: p.items.into_iter().map(Into::into).collect(),
-            next_cursor: p.next_cursor,
         }
     }
 }

@@ -25,10 +25,10 @@ use crate::handlers::{aliases, health, inference, keys, models, usage, users, ve
     modifiers(&Security),
     security(("bearer" = []), ("api_key" = [])),
     components(schemas(
-        Problem, dto::CreateModel, dto::UpdateModel, dto::ModelResponse, dto::ModelList,
-        dto::CreateVersion, dto::UpdateVersion, dto::VersionResponse, dto::VersionList,
+        Problem, dto::CreateModel, dto::UpdateModel, dto::ModelResponse, dto::Page<dto::ModelResponse>,
+        dto::CreateVersion, dto::UpdateVersion, dto::VersionResponse, dto::Page<dto::VersionResponse>,
         dto::SetAlias, dto::AliasResponse, health::Liveness, health::Readiness, health::CheckReport,
-        dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::UserList,
+        dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::Page<dto::UserResponse>,
         dto::CreateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
         usage::UsageReport, usage::UsageItem, inference::OpenAiModel, inference::OpenAiModelList,
     )),
@@ -57,5 +57,43 @@ impl Modify for Security {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` in `value`, depth first.
+    fn refs<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    match (key.as_str(), item) {
+                        ("$ref", serde_json::Value::String(target)) => out.push(target),
+                        _ => refs(item, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| refs(item, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_in_the_document_resolves() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty(), "the document uses references");
+        for target in found {
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("a local schema reference: {target}"));
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "{target} is not defined"
+            );
+        }
     }
 }

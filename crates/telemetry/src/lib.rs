@@ -8,6 +8,10 @@
 //!   (so histograms render as histograms, not summaries).
 //! - [`names`]: every metric name, so no other crate spells one as a literal.
 //!
+//! Features: `logging` (the first) and `prometheus` (the second), both on by default. Without
+//! them the crate is [`names`] alone and depends on nothing, which is how `maas-persistence` uses
+//! it.
+//!
 //! ```
 //! use maas_telemetry::logging::{LogFormat, LogSettings, build_logger};
 //!
@@ -21,12 +25,16 @@
 //! assert!(handle.render().contains("maas_build_info"));
 //! ```
 
+#[cfg(feature = "logging")]
 pub mod json;
+#[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "prometheus")]
 pub mod metrics;
 pub mod names;
 
 /// Why telemetry could not be set up.
+#[cfg(feature = "prometheus")]
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The metrics recorder could not be built or installed.

@@ -39,7 +39,7 @@ pub async fn create(
 /// Lists models ordered by name (keyset pagination).
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", params(ListModelsQuery),
     responses(
-        (status = 200, description = "A page of models", body = ModelList),
+        (status = 200, description = "A page of models", body = crate::dto::Page<crate::dto::ModelResponse>),
         (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

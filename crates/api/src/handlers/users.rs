@@ -37,7 +37,7 @@ pub async fn create(
 /// Lists users by name (admins only).
 #[utoipa::path(get, path = "/api/v1/users", tag = "identity", params(ListUsersQuery),
     responses(
-        (status = 200, description = "A page of users", body = UserList),
+        (status = 200, description = "A page of users", body = crate::dto::Page<crate::dto::UserResponse>),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(

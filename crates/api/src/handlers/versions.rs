@@ -42,7 +42,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/models/{name}/versions", tag = "versions",
     params(("name" = String, Path, description = "Model name"), ListVersionsQuery),
     responses(
-        (status = 200, description = "A page of versions", body = VersionList),
+        (status = 200, description = "A page of versions", body = crate::dto::Page<crate::dto::VersionResponse>),
         (status = 404, description = "No such model", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
     ))]
