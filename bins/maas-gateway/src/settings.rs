@@ -123,6 +123,10 @@ impl Settings {
                 "upstream.max_body_bytes",
                 self.upstream.max_body_bytes as u64,
             ),
+            (
+                "server.body_read_timeout_seconds",
+                self.server.body_read_timeout_seconds,
+            ),
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.batch_size", self.usage.batch_size as u64),
         ];
@@ -130,6 +134,15 @@ impl Settings {
             if value == 0 {
                 return Err(SettingsError(format!("{key} must be at least 1")));
             }
+        }
+        if self
+            .server
+            .admin_port
+            .is_some_and(|p| p != 0 && p == self.server.port)
+        {
+            return Err(SettingsError(
+                "server.admin_port must differ from server.port".to_owned(),
+            ));
         }
         // A batch is taken from the queue, so it never holds more than the queue; a larger
         // setting would only reserve memory that is never used.

@@ -29,6 +29,8 @@ const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    /// `server.admin_port`'s listener (`/metrics`), when configured.
+    admin: Option<(SocketAddr, Server)>,
     log: Logger,
     accounts: Accounts,
     limiter: RedisRateLimiter,
@@ -151,17 +153,25 @@ impl Application {
             logger: log.clone(),
         };
 
-        let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
-            address: address.clone(),
-            source,
-        })?;
+        let admin = match settings.server.admin_port {
+            Some(port) => {
+                let listener = bind(&settings.server.host, port)?;
+                let address = listener.local_addr().map_err(Error::Server)?;
+                let server = maas_api::run_admin(listener, state.clone()).map_err(Error::Server)?;
+                info!(log, "admin listener (metrics) up"; "address" => address.to_string(),
+                    "port" => address.port());
+                Some((address, server))
+            }
+            None => None,
+        };
+        let listener = bind(&settings.server.host, settings.server.port)?;
         let address = listener.local_addr().map_err(Error::Server)?;
         let server = maas_api::run(listener, state, &settings.server).map_err(Error::Server)?;
         info!(log, "listening"; "address" => address.to_string(), "port" => address.port());
         Ok(Self {
             address,
             server,
+            admin,
             log: log.clone(),
             accounts,
             limiter,
@@ -178,6 +188,11 @@ impl Application {
     /// The address the server is bound to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The port of the admin listener (`server.admin_port`), when there is one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(address, _)| address.port())
     }
 
     /// Stops the server from elsewhere; see [`ShutdownHandle::stop`].
@@ -208,13 +223,22 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), Error> {
         let Self {
             server,
+            admin,
             log,
             accounts,
             limiter,
             mut tasks,
             ..
         } = self;
+        let admin = admin.map(|(_, admin)| {
+            let handle = admin.handle();
+            (tokio::spawn(admin), handle)
+        });
         let served = server.await.map_err(Error::Server);
+        if let Some((admin, handle)) = admin {
+            handle.stop(true).await;
+            let _ = admin.await;
+        }
         info!(
             log,
             "server stopped: in-flight requests drained; writing the queued usage events"
@@ -230,6 +254,11 @@ impl Application {
         info!(log, "stopped");
         served
     }
+}
+
+fn bind(host: &str, port: u16) -> Result<TcpListener, Error> {
+    let address = format!("{host}:{port}");
+    TcpListener::bind(&address).map_err(|source| Error::Bind { address, source })
 }
 
 /// Registry reads and key lookups: Redis, behind an in-process tier that Redis pub/sub keeps

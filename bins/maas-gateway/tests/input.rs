@@ -2,8 +2,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Options, assert_problem, spawn_app, spawn_with};
 use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn malformed_json_is_400() {
@@ -248,5 +252,95 @@ async fn odd_input_never_produces_a_server_error() {
         let status = app.get(path).await.status().as_u16();
         assert!((200..500).contains(&status), "GET {path} gave {status}");
     }
+    app.stop().await;
+}
+
+/// Sends a request head declaring a body of `declared` bytes, then the body's first bytes one
+/// at a time, `pause` apart, for as long as the server reads; returns the server's status line.
+async fn trickle(app: &common::TestApp, path: &str, declared: usize, pause: Duration) -> String {
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{",
+        app.admin_key
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        // Never the whole body: a slow client, not a complete one.
+        for _ in 1..declared {
+            tokio::time::sleep(pause).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The bound only keeps a broken server from hanging the test; nothing is timed.
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    assert!(read.is_ok(), "no answer within 60 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_408_and_frees_the_connection() {
+    let app = spawn_with(Options {
+        body_read_timeout_seconds: 1,
+        ..Options::default()
+    })
+    .await;
+    // Stalled after its first byte, and trickling one byte every 200 ms (never idle for long,
+    // but not done within the second either): both are cut at the deadline.
+    for pause in [Duration::from_secs(3600), Duration::from_millis(200)] {
+        for path in ["/api/v1/models", "/v1/chat/completions"] {
+            let status = trickle(&app, path, 1_000, pause).await;
+            assert!(
+                status.starts_with("HTTP/1.1 408"),
+                "{path}, {pause:?}: {status}"
+            );
+        }
+    }
+    // What a client gets in time is served as before.
+    let res = app
+        .post_json("/api/v1/models", &json!({"name": "in-time"}))
+        .await;
+    assert_eq!(res.status(), 201);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_body_is_a_problem_naming_the_body() {
+    let app = spawn_with(Options {
+        body_read_timeout_seconds: 1,
+        ..Options::default()
+    })
+    .await;
+    // A chunked body that never comes.
+    let body = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let request = app
+        .client
+        .post(app.url("/api/v1/models"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    // The bound only keeps a broken server from hanging the test; nothing is timed.
+    let res = tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .expect("an answer within 60 s")
+        .expect("an answer before the body ends");
+    let problem = assert_problem(res, 408, Some("body")).await;
+    assert_eq!(problem["title"], "Request timeout");
     app.stop().await;
 }

@@ -340,3 +340,41 @@ async fn swagger_ui_is_served_from_the_binary() {
     assert_eq!(app.get("/docs/swagger-ui.css").await.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_an_admin_port_metrics_are_served_there_and_not_on_the_public_port() {
+    let app = spawn_with(Options {
+        admin_port: true,
+        ..Options::default()
+    })
+    .await;
+    let admin = app.admin_base.clone().expect("an admin listener");
+    let public = app.anon.get(app.url("/metrics")).send().await.expect("GET");
+    assert_problem(public, 404, None).await;
+    let metrics = app
+        .anon
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .expect("text")
+            .contains("maas_build_info")
+    );
+    // Probes answer on both; nothing else is served on the admin port.
+    for base in [app.base.as_str(), admin.as_str()] {
+        let ready = app.anon.get(format!("{base}/health/ready")).send().await;
+        assert_eq!(ready.expect("GET").status(), 200, "{base}");
+    }
+    let api = app
+        .client
+        .get(format!("{admin}/api/v1/users/me"))
+        .send()
+        .await;
+    assert_eq!(api.expect("GET").status(), 404);
+    app.stop().await;
+}

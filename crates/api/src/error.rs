@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The body is larger than `server.max_body_bytes`.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `server.body_read_timeout_seconds`.
+    #[error("the request body did not arrive within server.body_read_timeout_seconds")]
+    BodyTimeout,
     /// No such route.
     #[error("no route matches {0}")]
     RouteNotFound(String),
@@ -101,6 +104,7 @@ impl ApiError {
             Self::BadRequest(_) => ("bad-request", "Bad request"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
+            Self::BodyTimeout => ("request-timeout", "Request timeout"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             Self::UpstreamUnreachable(_) => ("bad-gateway", "Bad gateway"),
             Self::UpstreamTimeout => ("gateway-timeout", "Gateway timeout"),
@@ -112,6 +116,7 @@ impl ApiError {
         let (kind, title) = self.kind();
         let (detail, field) = match self {
             Self::Domain(DomainError::Validation(v)) => (v.to_string(), Some(v.field.clone())),
+            Self::BodyTimeout => (format!("body: {self}"), Some("body".to_owned())),
             // Internals are logged by the access-log middleware, never shown to clients.
             Self::Domain(DomainError::Internal(_)) => (
                 "the server failed to handle the request; it has been logged".to_owned(),
@@ -150,6 +155,7 @@ impl ApiError {
             }
             Self::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
             Self::PayloadTooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Self::BodyTimeout => ("invalid_request_error", "request_timeout"),
             Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Self::Unauthorized => ("authentication_error", "invalid_api_key"),
             Self::Domain(DomainError::Forbidden(_)) => ("permission_error", "forbidden"),
@@ -295,6 +301,7 @@ impl ResponseError for ApiError {
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

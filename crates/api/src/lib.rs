@@ -17,6 +17,7 @@
 //! ```
 
 pub mod auth;
+pub mod deadline;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -57,12 +58,22 @@ async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound(req.path().to_owned()))
 }
 
-/// Registers every route of the gateway.
+/// Registers every route of the gateway, `/metrics` included.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/health").route(web::get().to(health::live)))
-        .service(resource("/health/ready").route(web::get().to(health::ready)))
+    cfg.configure(operations)
         .service(resource("/metrics").route(web::get().to(health::metrics)))
-        .service(resource("/api/openapi.json").route(web::get().to(docs::openapi_json)))
+        .configure(public_routes);
+}
+
+/// Liveness and readiness: on every listener.
+fn operations(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/health").route(web::get().to(health::live)))
+        .service(resource("/health/ready").route(web::get().to(health::ready)));
+}
+
+/// Everything but the operations routes.
+fn public_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/openapi.json").route(web::get().to(docs::openapi_json)))
         .service(resource("/docs").route(web::get().to(docs::swagger_ui)))
         .service(resource("/docs/swagger-ui-bundle.js").route(web::get().to(docs::swagger_js)))
         .service(resource("/docs/swagger-ui.css").route(web::get().to(docs::swagger_css)))
@@ -144,11 +155,13 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
     .service(resource("/usage").route(web::get().to(handlers::usage::report)));
 }
 
-/// The whole application: state, routes, a problem+json 404 for unknown paths, and the
-/// request-context middleware outermost. `max_body_bytes` bounds every JSON body.
+/// The whole application: state, routes, a problem+json 404 for unknown paths, the body
+/// deadline, and the request-context middleware outermost. `server.max_body_bytes` bounds every
+/// JSON body and `server.body_read_timeout_seconds` every body's arrival; with
+/// `server.admin_port` set, `/metrics` is left out (it is served by [`run_admin`] instead).
 pub fn app(
     state: AppState,
-    max_body_bytes: usize,
+    settings: ServerSettings,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -158,11 +171,22 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let metrics = settings.admin_port.is_none();
     App::new()
         .app_data(web::Data::new(state))
-        .app_data(web::Data::new(BodyLimit(max_body_bytes)))
-        .configure(routes)
+        .app_data(web::Data::new(BodyLimit(settings.max_body_bytes)))
+        .app_data(web::Data::new(deadline::BodyReadTimeout(
+            std::time::Duration::from_secs(settings.body_read_timeout_seconds),
+        )))
+        .configure(|cfg| {
+            if metrics {
+                routes(cfg);
+            } else {
+                cfg.configure(operations).configure(public_routes);
+            }
+        })
         .default_service(web::to(route_not_found))
+        .wrap(actix_web::middleware::from_fn(deadline::body_deadline))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }
 
@@ -179,17 +203,18 @@ pub fn run(
     state: AppState,
     settings: &ServerSettings,
 ) -> std::io::Result<Server> {
-    let max_body_bytes = settings.max_body_bytes;
+    let app_settings = settings.clone();
     let drain = std::time::Duration::from_secs(settings.drain_seconds);
     let draining = web::Data::new(state::Draining::default());
     let app_draining = draining.clone();
-    let mut server =
-        HttpServer::new(move || app(state.clone(), max_body_bytes).app_data(app_draining.clone()))
-            // Streamed (chunked) answers go out in several small writes; with Nagle's algorithm on,
-            // the second waits for a delayed ACK (40 ms on Linux).
-            .tcp_nodelay(true)
-            .shutdown_timeout(settings.shutdown_timeout_seconds)
-            .listen(listener)?;
+    let mut server = HttpServer::new(move || {
+        app(state.clone(), app_settings.clone()).app_data(app_draining.clone())
+    })
+    // Streamed (chunked) answers go out in several small writes; with Nagle's algorithm on,
+    // the second waits for a delayed ACK (40 ms on Linux).
+    .tcp_nodelay(true)
+    .shutdown_timeout(settings.shutdown_timeout_seconds)
+    .listen(listener)?;
     if let Some(workers) = settings.workers {
         server = server.workers(workers.max(1));
     }
@@ -205,6 +230,24 @@ pub fn run(
         handle.stop(true).await;
     });
     Ok(server)
+}
+
+/// The admin listener (`server.admin_port`): `/metrics`, `/health` and `/health/ready` only,
+/// one worker, no signal handling of its own (stop it with its handle when the main server
+/// stops).
+pub fn run_admin(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(operations)
+            .service(resource("/metrics").route(web::get().to(health::metrics)))
+            .default_service(web::to(route_not_found))
+            .wrap(actix_web::middleware::from_fn(middleware::request_context))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
 }
 
 /// The first SIGTERM or SIGINT (Ctrl-C). Where a handler cannot be installed, only the other

@@ -20,6 +20,13 @@ pub struct ServerSettings {
     pub drain_seconds: u64,
     /// Largest accepted request body, in bytes (larger gives 413).
     pub max_body_bytes: usize,
+    /// A request body must arrive whole within this long of the request's start, else 408: a
+    /// client trickling its body cannot hold a connection and a worker's slot indefinitely.
+    pub body_read_timeout_seconds: u64,
+    /// A port of its own for `/metrics` (with `/health` and `/health/ready`), on `host`; then the
+    /// main port does not serve `/metrics`, so it can stay private while the API is public.
+    /// `None` (the default): `/metrics` on the main port.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for ServerSettings {
@@ -31,6 +38,8 @@ impl Default for ServerSettings {
             shutdown_timeout_seconds: 30,
             drain_seconds: 0,
             max_body_bytes: 256 * 1024,
+            body_read_timeout_seconds: 30,
+            admin_port: None,
         }
     }
 }

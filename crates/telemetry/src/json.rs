@@ -224,7 +224,7 @@ fn push_two(out: &mut Vec<u8>, value: u64) {
 }
 
 /// Appends `at` as RFC 3339 in UTC with nanoseconds (`2026-11-29T08:05:48.155341022Z`).
-fn write_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+pub(crate) fn write_timestamp(out: &mut Vec<u8>, at: SystemTime) {
     // A clock before 1970 is written as the epoch.
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();

@@ -32,6 +32,8 @@ pub mod logging;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
 pub mod names;
+#[cfg(feature = "logging")]
+pub mod pretty;
 
 /// Why telemetry could not be set up.
 #[cfg(feature = "prometheus")]

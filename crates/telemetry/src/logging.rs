@@ -102,9 +102,9 @@ struct Gathered {
 /// wake-up per line (a wake-up per access-log line of another thread was a measurable share of
 /// the proxy's tail latency on a busy 2-core machine).
 ///
-/// The JSON drain ([`crate::json::JsonLines`]) writes each record as one finished line, which
-/// goes to the shared buffer as it is. A formatter that writes a record in pieces (slog-term)
-/// gathers them in `record`, which only this writer touches (the drain's mutex serialises the
+/// Both drains ([`crate::json::JsonLines`], [`crate::pretty::PrettyLines`]) write each record
+/// as one finished line, which goes to the shared buffer as it is. A formatter that wrote a
+/// record in pieces would gather them in `record`, which only this writer touches (the drain's mutex serialises the
 /// records), and hands them over a line at a time: one lock of the shared buffer per record
 /// either way.
 enum GatherWriter {
@@ -300,8 +300,7 @@ where
             )
         }
         LogFormat::Pretty => {
-            let decorator = slog_term::PlainDecorator::new(writer);
-            let drain = slog_term::FullFormat::new(decorator).build().fuse();
+            let drain = crate::pretty::PrettyLines::new(writer).fuse();
             let drain = std::sync::Mutex::new(drain).ignore_res();
             Logger::root(
                 slog::LevelFilter::new(drain, level).fuse(),

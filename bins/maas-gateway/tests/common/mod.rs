@@ -35,6 +35,8 @@ pub struct TestApp {
     pub server: ShutdownHandle,
     /// Between the app and Postgres when [`Options::postgres_down`] is set (already cut).
     pub postgres_proxy: Option<proxy::TcpProxy>,
+    /// `http://127.0.0.1:<admin port>` with [`Options::admin_port`].
+    pub admin_base: Option<String>,
 }
 
 /// How to build a [`TestApp`]; the defaults are a healthy app with the cache on.
@@ -58,6 +60,10 @@ pub struct Options {
     pub admin_key: Option<String>,
     /// Calls to model servers.
     pub upstream: UpstreamSettings,
+    /// `/metrics` on a port of its own (`server.admin_port`, a free one).
+    pub admin_port: bool,
+    /// `server.body_read_timeout_seconds`.
+    pub body_read_timeout_seconds: u64,
 }
 
 impl Default for Options {
@@ -81,6 +87,8 @@ impl Default for Options {
                 timeout_seconds: 5,
                 ..UpstreamSettings::default()
             },
+            admin_port: false,
+            body_read_timeout_seconds: 30,
         }
     }
 }
@@ -98,6 +106,8 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.server.workers = Some(2);
     settings.server.shutdown_timeout_seconds = 1;
     settings.server.max_body_bytes = options.max_body_bytes;
+    settings.server.admin_port = options.admin_port.then_some(0);
+    settings.server.body_read_timeout_seconds = options.body_read_timeout_seconds;
     settings.database = db.settings();
     settings.redis = redis.settings.clone();
     if let Some(url) = &options.redis_url {
@@ -159,6 +169,9 @@ pub async fn spawn_with(options: Options) -> TestApp {
         wait_until_live(&app).await;
     }
     let port = app.port();
+    let admin_base = app
+        .admin_port()
+        .map(|port| format!("http://127.0.0.1:{port}"));
     let accounts = app.accounts();
     let server = app.shutdown_handle();
     tokio::spawn(app.run_until_stopped());
@@ -175,6 +188,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         redis,
         server,
         postgres_proxy,
+        admin_base,
     }
 }
 
