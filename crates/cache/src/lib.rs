@@ -12,7 +12,10 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use maas_cache::{connect, CacheSettings, RedisCache, RedisHealth, RedisRateLimiter, RedisSettings};
-//! use maas_domain::ports::{Cache, CacheLookup, HealthCheck, RateDecision, RateLimit, RateLimiter};
+//! use maas_domain::ports::{
+//!     Cache, CacheLookup, Field, HealthCheck, RateDecision, RateLimit, RateLimiter, Scope,
+//! };
+//! use maas_domain::values::ModelName;
 //!
 //! # async fn run() -> Result<(), maas_cache::CacheError> {
 //! let redis = RedisSettings::default();
@@ -30,17 +33,18 @@
 //!     RateDecision::Unavailable => {}       // fail open (admit and count) or answer 503
 //! }
 //!
-//! let bytes = match cache.lookup("model:llama", "v1").await {
+//! let scope = Scope::Model(ModelName::parse("llama").expect("a valid name"));
+//! let bytes = match cache.lookup(&scope, &Field::Model).await {
 //!     CacheLookup::Hit(cached) => cached.bytes().to_vec(),
 //!     CacheLookup::Miss(token) => {
 //!         let bytes = b"loaded from Postgres".to_vec();
-//!         cache.fill("model:llama", "v1", token, bytes.clone()).await;
+//!         cache.fill(&scope, &Field::Model, token, bytes.clone()).await;
 //!         bytes
 //!     }
 //!     CacheLookup::Bypass => b"loaded from Postgres".to_vec(),
 //! };
 //! // After a write: drop the whole scope before answering.
-//! cache.invalidate("model:llama").await;
+//! cache.invalidate(&scope).await;
 //! # let _ = (bytes, health);
 //! # Ok(())
 //! # }
