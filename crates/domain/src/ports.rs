@@ -4,9 +4,11 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use thiserror::Error;
 use uuid::Uuid;
 
 use crate::error::{RepoError, ValidationError};
@@ -318,13 +320,39 @@ impl PoolStatus {
     }
 }
 
+/// Why a dependency failed its readiness check.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HealthError {
+    /// Nothing conclusive within the time limit: no connection, or no answer to the round trip.
+    /// A pool that keeps retrying a refused connection until its timeout ends here too.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// Connecting failed with an error; the text says which.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// Connected, but the round trip failed or answered something unexpected.
+    #[error("check failed: {0}")]
+    Failed(String),
+}
+
+impl HealthError {
+    /// `timeout`, `unreachable` or `failed`: a label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
 /// A dependency whose health `/health/ready` reports.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
     /// Short name used in reports and metric labels (`postgres`, `redis`).
     fn name(&self) -> &'static str;
-    /// Does a real round trip; `Err` says why it failed.
-    async fn check(&self) -> Result<(), String>;
+    /// Does a real round trip; the error says why it failed.
+    async fn check(&self) -> Result<(), HealthError>;
     /// Pool counts, if the dependency is pooled.
     fn pool_status(&self) -> Option<PoolStatus>;
 }
