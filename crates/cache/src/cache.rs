@@ -25,6 +25,9 @@
 //! a failure (so one may take up to twice the timeout), since skipping one could leave stale
 //! data behind.
 //!
+//! The start and the end of a failure streak, and every invalidation that failed twice, are
+//! logged with key-value fields through the logger given to [`RedisCache::with_logger`].
+//!
 //! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`], labelled `kind`
 //! ([`Scope::kind`]: `model` or `key`) and `result` (`hit`, `miss`, or `error` for a failure or a
 //! breaker bypass); failed fills and invalidations in [`names::CACHE_WRITE_ERRORS_TOTAL`].
@@ -39,7 +42,7 @@ use maas_telemetry::metrics::{HandleMemo, memoised};
 use maas_telemetry::names::{self, cache_result};
 use redis::{RedisError, Script};
 
-use crate::call::{self, Breaker, Failure};
+use crate::call::{self, Breaker, Failure, SharedLogger};
 use crate::pool::{RedisConnection, RedisPool};
 use crate::settings::{CacheSettings, RedisSettings};
 
@@ -84,6 +87,8 @@ struct Inner {
     fill_script: Script,
     /// Open after a failed call: lookups and fills skip Redis.
     breaker: Breaker,
+    /// Where the start and end of failure streaks and failed invalidations are reported.
+    logger: SharedLogger,
 }
 
 impl RedisCache {
@@ -103,6 +108,7 @@ impl RedisCache {
                 command_timeout,
                 fill_script: Script::new(FILL_SCRIPT),
                 breaker: Breaker::new(DEFAULT_BREAKER_COOLDOWN),
+                logger: SharedLogger::new(),
             }),
         }
     }
@@ -122,6 +128,14 @@ impl RedisCache {
     #[must_use]
     pub fn with_breaker_cooldown(self, cooldown: Duration) -> Self {
         self.inner.breaker.set_cooldown(cooldown);
+        self
+    }
+
+    /// Reports failures through `logger` (by default they go to the `log` crate); clones share
+    /// the setting.
+    #[must_use]
+    pub fn with_logger(self, logger: slog::Logger) -> Self {
+        self.inner.logger.set(logger);
         self
     }
 
@@ -160,18 +174,17 @@ impl RedisCache {
         let breaker = &self.inner.breaker;
         breaker.trip();
         if breaker.note_failure() {
-            let cooldown_ms = breaker.cooldown_ms();
-            log::warn!(
-                "Redis cache {op} failed ({failure}); reads bypass the cache for {cooldown_ms} ms \
-                 at a time until Redis answers again"
-            );
+            slog::warn!(self.inner.logger.get(),
+                "Redis cache failed; reads bypass it for a cool-down at a time until it \
+                 answers again";
+                "op" => op, "error" => %failure, "cooldown_ms" => breaker.cooldown_ms());
         }
     }
 
     /// Logs the end of a failure streak.
     fn record_success(&self) {
         if self.inner.breaker.note_success() {
-            log::info!("Redis cache answers again");
+            slog::info!(self.inner.logger.get(), "Redis cache answers again");
         }
     }
 }
@@ -322,11 +335,11 @@ impl Cache for RedisCache {
         if let Some(failure) = failure {
             // Not rate-limited like read failures: a lost invalidation may leave stale values
             // in Redis for up to the TTL, which an operator must be able to see.
-            log::error!(
-                "Redis cache invalidation of scope {scope} failed twice ({failure}); its values \
-                 may be stale for up to {} s if Redis kept them",
-                self.inner.ttl_secs
-            );
+            slog::error!(self.inner.logger.get(),
+                "Redis cache invalidation failed twice; the scope's values may be stale until \
+                 they expire, if Redis kept them";
+                "scope" => %scope, "kind" => scope.kind(), "error" => %failure,
+                "ttl_seconds" => self.inner.ttl_secs);
             self.record_failure(OP_INVALIDATE, &failure);
             count_write_error(OP_INVALIDATE);
         }

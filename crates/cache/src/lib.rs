@@ -50,9 +50,13 @@
 //! # }
 //! ```
 //!
+//! The adapters log through slog with key-value fields: hand them the service's logger with
+//! `RedisCache::with_logger`, `RedisRateLimiter::with_logger` and
+//! [`listen_for_invalidations_with_logger`]. Without one, their records go to the `log` crate.
+//!
 //! Tests of this and other crates enable the `test-util` feature for [`test_util`]: a key prefix
-//! per test, clean-up of that prefix, stand-ins for an unreachable or hung Redis, and counter
-//! snapshots.
+//! per test, clean-up of that prefix, stand-ins for an unreachable or hung Redis, counter
+//! snapshots and a logger that keeps its records.
 
 pub mod cache;
 mod call;
@@ -68,7 +72,9 @@ pub mod test_util;
 pub use cache::RedisCache;
 pub use error::CacheError;
 pub use health::RedisHealth;
-pub use near::{LocalStore, NearCache, listen_for_invalidations};
+pub use near::{
+    LocalStore, NearCache, listen_for_invalidations, listen_for_invalidations_with_logger,
+};
 pub use pool::{RedisConnection, RedisManager, RedisPool, checkout, connect};
 pub use ratelimit::RedisRateLimiter;
 pub use settings::{CacheSettings, RedisSettings};

@@ -7,8 +7,9 @@
 //!   ([`RedisCache::invalidation_channel`]) in the same `MULTI` as the invalidation itself.
 //! - [`listen_for_invalidations`] keeps one subscription to that channel per process and drops
 //!   the scope of every message (a [`Scope`]'s display form, read back with [`Scope::parse`])
-//!   from the [`LocalStore`]; a message it cannot read drops everything. It also pings Redis over the
-//!   subscription every [`LISTENER_PING_INTERVAL`], so a silently dead connection is noticed.
+//!   from the [`LocalStore`]; a message it cannot read drops everything. It also pings Redis
+//!   over the subscription every [`LISTENER_PING_INTERVAL`], so a silently dead connection is
+//!   noticed.
 //! - The local tier is used only while the subscription is confirmed ("live"). When the
 //!   subscription is lost the tier is cleared and bypassed until a new subscription is
 //!   confirmed, and it is cleared again then (messages sent in between were missed).
@@ -294,7 +295,8 @@ impl Cache for NearCache {
 /// `settings.key_prefix` (see [`crate::cache::invalidation_channel`]): spawn the future it
 /// returns, and abort it at shutdown. It holds one subscription, re-established with backoff
 /// whenever it is lost, and pings Redis over it every [`LISTENER_PING_INTERVAL`]; an answer
-/// slower than `timeout` counts as a lost subscription.
+/// slower than `timeout` counts as a lost subscription. It logs to the `log` crate; see
+/// [`listen_for_invalidations_with_logger`] to give it a logger.
 ///
 /// # Errors
 /// [`CacheError::InvalidUrl`] for a URL the Redis client rejects.
@@ -303,6 +305,20 @@ pub fn listen_for_invalidations(
     local: Arc<LocalStore>,
     timeout: Duration,
 ) -> Result<impl Future<Output = ()> + Send + 'static, CacheError> {
+    listen_for_invalidations_with_logger(settings, local, timeout, crate::call::default_logger())
+}
+
+/// [`listen_for_invalidations`] reporting through `logger`: when the subscription is made and
+/// lost (and, at debug level, every failed attempt to make it).
+///
+/// # Errors
+/// [`CacheError::InvalidUrl`] for a URL the Redis client rejects.
+pub fn listen_for_invalidations_with_logger(
+    settings: &RedisSettings,
+    local: Arc<LocalStore>,
+    timeout: Duration,
+    logger: slog::Logger,
+) -> Result<impl Future<Output = ()> + Send + 'static, CacheError> {
     let client = redis::Client::open(settings.connection_url()).map_err(|source| {
         CacheError::InvalidUrl {
             url: settings.redacted().connection_url(),
@@ -310,27 +326,35 @@ pub fn listen_for_invalidations(
         }
     })?;
     let channel = crate::cache::invalidation_channel(&settings.key_prefix);
-    Ok(listen(client, channel, local, timeout))
+    Ok(listen(client, channel, local, timeout, logger))
 }
 
-async fn listen(client: redis::Client, channel: String, local: Arc<LocalStore>, timeout: Duration) {
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    local: Arc<LocalStore>,
+    timeout: Duration,
+    logger: slog::Logger,
+) {
     let mut delay = FIRST_RETRY_DELAY;
     loop {
         match subscribe(&client, &channel, timeout).await {
             Ok((sink, stream)) => {
                 local.go_live();
                 delay = FIRST_RETRY_DELAY;
-                log::info!("listening for cache invalidations on {channel:?}");
+                slog::info!(logger, "listening for cache invalidations"; "channel" => &channel);
                 let reason = follow(sink, stream, &local, timeout).await;
                 local.go_dark();
-                log::warn!(
-                    "cache invalidation subscription lost ({reason}); the in-process cache is \
-                     bypassed until it is back"
-                );
+                slog::warn!(logger,
+                    "cache invalidation subscription lost; the in-process cache is bypassed \
+                     until it is back";
+                    "channel" => &channel, "reason" => reason);
             }
             Err(reason) => {
                 local.go_dark();
-                log::debug!("cannot subscribe to cache invalidations ({reason}); retrying");
+                slog::debug!(logger, "cannot subscribe to cache invalidations; retrying";
+                    "channel" => &channel, "reason" => reason,
+                    "retry_in_ms" => u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             }
         }
         tokio::time::sleep(delay).await;

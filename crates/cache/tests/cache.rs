@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use maas_cache::test_util::{BlackHole, CounterSnapshot, TestRedis, UNREACHABLE_REDIS_URL};
+use maas_cache::test_util::{
+    BlackHole, CapturedLogs, CounterSnapshot, TestRedis, UNREACHABLE_REDIS_URL,
+};
 use maas_cache::{RedisCache, RedisPool, RedisSettings, checkout, connect};
 use maas_domain::identity::KeyHash;
 use maas_domain::ports::{Cache, CacheLookup, Field, FillToken, Scope};
@@ -347,6 +349,34 @@ async fn with_redis_unreachable_lookups_bypass_and_writes_return() {
         .await;
     cache.invalidate(&model("a")).await;
     assert!(cache.is_bypassing());
+}
+
+#[tokio::test]
+async fn a_failure_streak_is_logged_once_and_every_failed_invalidation_names_its_scope() {
+    let logs = CapturedLogs::new();
+    let (cache, _pool) = failing_cache(UNREACHABLE_REDIS_URL.to_owned()).await;
+    let cache = cache
+        .with_breaker_cooldown(Duration::from_secs(3600))
+        .with_logger(logs.logger());
+
+    for _ in 0..2 {
+        assert_eq!(
+            cache.lookup(&model("a"), &version(1)).await,
+            CacheLookup::Bypass
+        );
+    }
+    cache.invalidate(&model("a")).await;
+
+    let records = logs.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let (streak, invalidation) = (&records[0], &records[1]);
+    assert_eq!(streak.level, slog::Level::Warning);
+    assert_eq!(streak.field("op"), Some("lookup"));
+    assert_eq!(streak.field("cooldown_ms"), Some("3600000"));
+    assert!(streak.field("error").is_some(), "{streak:?}");
+    assert_eq!(invalidation.level, slog::Level::Error);
+    assert_eq!(invalidation.field("scope"), Some("model:a"));
+    assert_eq!(invalidation.field("kind"), Some("model"));
 }
 
 #[tokio::test]

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_cache::test_util::{CounterSnapshot, TcpProxy, TestRedis};
-use maas_cache::{LocalStore, NearCache, RedisCache, RedisSettings, listen_for_invalidations};
+use maas_cache::test_util::{CapturedLogs, CounterSnapshot, TcpProxy, TestRedis};
+use maas_cache::{
+    LocalStore, NearCache, RedisCache, RedisSettings, listen_for_invalidations,
+    listen_for_invalidations_with_logger,
+};
 use maas_domain::ports::{Cache, CacheLookup, Field, Scope};
 use maas_domain::values::{ModelName, VersionNumber};
 use maas_telemetry::names::{self, cache_result};
@@ -272,5 +275,50 @@ async fn a_resubscription_starts_from_an_empty_process_tier() {
     .await;
     assert_answers_from_redis_only(&redis, &a.cache, &a.local).await;
     drop(a);
+    redis.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn the_listener_logs_its_subscription_and_its_loss_through_the_logger_it_was_given() {
+    let redis = TestRedis::start().await.expect("redis");
+    let proxy = TcpProxy::start().await.expect("proxy");
+    let through_proxy = RedisSettings {
+        url: Some(proxy.url()),
+        ..redis.settings.clone()
+    };
+    let logs = CapturedLogs::new();
+    let local = LocalStore::new(LOCAL_TTL, 1_000);
+    let listener = tokio::spawn(
+        listen_for_invalidations_with_logger(
+            &through_proxy,
+            Arc::clone(&local),
+            Duration::from_secs(2),
+            logs.logger(),
+        )
+        .expect("valid settings"),
+    );
+    wait_for("the listener subscribes", || local.is_live()).await;
+    proxy.shut();
+    wait_for("the loss is logged", || {
+        logs.records()
+            .iter()
+            .any(|r| r.level == slog::Level::Warning)
+    })
+    .await;
+    listener.abort();
+
+    let records = logs.records();
+    let channel = format!("{}invalidations", redis.prefix);
+    let made = records
+        .iter()
+        .find(|r| r.level == slog::Level::Info)
+        .expect("the subscription is logged");
+    assert_eq!(made.field("channel"), Some(channel.as_str()));
+    let lost = records
+        .iter()
+        .find(|r| r.level == slog::Level::Warning)
+        .expect("its loss is logged");
+    assert_eq!(lost.field("channel"), Some(channel.as_str()));
+    assert!(lost.field("reason").is_some(), "{records:?}");
     redis.cleanup().await.expect("cleanup");
 }

@@ -241,7 +241,8 @@ impl RedisRateLimiter {
         )
         .await;
         if let Err(failure) = returned {
-            log::debug!("giving back {left} unused leased requests failed ({failure})");
+            slog::debug!(self.inner.logger.get(), "giving back unused leased requests failed";
+                "key_id" => %key_id, "requests" => left, "error" => %failure);
         }
     }
 

@@ -94,7 +94,7 @@ use maas_telemetry::names::{self, rate_limit_decision};
 use redis::Script;
 use uuid::Uuid;
 
-use crate::call::{self, Breaker, Failure};
+use crate::call::{self, Breaker, Failure, SharedLogger};
 use crate::pool::RedisPool;
 use crate::settings::RedisSettings;
 
@@ -203,6 +203,8 @@ struct Inner {
     lease_us: AtomicU64,
     /// Requests granted by Redis and not yet admitted here, by key.
     leases: Mutex<HashMap<Uuid, Lease>>,
+    /// Where the start and end of failure streaks are reported.
+    logger: SharedLogger,
 }
 
 impl RedisRateLimiter {
@@ -220,6 +222,7 @@ impl RedisRateLimiter {
                 breaker: Breaker::new(DEFAULT_LIMITER_BREAKER_COOLDOWN),
                 lease_us: AtomicU64::new(0),
                 leases: Mutex::new(HashMap::new()),
+                logger: SharedLogger::new(),
             }),
         }
     }
@@ -254,6 +257,14 @@ impl RedisRateLimiter {
         self
     }
 
+    /// Reports failures through `logger` (by default they go to the `log` crate); clones share
+    /// the setting.
+    #[must_use]
+    pub fn with_logger(self, logger: slog::Logger) -> Self {
+        self.inner.logger.set(logger);
+        self
+    }
+
     /// Whether checks currently skip Redis because a recent one found it unreachable or slow.
     pub fn is_breaker_open(&self) -> bool {
         self.inner.breaker.is_open()
@@ -273,14 +284,15 @@ impl RedisRateLimiter {
             breaker.trip();
         }
         if breaker.note_failure() {
+            let logger = self.inner.logger.get();
             if outage {
-                log::warn!(
-                    "Redis rate limiter failed ({failure}); checks are undecided, without asking \
-                     Redis for {} ms at a time, until Redis answers again",
-                    breaker.cooldown_ms()
-                );
+                slog::warn!(logger,
+                    "Redis rate limiter failed; checks are undecided, without asking Redis for \
+                     a cool-down at a time, until it answers again";
+                    "error" => %failure, "cooldown_ms" => breaker.cooldown_ms());
             } else {
-                log::error!("Redis rate limiter failed ({failure}); checks are undecided");
+                slog::error!(logger, "Redis rate limiter failed; checks are undecided";
+                    "error" => %failure);
             }
         }
     }
@@ -288,7 +300,7 @@ impl RedisRateLimiter {
     /// Logs the end of a failure streak.
     fn record_success(&self) {
         if self.inner.breaker.note_success() {
-            log::info!("Redis rate limiter answers again");
+            slog::info!(self.inner.logger.get(), "Redis rate limiter answers again");
         }
     }
 }
