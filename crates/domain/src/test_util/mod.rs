@@ -50,7 +50,7 @@ pub use registry::InMemoryRegistry;
 pub use support::{Controls, Hold};
 pub use usage::InMemoryUsage;
 
-use crate::identity::{Role, User};
+use crate::identity::{PlaintextKey, Principal, Role, User};
 use crate::ports::IdentityRepository;
 use crate::{Accounts, Registry, Usage};
 
@@ -103,6 +103,21 @@ impl InMemory {
             .create_user(new_user(name, role))
             .await
             .unwrap_or_else(|e| panic!("fixture user {name:?}: {e}"))
+    }
+
+    /// A new user `name` acting through a key of its own (see [`principal_of`]).
+    pub async fn actor(&self, name: &str, role: Role) -> Principal {
+        principal_of(&self.user(name, role).await)
+    }
+
+    /// Stores a key of `user` straight in the identity store; returns the key itself.
+    pub async fn key_of(&self, user: &User) -> PlaintextKey {
+        let (plaintext, new) = new_key(user.id, "fixture");
+        self.identity_store
+            .create_key(new)
+            .await
+            .unwrap_or_else(|e| panic!("fixture key of {}: {e}", user.username));
+        plaintext
     }
 }
 
