@@ -2,8 +2,9 @@
 //! cache-aside.
 //!
 //! # Key layout
-//! With key prefix `P`, scope `S` is one hash `P` `c:` `S` (one hash field per cached value) and
-//! its generation counter is the string key `P` `g:` `S`:
+//! With key prefix `P`, scope `S` is one hash `P` `c:` `S` (one hash field per cached value, named
+//! by the [`Field`]'s display form) and its generation counter is the string key `P` `g:` `S`,
+//! where `S` is the [`Scope`]'s display form (`model:<name>`, `key:<sha256>`):
 //!
 //! - **lookup** reads the field and the generation in one pipelined round trip. A miss hands the
 //!   generation back as the [`FillToken`].
@@ -24,22 +25,24 @@
 //! a failure (so one may take up to twice the timeout), since skipping one could leave stale
 //! data behind.
 //!
-//! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`], labelled `kind` (the scope's
-//! text before its first `:`, or the whole scope if it has none: `model` for `model:<name>`,
-//! `key` for `key:<hash>`) and `result` (`hit`, `miss`, or `error` for a failure or a breaker
-//! bypass); failed fills and invalidations in [`names::CACHE_WRITE_ERRORS_TOTAL`].
+//! The start and the end of a failure streak, and every invalidation that failed twice, are
+//! logged with key-value fields through the logger given to [`RedisCache::with_logger`].
+//!
+//! Every lookup is counted in [`names::CACHE_REQUESTS_TOTAL`], labelled `kind`
+//! ([`Scope::kind`]: `model` or `key`) and `result` (`hit`, `miss`, or `error` for a failure or a
+//! breaker bypass); failed fills and invalidations in [`names::CACHE_WRITE_ERRORS_TOTAL`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use maas_domain::ports::{Cache, CacheLookup, FillToken};
+use maas_domain::ports::{Cache, CacheLookup, Field, FillToken, Scope};
 use maas_telemetry::metrics::{HandleMemo, memoised};
 use maas_telemetry::names::{self, cache_result};
 use redis::{RedisError, Script};
 
-use crate::call::{self, Breaker, Failure};
+use crate::call::{self, Breaker, Failure, SharedLogger};
 use crate::pool::{RedisConnection, RedisPool};
 use crate::settings::{CacheSettings, RedisSettings};
 
@@ -84,6 +87,8 @@ struct Inner {
     fill_script: Script,
     /// Open after a failed call: lookups and fills skip Redis.
     breaker: Breaker,
+    /// Where the start and end of failure streaks and failed invalidations are reported.
+    logger: SharedLogger,
 }
 
 impl RedisCache {
@@ -103,6 +108,7 @@ impl RedisCache {
                 command_timeout,
                 fill_script: Script::new(FILL_SCRIPT),
                 breaker: Breaker::new(DEFAULT_BREAKER_COOLDOWN),
+                logger: SharedLogger::new(),
             }),
         }
     }
@@ -125,13 +131,21 @@ impl RedisCache {
         self
     }
 
+    /// Reports failures through `logger` (by default they go to the `log` crate); clones share
+    /// the setting.
+    #[must_use]
+    pub fn with_logger(self, logger: slog::Logger) -> Self {
+        self.inner.logger.set(logger);
+        self
+    }
+
     /// Whether lookups and fills currently skip Redis because a recent one failed.
     pub fn is_bypassing(&self) -> bool {
         self.inner.breaker.is_open()
     }
 
     /// The Redis key of the hash that holds `scope`'s values.
-    pub fn scope_key(&self, scope: &str) -> String {
+    pub fn scope_key(&self, scope: &Scope) -> String {
         format!("{}c:{scope}", self.inner.key_prefix)
     }
 
@@ -142,7 +156,7 @@ impl RedisCache {
     }
 
     /// The Redis key of `scope`'s generation counter.
-    pub fn generation_key(&self, scope: &str) -> String {
+    pub fn generation_key(&self, scope: &Scope) -> String {
         format!("{}g:{scope}", self.inner.key_prefix)
     }
 
@@ -160,18 +174,17 @@ impl RedisCache {
         let breaker = &self.inner.breaker;
         breaker.trip();
         if breaker.note_failure() {
-            let cooldown_ms = breaker.cooldown_ms();
-            log::warn!(
-                "Redis cache {op} failed ({failure}); reads bypass the cache for {cooldown_ms} ms \
-                 at a time until Redis answers again"
-            );
+            slog::warn!(self.inner.logger.get(),
+                "Redis cache failed; reads bypass it for a cool-down at a time until it \
+                 answers again";
+                "op" => op, "error" => %failure, "cooldown_ms" => breaker.cooldown_ms());
         }
     }
 
     /// Logs the end of a failure streak.
     fn record_success(&self) {
         if self.inner.breaker.note_success() {
-            log::info!("Redis cache answers again");
+            slog::info!(self.inner.logger.get(), "Redis cache answers again");
         }
     }
 }
@@ -194,26 +207,21 @@ pub fn invalidation_channel(key_prefix: &str) -> String {
     format!("{key_prefix}invalidations")
 }
 
-/// The `kind` label of a lookup in `scope`: its text before the first `:`.
-fn scope_kind(scope: &str) -> &str {
-    scope.split_once(':').map_or(scope, |(kind, _rest)| kind)
-}
-
 thread_local! {
     /// This thread's [`names::CACHE_REQUESTS_TOTAL`] handles by kind and result.
-    static LOOKUP_COUNTERS: HandleMemo<(String, &'static str), metrics::Counter> =
+    static LOOKUP_COUNTERS: HandleMemo<(&'static str, &'static str), metrics::Counter> =
         const { HandleMemo::new() };
 }
 
 /// Counts a lookup of `scope` in [`names::CACHE_REQUESTS_TOTAL`] (also for [`crate::near`]).
 /// The handle comes from the recorder in effect when the thread first counts that label set.
-pub(crate) fn count_lookup(scope: &str, result: &'static str) {
-    let kind = scope_kind(scope);
+pub(crate) fn count_lookup(scope: &Scope, result: &'static str) {
+    let kind = scope.kind();
     memoised(
         &LOOKUP_COUNTERS,
-        |(k, r)| k == kind && *r == result,
-        || (kind.to_owned(), result),
-        || metrics::counter!(names::CACHE_REQUESTS_TOTAL, "kind" => kind.to_owned(), "result" => result),
+        |(k, r)| *k == kind && *r == result,
+        || (kind, result),
+        || metrics::counter!(names::CACHE_REQUESTS_TOTAL, "kind" => kind, "result" => result),
     )
     .increment(1);
 }
@@ -224,7 +232,7 @@ fn count_write_error(op: &'static str) {
 
 #[async_trait]
 impl Cache for RedisCache {
-    async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
+    async fn lookup(&self, scope: &Scope, field: &Field) -> CacheLookup {
         if self.is_bypassing() {
             count_lookup(scope, cache_result::ERROR);
             return CacheLookup::Bypass;
@@ -232,7 +240,7 @@ impl Cache for RedisCache {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET")
             .arg(self.scope_key(scope))
-            .arg(field)
+            .arg(field.to_string())
             .cmd("GET")
             .arg(self.generation_key(scope));
         let pipe = &pipe;
@@ -261,7 +269,7 @@ impl Cache for RedisCache {
         }
     }
 
-    async fn fill(&self, scope: &str, field: &str, token: FillToken, value: Vec<u8>) {
+    async fn fill(&self, scope: &Scope, field: &Field, token: FillToken, value: Vec<u8>) {
         if self.is_bypassing() {
             return;
         }
@@ -270,7 +278,7 @@ impl Cache for RedisCache {
             .key(self.scope_key(scope))
             .key(self.generation_key(scope))
             .arg(token.0.as_deref().unwrap_or(""))
-            .arg(field)
+            .arg(field.to_string())
             .arg(value)
             .arg(self.inner.ttl_secs);
         let invocation = &invocation;
@@ -287,7 +295,7 @@ impl Cache for RedisCache {
         }
     }
 
-    async fn invalidate(&self, scope: &str) {
+    async fn invalidate(&self, scope: &Scope) {
         let generation = self.generation_key(scope);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -307,7 +315,8 @@ impl Cache for RedisCache {
             .ignore()
             .cmd("PUBLISH")
             .arg(self.invalidation_channel())
-            .arg(scope)
+            // Replicas read the display form back with `Scope::parse` (see crate::near).
+            .arg(scope.to_string())
             .ignore();
         let mut failure = None;
         for _attempt in 0..2 {
@@ -326,11 +335,11 @@ impl Cache for RedisCache {
         if let Some(failure) = failure {
             // Not rate-limited like read failures: a lost invalidation may leave stale values
             // in Redis for up to the TTL, which an operator must be able to see.
-            log::error!(
-                "Redis cache invalidation of scope {scope:?} failed twice ({failure}); its values \
-                 may be stale for up to {} s if Redis kept them",
-                self.inner.ttl_secs
-            );
+            slog::error!(self.inner.logger.get(),
+                "Redis cache invalidation failed twice; the scope's values may be stale until \
+                 they expire, if Redis kept them";
+                "scope" => %scope, "kind" => scope.kind(), "error" => %failure,
+                "ttl_seconds" => self.inner.ttl_secs);
             self.record_failure(OP_INVALIDATE, &failure);
             count_write_error(OP_INVALIDATE);
         }

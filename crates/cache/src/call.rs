@@ -1,11 +1,14 @@
 //! What the cache and the rate limiter share: one bounded Redis call (checkout included, with one
-//! retry on a fresh connection after a connection-level failure) and a circuit breaker that lets
-//! callers skip Redis for a short cool-down after a failure.
+//! retry on a fresh connection after a connection-level failure), a circuit breaker that lets
+//! callers skip Redis for a short cool-down after a failure, and the logger they report through.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use slog::Drain as _;
 
 use redis::RedisError;
 
@@ -147,4 +150,37 @@ impl Breaker {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The logger of adapters that were given none: records go on to the `log` crate (message and
+/// key-values as text), where this crate's messages went before it logged through slog, so a
+/// binary with a `log` bridge keeps seeing them until it hands over its own logger.
+pub(crate) fn default_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+/// An adapter's logger: set after construction (`with_logger`) and shared by its clones. Read
+/// only when something is logged, which is rare (the start and the end of a failure streak).
+#[derive(Debug)]
+pub(crate) struct SharedLogger(RwLock<slog::Logger>);
+
+impl SharedLogger {
+    /// [`default_logger`] until [`set`](Self::set).
+    pub(crate) fn new() -> Self {
+        Self(RwLock::new(default_logger()))
+    }
+
+    /// Replaces the logger for every clone of the adapter.
+    pub(crate) fn set(&self, logger: slog::Logger) {
+        if let Ok(mut current) = self.0.write() {
+            *current = logger;
+        }
+    }
+
+    /// The current logger.
+    pub(crate) fn get(&self) -> slog::Logger {
+        self.0
+            .read()
+            .map_or_else(|_| default_logger(), |logger| logger.clone())
+    }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use maas_domain::ports::{HealthCheck, PoolStatus};
+use maas_domain::ports::{HealthCheck, HealthError, PoolStatus};
 
 use crate::pool::RedisPool;
 
@@ -27,26 +27,29 @@ impl HealthCheck for RedisHealth {
         "redis"
     }
 
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), HealthError> {
         let ping = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| format!("no connection: {e}"))?;
+            let mut conn = self.pool.get().await.map_err(|e| match e {
+                // The pool retries refused connections until its timeout, so this is also what
+                // a Redis that refuses connections looks like.
+                bb8::RunError::TimedOut => {
+                    HealthError::Timeout(self.pool.config().connection_timeout)
+                }
+                bb8::RunError::User(e) => HealthError::Unreachable(format!("cannot connect: {e}")),
+            })?;
             let reply: String = redis::cmd("PING")
                 .query_async(&mut *conn)
                 .await
-                .map_err(|e| format!("PING failed: {e}"))?;
+                .map_err(|e| HealthError::Failed(format!("PING: {e}")))?;
             if reply == "PONG" {
                 Ok(())
             } else {
-                Err(format!("PING answered {reply:?}"))
+                Err(HealthError::Failed(format!("PING answered {reply:?}")))
             }
         };
         match tokio::time::timeout(self.timeout, ping).await {
             Ok(result) => result,
-            Err(_elapsed) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            Err(_elapsed) => Err(HealthError::Timeout(self.timeout)),
         }
     }
 

@@ -12,7 +12,10 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use maas_cache::{connect, CacheSettings, RedisCache, RedisHealth, RedisRateLimiter, RedisSettings};
-//! use maas_domain::ports::{Cache, CacheLookup, HealthCheck, RateDecision, RateLimit, RateLimiter};
+//! use maas_domain::ports::{
+//!     Cache, CacheLookup, Field, HealthCheck, RateDecision, RateLimit, RateLimiter, Scope,
+//! };
+//! use maas_domain::values::ModelName;
 //!
 //! # async fn run() -> Result<(), maas_cache::CacheError> {
 //! let redis = RedisSettings::default();
@@ -30,25 +33,30 @@
 //!     RateDecision::Unavailable => {}       // fail open (admit and count) or answer 503
 //! }
 //!
-//! let bytes = match cache.lookup("model:llama", "v1").await {
+//! let scope = Scope::Model(ModelName::parse("llama").expect("a valid name"));
+//! let bytes = match cache.lookup(&scope, &Field::Model).await {
 //!     CacheLookup::Hit(cached) => cached.bytes().to_vec(),
 //!     CacheLookup::Miss(token) => {
 //!         let bytes = b"loaded from Postgres".to_vec();
-//!         cache.fill("model:llama", "v1", token, bytes.clone()).await;
+//!         cache.fill(&scope, &Field::Model, token, bytes.clone()).await;
 //!         bytes
 //!     }
 //!     CacheLookup::Bypass => b"loaded from Postgres".to_vec(),
 //! };
 //! // After a write: drop the whole scope before answering.
-//! cache.invalidate("model:llama").await;
+//! cache.invalidate(&scope).await;
 //! # let _ = (bytes, health);
 //! # Ok(())
 //! # }
 //! ```
 //!
+//! The adapters log through slog with key-value fields: hand them the service's logger with
+//! `RedisCache::with_logger`, `RedisRateLimiter::with_logger` and
+//! [`listen_for_invalidations_with_logger`]. Without one, their records go to the `log` crate.
+//!
 //! Tests of this and other crates enable the `test-util` feature for [`test_util`]: a key prefix
-//! per test, clean-up of that prefix, stand-ins for an unreachable or hung Redis, and counter
-//! snapshots.
+//! per test, clean-up of that prefix, stand-ins for an unreachable or hung Redis, counter
+//! snapshots and a logger that keeps its records.
 
 pub mod cache;
 mod call;
@@ -64,7 +72,9 @@ pub mod test_util;
 pub use cache::RedisCache;
 pub use error::CacheError;
 pub use health::RedisHealth;
-pub use near::{LocalStore, NearCache, listen_for_invalidations};
+pub use near::{
+    LocalStore, NearCache, listen_for_invalidations, listen_for_invalidations_with_logger,
+};
 pub use pool::{RedisConnection, RedisManager, RedisPool, checkout, connect};
 pub use ratelimit::RedisRateLimiter;
 pub use settings::{CacheSettings, RedisSettings};

@@ -1,9 +1,11 @@
 //! Helpers for tests that talk to the real Redis (feature `test-util`): a key prefix per test,
 //! settings pointing at the test server, clean-up of one prefix, stand-ins for a Redis that
-//! is down or hangs, and counter values from a local metrics recorder. Nothing here ever
-//! flushes the shared server.
+//! is down or hangs, counter values from a local metrics recorder, and a logger that keeps its
+//! records. Nothing here ever flushes the shared server.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use metrics_util::debugging::{DebugValue, Snapshotter};
 use tokio::net::TcpListener;
@@ -278,5 +280,83 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.shut();
+    }
+}
+
+/// A logger whose records a test can read back: hand [`logger`](Self::logger) to an adapter's
+/// `with_logger`, then look at [`records`](Self::records).
+#[derive(Debug, Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<LogRecord>>>);
+
+/// One record a [`CapturedLogs`] logger was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Its level.
+    pub level: slog::Level,
+    /// Its message.
+    pub message: String,
+    /// Its key-values (the logger's own and the record's), each value as displayed.
+    pub fields: Vec<(String, String)>,
+}
+
+impl LogRecord {
+    /// The value of the field `key`, if the record has one.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl CapturedLogs {
+    /// Nothing captured yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A logger that appends every record to this capture.
+    pub fn logger(&self) -> slog::Logger {
+        slog::Logger::root(Capture(Arc::clone(&self.0)), slog::o!())
+    }
+
+    /// The records so far, oldest first.
+    pub fn records(&self) -> Vec<LogRecord> {
+        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+struct Capture(Arc<Mutex<Vec<LogRecord>>>);
+
+impl slog::Drain for Capture {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let mut fields = Fields(Vec::new());
+        // Serializing into a Vec cannot fail; a field that did would only be missing.
+        let _ = slog::KV::serialize(values, record, &mut fields);
+        let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
+        if let Ok(mut records) = self.0.lock() {
+            records.push(LogRecord {
+                level: record.level(),
+                message: record.msg().to_string(),
+                fields: fields.0,
+            });
+        }
+        Ok(())
+    }
+}
+
+struct Fields(Vec<(String, String)>);
+
+impl slog::Serializer for Fields {
+    fn emit_arguments(&mut self, key: slog::Key, value: &fmt::Arguments<'_>) -> slog::Result {
+        self.0.push((key.to_string(), value.to_string()));
+        Ok(())
     }
 }

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use maas_cache::test_util::{BlackHole, CounterSnapshot, TestRedis, UNREACHABLE_REDIS_URL};
+use maas_cache::test_util::{
+    BlackHole, CapturedLogs, CounterSnapshot, TestRedis, UNREACHABLE_REDIS_URL,
+};
 use maas_cache::{RedisPool, RedisRateLimiter, RedisSettings, checkout, connect};
 use maas_domain::ports::{RateDecision, RateLimit, RateLimiter};
 use maas_telemetry::names::{self, rate_limit_decision};
@@ -367,6 +369,52 @@ async fn an_error_redis_answers_for_one_key_is_undecided_without_opening_the_bre
 
     assert!(!limiter.is_breaker_open());
     assert_eq!(remaining(limiter.check(fine, limit(SLOW, 3)).await), 2);
+
+    redis.cleanup().await.expect("clean up");
+}
+
+#[tokio::test]
+async fn the_start_and_the_end_of_a_failure_streak_are_logged_with_their_fields() {
+    let redis = test_redis().await;
+    let logs = CapturedLogs::new();
+    let limiter = limiter_on(&redis).with_logger(logs.logger());
+    let (clobbered, fine) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut conn = checkout(&redis.pool).await.expect("a connection");
+    let _: i64 = redis::cmd("HSET")
+        .arg(limiter.key(clobbered))
+        .arg("not")
+        .arg("a number")
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+
+    for _ in 0..2 {
+        let _ = limiter.check(clobbered, limit(SLOW, 3)).await;
+    }
+    let _ = limiter.check(fine, limit(SLOW, 3)).await;
+    let (down, _pool) = failing_limiter(UNREACHABLE_REDIS_URL.to_owned()).await;
+    let down_logs = CapturedLogs::new();
+    let down = down.with_logger(down_logs.logger());
+    let _ = down.check(fine, limit(SLOW, 3)).await;
+
+    let records = logs.records();
+    let levels: Vec<slog::Level> = records.iter().map(|r| r.level).collect();
+    assert_eq!(
+        levels,
+        [slog::Level::Error, slog::Level::Info],
+        "one record per streak, not per failure: {records:?}"
+    );
+    assert!(
+        records[0]
+            .field("error")
+            .is_some_and(|e| e.contains("WRONGTYPE")),
+        "{records:?}"
+    );
+    let outage = down_logs.records();
+    assert_eq!(outage.len(), 1, "{outage:?}");
+    assert_eq!(outage[0].level, slog::Level::Warning);
+    assert_eq!(outage[0].field("cooldown_ms"), Some("500"));
+    assert!(outage[0].field("error").is_some(), "{outage:?}");
 
     redis.cleanup().await.expect("clean up");
 }

@@ -13,7 +13,7 @@ use crate::identity::{
     RateLimitRpm, User, UserPatch,
 };
 use crate::model::Page;
-use crate::ports::{Cache, CacheLookup, IdentityRepository};
+use crate::ports::{Cache, CacheLookup, Field, IdentityRepository, Scope};
 use crate::values::{PageLimit, Username};
 
 /// Why authentication failed: the client sees one 401 either way.
@@ -74,10 +74,6 @@ pub struct Accounts {
     usage: Arc<KeyUsage>,
 }
 
-fn key_scope(hash: &KeyHash) -> String {
-    format!("key:{}", hash.to_hex())
-}
-
 fn admin_only(actor: &Principal) -> Result<(), DomainError> {
     if actor.is_admin() {
         Ok(())
@@ -128,8 +124,8 @@ impl Accounts {
     /// keys does not become a flood of database queries). Revoked keys and disabled users are
     /// not cached; creating a key drops a cached "unknown" for its hash.
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
-        let scope = key_scope(hash);
-        let token = match self.cache.lookup(&scope, "k").await {
+        let scope = Scope::Key(*hash);
+        let token = match self.cache.lookup(&scope, &Field::Key).await {
             CacheLookup::Hit(cached) => {
                 let decoded =
                     cached.decode(|bytes| serde_json::from_slice::<Option<KeyRecord>>(bytes).ok());
@@ -152,7 +148,7 @@ impl Accounts {
             && cacheable
             && let Ok(bytes) = serde_json::to_vec(&found)
         {
-            self.cache.fill(&scope, "k", token, bytes).await;
+            self.cache.fill(&scope, &Field::Key, token, bytes).await;
         }
         Ok(found)
     }
@@ -222,7 +218,7 @@ impl Accounts {
         admin_only(actor)?;
         let user = self.repo.update_user(username, patch).await?;
         for hash in self.repo.key_hashes_of_user(user.id).await? {
-            self.cache.invalidate(&key_scope(&hash)).await;
+            self.cache.invalidate(&Scope::Key(hash)).await;
         }
         Ok(user)
     }
@@ -286,7 +282,7 @@ impl Accounts {
                 rate_limit_rpm,
             })
             .await?;
-        self.cache.invalidate(&key_scope(&plaintext.hash())).await;
+        self.cache.invalidate(&Scope::Key(plaintext.hash())).await;
         Ok(CreatedKey { key, plaintext })
     }
 
@@ -312,7 +308,7 @@ impl Accounts {
             return Err(DomainError::NotFound(format!("API key {id} not found")));
         }
         let (key, hash) = self.repo.revoke_key(id).await?;
-        self.cache.invalidate(&key_scope(&hash)).await;
+        self.cache.invalidate(&Scope::Key(hash)).await;
         Ok(key)
     }
 
@@ -330,7 +326,7 @@ impl Accounts {
         };
         let created = self.repo.bootstrap_admin(&username, new).await?;
         if created.is_some() {
-            self.cache.invalidate(&key_scope(&key.hash())).await;
+            self.cache.invalidate(&Scope::Key(key.hash())).await;
         }
         Ok(created)
     }

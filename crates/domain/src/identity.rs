@@ -191,11 +191,43 @@ impl KeyHash {
     /// Lower-case hex, for cache keys. Runs on every authenticated request, so no `format!` per
     /// byte (32 of them were a sixteenth of a proxied call's instructions).
     pub fn to_hex(&self) -> String {
+        let digits = self.hex_digits();
+        // The digits are ASCII, so this never fails; the fallback only keeps the type honest.
+        std::str::from_utf8(&digits).map_or_else(|_| String::new(), str::to_owned)
+    }
+
+    /// Writes the lower-case hex of the hash into `out` without allocating.
+    pub(crate) fn write_hex(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        let digits = self.hex_digits();
+        out.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+    }
+
+    /// Reverses [`to_hex`](Self::to_hex): exactly 64 lower-case hex digits, else `None`.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        fn nibble(digit: u8) -> Option<u8> {
+            match digit {
+                b'0'..=b'9' => Some(digit - b'0'),
+                b'a'..=b'f' => Some(digit - b'a' + 10),
+                _ => None,
+            }
+        }
+        let digits = hex.as_bytes();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(bytes))
+    }
+
+    fn hex_digits(&self) -> [u8; 64] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for byte in self.0 {
-            hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-            hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        let mut hex = [0u8; 64];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
         }
         hex
     }
@@ -398,6 +430,23 @@ mod tests {
         assert_eq!(hash.to_hex(), expected);
         let edges = KeyHash::from_bytes(&[[0x00, 0x0f, 0xf0, 0xff]; 8].concat()).expect("32 bytes");
         assert_eq!(edges.to_hex(), "000ff0ff".repeat(8));
+    }
+
+    #[test]
+    fn hex_parses_back_to_the_same_hash_and_nothing_else_does() {
+        let hash = PlaintextKey::generate().expect("csprng").hash();
+        assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
+        let letters = KeyHash::from_bytes(&[0xab; 32]).expect("32 bytes");
+        for bad in [
+            String::new(),
+            "0".repeat(63),
+            "0".repeat(65),
+            letters.to_hex().to_uppercase(),
+            format!("{}g", "0".repeat(63)),
+            format!("{}é", "0".repeat(62)),
+        ] {
+            assert_eq!(KeyHash::from_hex(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! assert!(ModelName::parse("Not Valid").is_err());
 //! assert_eq!(VersionNumber::parse("2").map(VersionNumber::get), Ok(2));
 //! ```
+//!
+//! Feature `test-util` adds [`test_util`]: in-memory adapters of every port and fixtures, so that
+//! tests of the use-cases (here and in the crates above) need no database and no Redis.
 
 pub mod accounts;
 pub mod cursor;
@@ -24,6 +27,8 @@ pub mod inference;
 pub mod model;
 pub mod ports;
 pub mod registry;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod usage;
 pub mod values;
 

@@ -2,13 +2,16 @@
 //! see only these; adapters live in other crates.
 
 use std::any::Any;
+use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use thiserror::Error;
 use uuid::Uuid;
 
-use crate::error::RepoError;
+use crate::error::{RepoError, ValidationError};
 use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
 use crate::inference::{ServableModel, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
@@ -188,6 +191,89 @@ pub enum CacheLookup {
     Bypass,
 }
 
+/// What a group of cached values is about; every value in it is dropped at once by
+/// [`Cache::invalidate`].
+///
+/// Its [`Display`](fmt::Display) form is what adapters store and publish (`model:{name}`,
+/// `key:{sha256 hex}`): those strings are in Redis keys and invalidation messages that replicas
+/// of other builds read, so they never change. [`Scope::parse`] reads them back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A model with its versions, aliases and default target: `model:{name}`.
+    Model(ModelName),
+    /// The authentication lookup of one API key: `key:{sha256 hex}`.
+    Key(KeyHash),
+}
+
+impl Scope {
+    const MODEL: &'static str = "model";
+    const KEY: &'static str = "key";
+
+    /// What the scope is about, `model` or `key`: the `kind` label of cache metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Model(_) => Self::MODEL,
+            Self::Key(_) => Self::KEY,
+        }
+    }
+
+    /// Reads back the [`Display`](fmt::Display) form; anything else is a `scope` error.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        let unknown = || ValidationError::new("scope", "is not 'model:<name>' or 'key:<sha256>'");
+        let (kind, rest) = raw.split_once(':').ok_or_else(unknown)?;
+        match kind {
+            Self::MODEL => ModelName::parse(rest)
+                .map(Self::Model)
+                .map_err(|_| unknown()),
+            Self::KEY => KeyHash::from_hex(rest).map(Self::Key).ok_or_else(unknown),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Model(name) => write!(f, "{}:{name}", Self::MODEL),
+            Self::Key(hash) => {
+                f.write_str(Self::KEY)?;
+                f.write_str(":")?;
+                hash.write_hex(f)
+            }
+        }
+    }
+}
+
+/// Which value of a [`Scope`] is meant.
+///
+/// Its [`Display`](fmt::Display) form (`m`, `v:{n}`, `a:{alias}`, `d`, `k`) is the field's name
+/// in the stored scope and, like the scope's, never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// The model itself (in a [`Scope::Model`]): `m`.
+    Model,
+    /// One version of the model: `v:{n}`.
+    Version(VersionNumber),
+    /// The version an alias resolves to, `latest` included: `a:{alias}`.
+    Alias(AliasName),
+    /// The version a bare model name is served by: `d`.
+    DefaultTarget,
+    /// The key with its user, or that there is none (in a [`Scope::Key`]): `k`.
+    Key,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Model => f.write_str("m"),
+            Self::Version(version) => write!(f, "v:{version}"),
+            Self::Alias(alias) => write!(f, "a:{alias}"),
+            Self::DefaultTarget => f.write_str("d"),
+            Self::Key => f.write_str("k"),
+        }
+    }
+}
+
 /// A shared cache of serialized values, grouped in scopes that are invalidated as a whole.
 ///
 /// Implementations never fail a read: any error becomes [`CacheLookup::Bypass`] and is counted
@@ -196,11 +282,11 @@ pub enum CacheLookup {
 #[async_trait]
 pub trait Cache: Send + Sync {
     /// Looks `field` up in `scope`.
-    async fn lookup(&self, scope: &str, field: &str) -> CacheLookup;
+    async fn lookup(&self, scope: &Scope, field: &Field) -> CacheLookup;
     /// Stores `value` unless `scope` was invalidated since the lookup that gave `token`.
-    async fn fill(&self, scope: &str, field: &str, token: FillToken, value: Vec<u8>);
+    async fn fill(&self, scope: &Scope, field: &Field, token: FillToken, value: Vec<u8>);
     /// Drops every field of `scope`, and makes fills with older tokens no-ops.
-    async fn invalidate(&self, scope: &str);
+    async fn invalidate(&self, scope: &Scope);
 }
 
 /// A cache that caches nothing (for `cache.enabled = false`).
@@ -209,11 +295,11 @@ pub struct NoCache;
 
 #[async_trait]
 impl Cache for NoCache {
-    async fn lookup(&self, _scope: &str, _field: &str) -> CacheLookup {
+    async fn lookup(&self, _scope: &Scope, _field: &Field) -> CacheLookup {
         CacheLookup::Bypass
     }
-    async fn fill(&self, _scope: &str, _field: &str, _token: FillToken, _value: Vec<u8>) {}
-    async fn invalidate(&self, _scope: &str) {}
+    async fn fill(&self, _scope: &Scope, _field: &Field, _token: FillToken, _value: Vec<u8>) {}
+    async fn invalidate(&self, _scope: &Scope) {}
 }
 
 /// Connection counts of a pool.
@@ -234,13 +320,39 @@ impl PoolStatus {
     }
 }
 
+/// Why a dependency failed its readiness check.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HealthError {
+    /// Nothing conclusive within the time limit: no connection, or no answer to the round trip.
+    /// A pool that keeps retrying a refused connection until its timeout ends here too.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// Connecting failed with an error; the text says which.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// Connected, but the round trip failed or answered something unexpected.
+    #[error("check failed: {0}")]
+    Failed(String),
+}
+
+impl HealthError {
+    /// `timeout`, `unreachable` or `failed`: a label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Unreachable(_) => "unreachable",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
 /// A dependency whose health `/health/ready` reports.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
     /// Short name used in reports and metric labels (`postgres`, `redis`).
     fn name(&self) -> &'static str;
-    /// Does a real round trip; `Err` says why it failed.
-    async fn check(&self) -> Result<(), String>;
+    /// Does a real round trip; the error says why it failed.
+    async fn check(&self) -> Result<(), HealthError>;
     /// Pool counts, if the dependency is pooled.
     fn pool_status(&self) -> Option<PoolStatus>;
 }
@@ -337,6 +449,58 @@ pub trait UsageRepository: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model(name: &str) -> ModelName {
+        ModelName::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn scopes_and_fields_are_spelled_as_stored_by_earlier_builds() {
+        let hash = KeyHash::from_bytes(&[0xa5; 32]).expect("32 bytes");
+        assert_eq!(
+            Scope::Model(model("llama-3.1")).to_string(),
+            "model:llama-3.1"
+        );
+        assert_eq!(
+            Scope::Key(hash).to_string(),
+            format!("key:{}", "a5".repeat(32))
+        );
+        let version = VersionNumber::new(12).expect("valid");
+        let alias = AliasName::parse("production").expect("valid");
+        let fields = [
+            (Field::Model, "m"),
+            (Field::Version(version), "v:12"),
+            (Field::Alias(alias), "a:production"),
+            (Field::DefaultTarget, "d"),
+            (Field::Key, "k"),
+        ];
+        for (field, spelled) in fields {
+            assert_eq!(field.to_string(), spelled);
+        }
+    }
+
+    #[test]
+    fn a_scope_names_its_kind_and_parses_back_from_its_display_form() {
+        let hash = KeyHash::from_bytes(&[7; 32]).expect("32 bytes");
+        for (scope, kind) in [
+            (Scope::Model(model("a")), "model"),
+            (Scope::Key(hash), "key"),
+        ] {
+            assert_eq!(scope.kind(), kind);
+            assert_eq!(Scope::parse(&scope.to_string()), Ok(scope));
+        }
+        for bad in [
+            "",
+            "model",
+            "model:",
+            "model:Upper",
+            "key:00",
+            "user:a",
+            "unscoped",
+        ] {
+            assert_eq!(Scope::parse(bad).expect_err(bad).field, "scope");
+        }
+    }
 
     #[test]
     fn a_cached_value_is_decoded_once_and_shared_by_its_clones() {

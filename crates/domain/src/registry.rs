@@ -16,7 +16,7 @@ use crate::inference::{Selector, ServableModel, Target};
 use crate::model::{
     Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
 };
-use crate::ports::{Cache, CacheLookup, RegistryRepository};
+use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
 use crate::values::{AliasName, ModelName, PageLimit, VersionNumber};
 
 /// The model registry's use-cases.
@@ -26,23 +26,19 @@ pub struct Registry {
     cache: Arc<dyn Cache>,
 }
 
-fn scope(model: &ModelName) -> String {
-    format!("model:{model}")
-}
-
 impl Registry {
     /// A registry over a store and a cache (use [`crate::ports::NoCache`] for none).
     pub fn new(repo: Arc<dyn RegistryRepository>, cache: Arc<dyn Cache>) -> Self {
         Self { repo, cache }
     }
 
-    async fn cached<T, F>(&self, model: &ModelName, field: &str, load: F) -> Result<T, DomainError>
+    async fn cached<T, F>(&self, model: &ModelName, field: Field, load: F) -> Result<T, DomainError>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: Future<Output = Result<T, DomainError>>,
     {
-        let scope = scope(model);
-        let token = match self.cache.lookup(&scope, field).await {
+        let scope = Scope::Model(model.clone());
+        let token = match self.cache.lookup(&scope, &field).await {
             CacheLookup::Hit(cached) => {
                 match cached.decode(|bytes| serde_json::from_slice(bytes).ok()) {
                     Some(value) => return Ok(value),
@@ -57,7 +53,7 @@ impl Registry {
         if let Some(token) = token
             && let Ok(bytes) = serde_json::to_vec(&value)
         {
-            self.cache.fill(&scope, field, token, bytes).await;
+            self.cache.fill(&scope, &field, token, bytes).await;
         }
         Ok(value)
     }
@@ -76,7 +72,7 @@ impl Registry {
     }
 
     async fn invalidate(&self, model: &ModelName) {
-        self.cache.invalidate(&scope(model)).await;
+        self.cache.invalidate(&Scope::Model(model.clone())).await;
     }
 
     /// Registers a model owned by `actor`.
@@ -94,8 +90,10 @@ impl Registry {
 
     /// One model (cached).
     pub async fn get_model(&self, name: &ModelName) -> Result<Model, DomainError> {
-        self.cached(name, "m", async { Ok(self.repo.get_model(name).await?) })
-            .await
+        self.cached(name, Field::Model, async {
+            Ok(self.repo.get_model(name).await?)
+        })
+        .await
     }
 
     /// A page of models ordered by name.
@@ -173,7 +171,7 @@ impl Registry {
         model: &ModelName,
         version: VersionNumber,
     ) -> Result<ModelVersion, DomainError> {
-        self.cached(model, &format!("v:{version}"), async {
+        self.cached(model, Field::Version(version), async {
             Ok(self.repo.get_version(model, version).await?)
         })
         .await
@@ -230,7 +228,7 @@ impl Registry {
         model: &ModelName,
         alias: &AliasName,
     ) -> Result<ModelVersion, DomainError> {
-        self.cached(model, &format!("a:{alias}"), async {
+        self.cached(model, Field::Alias(alias.clone()), async {
             if alias.is_latest() {
                 Ok(self.repo.latest_version(model).await?)
             } else {
@@ -264,7 +262,7 @@ impl Registry {
             Selector::Alias(alias) => self.resolve_alias(model, alias).await?,
             Selector::Version(v) => self.get_version(model, *v).await?,
             Selector::Default => {
-                self.cached(model, "d", async {
+                self.cached(model, Field::DefaultTarget, async {
                     let production = AliasName::parse(Target::DEFAULT_ALIAS)?;
                     match self.repo.resolve_alias(model, &production).await {
                         Ok(version) => Ok(version),

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use diesel_async::RunQueryDsl;
-use maas_domain::ports::{HealthCheck, PoolStatus};
+use maas_domain::ports::{HealthCheck, HealthError, PoolStatus};
 
 use crate::pool::PgPool;
 
@@ -31,19 +31,19 @@ impl HealthCheck for PgHealth {
     /// connection of its own: a pool saturated by load is not a database that is down, and a
     /// replica that reported it so would be taken out of its load balancer with all the others
     /// at the moment they are all busiest.
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), HealthError> {
         let state = self.pool.state();
         if state.connections >= self.max && state.idle_connections == 0 {
             let mut conn = self
                 .pool
                 .dedicated_connection()
                 .await
-                .map_err(|e| format!("cannot connect to the database: {e}"))?;
+                .map_err(|e| HealthError::Unreachable(format!("cannot connect: {e}")))?;
             return select_one(&mut conn).await;
         }
         let mut conn = self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::TimedOut => "timed out waiting for a database connection".to_owned(),
-            bb8::RunError::User(e) => format!("cannot connect to the database: {e}"),
+            bb8::RunError::TimedOut => HealthError::Timeout(self.pool.config().connection_timeout),
+            bb8::RunError::User(e) => HealthError::Unreachable(format!("cannot connect: {e}")),
         })?;
         select_one(&mut conn).await
     }
@@ -58,10 +58,10 @@ impl HealthCheck for PgHealth {
     }
 }
 
-async fn select_one(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), String> {
+async fn select_one(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), HealthError> {
     diesel::sql_query("SELECT 1")
         .execute(conn)
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| HealthError::Failed(format!("SELECT 1: {e}")))
 }

@@ -22,13 +22,46 @@ pub struct Liveness {
     pub status: String,
 }
 
+/// Whether the gateway is ready to serve, as `/health/ready` says it (in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadinessStatus {
+    /// Every dependency is up (200).
+    Ready,
+    /// An optional dependency is down; still serving (200).
+    Degraded,
+    /// A required dependency is down (503).
+    Unavailable,
+    /// Told to stop and waiting out `server.drain_seconds`; serving goes on (503, no checks).
+    Draining,
+}
+
+impl ReadinessStatus {
+    /// The HTTP status `/health/ready` answers with.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Self::Ready | Self::Degraded => StatusCode::OK,
+            Self::Unavailable | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Whether one dependency answered its check, as reported (in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// It answered.
+    Up,
+    /// It failed or did not answer in time.
+    Down,
+}
+
 /// Body of `/health/ready`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` (all up), `degraded` (an optional dependency is down; still serving),
-    /// `unavailable` (a required dependency is down; 503) or `draining` (told to stop; 503, no
-    /// checks).
-    pub status: String,
+    /// `ready`, `degraded`, `unavailable` or `draining`.
+    #[schema(inline)]
+    pub status: ReadinessStatus,
     /// One report per dependency, by name.
     pub checks: BTreeMap<String, CheckReport>,
 }
@@ -37,7 +70,8 @@ pub struct Readiness {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CheckReport {
     /// `up` or `down`.
-    pub status: String,
+    #[schema(inline)]
+    pub status: CheckStatus,
     /// Whether the gateway needs it to serve.
     pub required: bool,
     /// How long the check took, in milliseconds.
@@ -65,8 +99,10 @@ async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
         .record(elapsed.as_secs_f64());
     let error = match outcome {
         Ok(Ok(())) => None,
+        // Reported as `error` whatever its kind, as before; the log tells which.
         Ok(Err(e)) => {
-            slog::warn!(state.logger, "readiness check failed"; "dependency" => name, "error" => e);
+            slog::warn!(state.logger, "readiness check failed";
+                "dependency" => name, "kind" => e.kind(), "error" => %e);
             Some("error".to_owned())
         }
         Err(_) => {
@@ -75,7 +111,11 @@ async fn check(state: &AppState, dep: &Dependency) -> (String, CheckReport) {
         }
     };
     let report = CheckReport {
-        status: if error.is_none() { "up" } else { "down" }.to_owned(),
+        status: if error.is_none() {
+            CheckStatus::Up
+        } else {
+            CheckStatus::Down
+        },
         required: dep.required,
         // Microsecond precision is plenty; it keeps the JSON free of float noise.
         latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
@@ -95,21 +135,22 @@ pub async fn ready(
     draining: Option<web::Data<Draining>>,
 ) -> HttpResponse {
     if draining.is_some_and(|d| d.is_draining()) {
-        return HttpResponse::ServiceUnavailable().json(Readiness {
-            status: "draining".to_owned(),
+        let status = ReadinessStatus::Draining;
+        return HttpResponse::build(status.http_status()).json(Readiness {
+            status,
             checks: BTreeMap::new(),
         });
     }
     let reports = join_all(state.dependencies.iter().map(|dep| check(&state, dep))).await;
     let required_down = reports.iter().any(|(_, r)| r.required && r.error.is_some());
     let any_down = reports.iter().any(|(_, r)| r.error.is_some());
-    let (status, code) = match (required_down, any_down) {
-        (true, _) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
-        (false, true) => ("degraded", StatusCode::OK),
-        (false, false) => ("ready", StatusCode::OK),
+    let status = match (required_down, any_down) {
+        (true, _) => ReadinessStatus::Unavailable,
+        (false, true) => ReadinessStatus::Degraded,
+        (false, false) => ReadinessStatus::Ready,
     };
-    HttpResponse::build(code).json(Readiness {
-        status: status.to_owned(),
+    HttpResponse::build(status.http_status()).json(Readiness {
+        status,
         checks: reports.into_iter().collect(),
     })
 }
@@ -134,4 +175,52 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_spelled_in_lower_case_as_before() {
+        let spelled = [
+            (ReadinessStatus::Ready, "ready", 200),
+            (ReadinessStatus::Degraded, "degraded", 200),
+            (ReadinessStatus::Unavailable, "unavailable", 503),
+            (ReadinessStatus::Draining, "draining", 503),
+        ];
+        for (status, text, code) in spelled {
+            assert_eq!(serde_json::to_value(status).ok(), Some(text.into()));
+            assert_eq!(status.http_status().as_u16(), code);
+        }
+        assert_eq!(
+            serde_json::to_value(CheckStatus::Up).ok(),
+            Some("up".into())
+        );
+        assert_eq!(
+            serde_json::to_value(CheckStatus::Down).ok(),
+            Some("down".into())
+        );
+    }
+
+    #[test]
+    fn a_readiness_body_is_the_same_json_as_before() {
+        let report = CheckReport {
+            status: CheckStatus::Down,
+            required: false,
+            latency_ms: 1.5,
+            error: Some("timeout".to_owned()),
+        };
+        let body = Readiness {
+            status: ReadinessStatus::Degraded,
+            checks: BTreeMap::from([("redis".to_owned(), report)]),
+        };
+        assert_eq!(
+            serde_json::to_string(&body).ok().as_deref(),
+            Some(concat!(
+                r#"{"status":"degraded","checks":{"redis":"#,
+                r#"{"status":"down","required":false,"latency_ms":1.5,"error":"timeout"}}}"#
+            ))
+        );
+    }
 }

@@ -6,8 +6,10 @@
 //! - Every [`RedisCache::invalidate`] publishes the scope on the prefix's invalidation channel
 //!   ([`RedisCache::invalidation_channel`]) in the same `MULTI` as the invalidation itself.
 //! - [`listen_for_invalidations`] keeps one subscription to that channel per process and drops
-//!   the scope from the [`LocalStore`] of every message. It also pings Redis over the
-//!   subscription every [`LISTENER_PING_INTERVAL`], so a silently dead connection is noticed.
+//!   the scope of every message (a [`Scope`]'s display form, read back with [`Scope::parse`])
+//!   from the [`LocalStore`]; a message it cannot read drops everything. It also pings Redis
+//!   over the subscription every [`LISTENER_PING_INTERVAL`], so a silently dead connection is
+//!   noticed.
 //! - The local tier is used only while the subscription is confirmed ("live"). When the
 //!   subscription is lost the tier is cleared and bypassed until a new subscription is
 //!   confirmed, and it is cleared again then (messages sent in between were missed).
@@ -23,29 +25,24 @@
 //! `result="local_hit"`; everything else is counted by the shared cache as before.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use maas_domain::ports::{Cache, CacheLookup, Cached, FillToken};
+use maas_domain::ports::{Cache, CacheLookup, Cached, Field, FillToken, Scope};
 use maas_telemetry::names::{self, cache_result};
 
 use crate::cache::count_lookup;
 
 #[cfg(doc)]
 use crate::RedisCache;
-use crate::error::CacheError;
-use crate::settings::RedisSettings;
 
-/// How often the listener pings Redis over its subscription to find a dead connection.
-pub const LISTENER_PING_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest wait between two attempts to (re)subscribe.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// First wait after a lost or failed subscription.
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+mod listen;
+
+pub use listen::{
+    LISTENER_PING_INTERVAL, listen_for_invalidations, listen_for_invalidations_with_logger,
+};
 
 struct Entry {
     /// The bytes and, once a reader decoded them, the decoded value.
@@ -56,7 +53,7 @@ struct Entry {
 #[derive(Default)]
 struct Entries {
     /// scope → field → value.
-    scopes: HashMap<String, HashMap<String, Entry>>,
+    scopes: HashMap<Scope, HashMap<Field, Entry>>,
     /// Number of fields over all scopes.
     len: usize,
     /// Bumped by every drop and every change of liveness; a fill that began under an older epoch
@@ -71,7 +68,7 @@ impl Entries {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
-    fn drop_scope(&mut self, scope: &str) {
+    fn drop_scope(&mut self, scope: &Scope) {
         if let Some(fields) = self.scopes.remove(scope) {
             self.len = self.len.saturating_sub(fields.len());
         }
@@ -154,7 +151,7 @@ impl LocalStore {
     }
 
     /// Drops every value of `scope` here (not in Redis).
-    pub fn drop_scope(&self, scope: &str) {
+    pub fn drop_scope(&self, scope: &Scope) {
         if let Ok(mut entries) = self.entries.write() {
             entries.drop_scope(scope);
         }
@@ -185,7 +182,7 @@ impl LocalStore {
         metrics::gauge!(names::CACHE_LOCAL_LIVE).set(0.0);
     }
 
-    fn get(&self, scope: &str, field: &str) -> Option<Cached> {
+    fn get(&self, scope: &Scope, field: &Field) -> Option<Cached> {
         if !self.is_live() {
             return None;
         }
@@ -201,7 +198,7 @@ impl LocalStore {
 
     /// Stores a value read under `epoch`, unless anything was dropped since or the tier is not
     /// live.
-    fn insert(&self, epoch: u64, scope: &str, field: &str, value: &Cached) {
+    fn insert(&self, epoch: u64, scope: &Scope, field: &Field, value: &Cached) {
         let Ok(mut entries) = self.entries.write() else {
             return;
         };
@@ -215,9 +212,9 @@ impl LocalStore {
                 return;
             }
         }
-        let fields = entries.scopes.entry(scope.to_owned()).or_default();
+        let fields = entries.scopes.entry(scope.clone()).or_default();
         let previous = fields.insert(
-            field.to_owned(),
+            field.clone(),
             Entry {
                 value: value.clone(),
                 expires_at: now + self.ttl,
@@ -261,7 +258,7 @@ impl NearCache {
 
 #[async_trait]
 impl Cache for NearCache {
-    async fn lookup(&self, scope: &str, field: &str) -> CacheLookup {
+    async fn lookup(&self, scope: &Scope, field: &Field) -> CacheLookup {
         if let Some(value) = self.local.get(scope, field) {
             count_lookup(scope, cache_result::LOCAL_HIT);
             return CacheLookup::Hit(value);
@@ -274,13 +271,13 @@ impl Cache for NearCache {
         found
     }
 
-    async fn fill(&self, scope: &str, field: &str, token: FillToken, value: Vec<u8>) {
+    async fn fill(&self, scope: &Scope, field: &Field, token: FillToken, value: Vec<u8>) {
         // Only the shared tier: the local one is filled from it by the next lookup, so that it
         // never holds a value the shared tier refused (because of a concurrent invalidation).
         self.shared.fill(scope, field, token, value).await;
     }
 
-    async fn invalidate(&self, scope: &str) {
+    async fn invalidate(&self, scope: &Scope) {
         self.local.drop_scope(scope);
         self.shared.invalidate(scope).await;
         // A lookup that read the shared tier while it was being invalidated must not keep
@@ -289,108 +286,19 @@ impl Cache for NearCache {
     }
 }
 
-/// The task that keeps `local` coherent with the invalidations every replica publishes under
-/// `settings.key_prefix` (see [`crate::cache::invalidation_channel`]): spawn the future it
-/// returns, and abort it at shutdown. It holds one subscription, re-established with backoff
-/// whenever it is lost, and pings Redis over it every [`LISTENER_PING_INTERVAL`]; an answer
-/// slower than `timeout` counts as a lost subscription.
-///
-/// # Errors
-/// [`CacheError::InvalidUrl`] for a URL the Redis client rejects.
-pub fn listen_for_invalidations(
-    settings: &RedisSettings,
-    local: Arc<LocalStore>,
-    timeout: Duration,
-) -> Result<impl Future<Output = ()> + Send + 'static, CacheError> {
-    let client = redis::Client::open(settings.connection_url()).map_err(|source| {
-        CacheError::InvalidUrl {
-            url: settings.redacted().connection_url(),
-            source,
-        }
-    })?;
-    let channel = crate::cache::invalidation_channel(&settings.key_prefix);
-    Ok(listen(client, channel, local, timeout))
-}
-
-async fn listen(client: redis::Client, channel: String, local: Arc<LocalStore>, timeout: Duration) {
-    let mut delay = FIRST_RETRY_DELAY;
-    loop {
-        match subscribe(&client, &channel, timeout).await {
-            Ok((sink, stream)) => {
-                local.go_live();
-                delay = FIRST_RETRY_DELAY;
-                log::info!("listening for cache invalidations on {channel:?}");
-                let reason = follow(sink, stream, &local, timeout).await;
-                local.go_dark();
-                log::warn!(
-                    "cache invalidation subscription lost ({reason}); the in-process cache is \
-                     bypassed until it is back"
-                );
-            }
-            Err(reason) => {
-                local.go_dark();
-                log::debug!("cannot subscribe to cache invalidations ({reason}); retrying");
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
-    }
-}
-
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-    timeout: Duration,
-) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), String> {
-    let connect = async {
-        let (mut sink, stream) = client.get_async_pubsub().await?.split();
-        sink.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>((sink, stream))
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
-}
-
-/// Applies messages until the subscription fails; returns why it did.
-async fn follow(
-    mut sink: redis::aio::PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-    local: &LocalStore,
-    timeout: Duration,
-) -> String {
-    let mut ping = tokio::time::interval(LISTENER_PING_INTERVAL);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let Some(message) = message else {
-                    return "connection closed".to_owned();
-                };
-                local.received.fetch_add(1, Ordering::Relaxed);
-                match message.get_payload::<String>() {
-                    Ok(scope) => local.drop_scope(&scope),
-                    // Not ours to understand: be safe and drop everything.
-                    Err(_) => local.clear(),
-                }
-            }
-            _ = ping.tick() => {
-                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return format!("ping failed: {e}"),
-                    Err(_) => return format!("ping unanswered within {} ms", timeout.as_millis()),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use maas_domain::values::{AliasName, ModelName, VersionNumber};
+
     use super::*;
+
+    fn model(name: &str) -> Scope {
+        Scope::Model(ModelName::parse(name).expect("valid"))
+    }
+
+    fn version(n: i64) -> Field {
+        Field::Version(VersionNumber::new(n).expect("valid"))
+    }
 
     fn live_store(ttl: Duration, max_entries: usize) -> Arc<LocalStore> {
         let store = LocalStore::new(ttl, max_entries);
@@ -403,15 +311,28 @@ mod tests {
         let store = live_store(Duration::from_secs(60), 10);
         let epoch = store.epoch();
         // An invalidation arrives while the read is in flight...
-        store.drop_scope("model:a");
+        store.drop_scope(&model("a"));
         // ...so what the read brings back may predate it.
-        store.insert(epoch, "model:a", "m", &Cached::from(&b"old"[..]));
-        assert!(store.get("model:a", "m").is_none());
+        store.insert(
+            epoch,
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"old"[..]),
+        );
+        assert!(store.get(&model("a"), &Field::Model).is_none());
         // A read that began after it is kept.
         let epoch = store.epoch();
-        store.insert(epoch, "model:a", "m", &Cached::from(&b"new"[..]));
+        store.insert(
+            epoch,
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"new"[..]),
+        );
         assert_eq!(
-            store.get("model:a", "m").as_ref().map(Cached::bytes),
+            store
+                .get(&model("a"), &Field::Model)
+                .as_ref()
+                .map(Cached::bytes),
             Some(&b"new"[..])
         );
     }
@@ -419,70 +340,130 @@ mod tests {
     #[test]
     fn nothing_is_kept_or_served_while_not_live() {
         let store = LocalStore::new(Duration::from_secs(60), 10);
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"v"[..]),
+        );
         assert!(store.is_empty());
         store.go_live();
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"v"[..]),
+        );
         assert_eq!(store.len(), 1);
         store.go_dark();
         assert!(store.is_empty());
-        assert!(store.get("model:a", "m").is_none());
+        assert!(store.get(&model("a"), &Field::Model).is_none());
     }
 
     #[test]
     fn going_live_again_starts_empty_and_voids_reads_in_flight() {
         let store = live_store(Duration::from_secs(60), 10);
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"v"[..]),
+        );
         let epoch = store.epoch();
         store.go_live();
         assert!(store.is_empty());
-        store.insert(epoch, "model:a", "n", &Cached::from(&b"v"[..]));
+        store.insert(
+            epoch,
+            &model("a"),
+            &Field::DefaultTarget,
+            &Cached::from(&b"v"[..]),
+        );
         assert!(store.is_empty());
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
         let store = live_store(Duration::from_millis(20), 10);
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"v"[..]));
-        assert!(store.get("model:a", "m").is_some());
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"v"[..]),
+        );
+        assert!(store.get(&model("a"), &Field::Model).is_some());
         std::thread::sleep(Duration::from_millis(40));
-        assert!(store.get("model:a", "m").is_none());
+        assert!(store.get(&model("a"), &Field::Model).is_none());
     }
 
     #[test]
     fn a_full_store_takes_no_more_until_entries_expire() {
         let store = live_store(Duration::from_millis(20), 2);
-        store.insert(store.epoch(), "model:a", "1", &Cached::from(&b"v"[..]));
-        store.insert(store.epoch(), "model:a", "2", &Cached::from(&b"v"[..]));
-        store.insert(store.epoch(), "model:b", "1", &Cached::from(&b"v"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &version(1),
+            &Cached::from(&b"v"[..]),
+        );
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &version(2),
+            &Cached::from(&b"v"[..]),
+        );
+        store.insert(
+            store.epoch(),
+            &model("b"),
+            &version(1),
+            &Cached::from(&b"v"[..]),
+        );
         assert_eq!(store.len(), 2);
-        assert!(store.get("model:b", "1").is_none());
+        assert!(store.get(&model("b"), &version(1)).is_none());
         // Overwriting a field does not count twice.
-        store.insert(store.epoch(), "model:a", "2", &Cached::from(&b"w"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &version(2),
+            &Cached::from(&b"w"[..]),
+        );
         assert_eq!(store.len(), 2);
         std::thread::sleep(Duration::from_millis(40));
-        store.insert(store.epoch(), "model:b", "1", &Cached::from(&b"v"[..]));
+        store.insert(
+            store.epoch(),
+            &model("b"),
+            &version(1),
+            &Cached::from(&b"v"[..]),
+        );
         assert_eq!(store.len(), 1);
-        assert!(store.get("model:b", "1").is_some());
+        assert!(store.get(&model("b"), &version(1)).is_some());
     }
 
     #[test]
     fn a_held_entry_is_decoded_once_for_all_its_readers() {
         let store = live_store(Duration::from_secs(60), 10);
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"41"[..]));
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"41"[..]),
+        );
         let decodes = std::cell::Cell::new(0);
         let decode = |bytes: &[u8]| {
             decodes.set(decodes.get() + 1);
             std::str::from_utf8(bytes).ok()?.parse::<u32>().ok()
         };
         for _ in 0..3 {
-            let cached = store.get("model:a", "m").expect("held");
+            let cached = store.get(&model("a"), &Field::Model).expect("held");
             assert_eq!(cached.decode(decode), Some(41));
         }
         assert_eq!(decodes.get(), 1);
         // A new value for the field starts undecoded.
-        store.insert(store.epoch(), "model:a", "m", &Cached::from(&b"42"[..]));
-        let cached = store.get("model:a", "m").expect("held");
+        store.insert(
+            store.epoch(),
+            &model("a"),
+            &Field::Model,
+            &Cached::from(&b"42"[..]),
+        );
+        let cached = store.get(&model("a"), &Field::Model).expect("held");
         assert_eq!(cached.decode(decode), Some(42));
         assert_eq!(decodes.get(), 2);
     }
@@ -490,12 +471,18 @@ mod tests {
     #[test]
     fn dropping_a_scope_drops_all_its_fields_and_only_them() {
         let store = live_store(Duration::from_secs(60), 10);
-        for field in ["m", "v:1", "a:prod"] {
-            store.insert(store.epoch(), "model:a", field, &Cached::from(&b"v"[..]));
+        let prod = Field::Alias(AliasName::parse("prod").expect("valid"));
+        for field in [Field::Model, version(1), prod] {
+            store.insert(store.epoch(), &model("a"), &field, &Cached::from(&b"v"[..]));
         }
-        store.insert(store.epoch(), "model:b", "m", &Cached::from(&b"v"[..]));
-        store.drop_scope("model:a");
+        store.insert(
+            store.epoch(),
+            &model("b"),
+            &Field::Model,
+            &Cached::from(&b"v"[..]),
+        );
+        store.drop_scope(&model("a"));
         assert_eq!(store.len(), 1);
-        assert!(store.get("model:b", "m").is_some());
+        assert!(store.get(&model("b"), &Field::Model).is_some());
     }
 }
