@@ -20,11 +20,12 @@ use crate::auth::Actor;
 use crate::error::{ApiError, OpenAiError, Routed};
 use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
-use crate::middleware::{RequestStarted, current_request_id};
+use crate::middleware::RequestStarted;
 use crate::proxy::{
     Meter, MeteredBody, millis, raw_call_path, raw_call_query, request_headers, response_headers,
     upstream_uri,
 };
+use crate::request_id::current_request_id;
 use crate::state::AppState;
 
 /// An entry of `GET /v1/models` (OpenAI's model object).
