@@ -1,7 +1,6 @@
 //! Forwarding to model servers: one pooled HTTP client, header hygiene, and a body stream that
 //! passes chunks through as they arrive while it watches for the upstream's `usage`.
 
-use std::cell::RefCell;
 use std::future::Future as _;
 use std::io::Write as _;
 use std::pin::Pin;
@@ -23,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use maas_domain::ValidationError;
 use maas_domain::inference::UsageEvent;
+use maas_telemetry::metrics::{HandleMemo, memoised};
 
 use crate::error::ApiError;
 use crate::meters;
@@ -95,8 +95,9 @@ impl std::fmt::Debug for Upstream {
 static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// This thread's clients, by [`Upstream::id`].
-    static THREAD_CLIENTS: RefCell<Vec<(u64, HttpClient)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's clients, by [`Upstream::id`]: the shape of a thread's metric handles (a
+    /// short list by key, each built once, cloned out), so the same memo keeps them.
+    static THREAD_CLIENTS: HandleMemo<u64, HttpClient> = const { HandleMemo::new() };
 }
 
 /// rustls with the ring provider and the system's CA roots. A system without any (a bare
@@ -161,20 +162,15 @@ impl Upstream {
         self.timeout
     }
 
-    /// The calling thread's client (built on first use).
+    /// The calling thread's client (built on first use; while the thread shuts down, a client
+    /// of its own for this one call).
     fn client(&self) -> HttpClient {
-        THREAD_CLIENTS
-            .try_with(|clients| {
-                let mut clients = clients.borrow_mut();
-                if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
-                    return client.clone();
-                }
-                let client = build_client(&self.settings, &self.tls);
-                clients.push((self.id, client.clone()));
-                client
-            })
-            // Only while the thread shuts down: a client of its own for this one call.
-            .unwrap_or_else(|_| build_client(&self.settings, &self.tls))
+        memoised(
+            &THREAD_CLIENTS,
+            |id| *id == self.id,
+            || self.id,
+            || build_client(&self.settings, &self.tls),
+        )
     }
 
     /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
