@@ -126,8 +126,8 @@ impl Call<'_> {
             let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
             return Err(self.failed_at(version, ApiError::Domain(err)));
         };
-        let uri =
-            upstream_uri(endpoint.as_str(), path, query).map_err(|e| self.failed_at(version, e))?;
+        let uri = upstream_uri(endpoint.as_str(), path, query)
+            .map_err(|e| self.failed_at(version, e.into()))?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
@@ -141,6 +141,7 @@ impl Call<'_> {
             Ok(response) => response,
             Err(err) => {
                 use actix_web::ResponseError as _;
+                let err = ApiError::from(err);
                 meters::count_upstream(model, err.status_code().as_u16());
                 return Err(self.failed_at(version, err));
             }

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use maas_telemetry::metrics::{HandleMemo, memoised};
 
-use crate::error::ApiError;
+use super::UpstreamError;
 use crate::settings::UpstreamSettings;
 
 /// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls.
@@ -140,7 +140,7 @@ impl Upstream {
     /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
     ///
     /// # Errors
-    /// [`ApiError::UpstreamTimeout`] past the timeout, [`ApiError::UpstreamUnreachable`] when no
+    /// [`UpstreamError::Timeout`] past the timeout, [`UpstreamError::Unreachable`] when no
     /// connection could be made or it broke before the headers.
     pub async fn send(
         &self,
@@ -148,14 +148,14 @@ impl Upstream {
         uri: Uri,
         headers: hyper::HeaderMap,
         body: Bytes,
-    ) -> Result<UpstreamResponse, ApiError> {
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let mut request = hyper::Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         match tokio::time::timeout(self.timeout, self.client().request(request)).await {
-            Err(_) => Err(ApiError::UpstreamTimeout),
-            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable(error_chain(&e))),
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
     }

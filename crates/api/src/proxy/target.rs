@@ -2,9 +2,8 @@
 //! keep a raw call's path and query below its endpoint.
 
 use hyper::Uri;
-use maas_domain::ValidationError;
 
-use crate::error::ApiError;
+use super::UpstreamError;
 
 /// `{endpoint_url}/{path}?{query}` as a request target. The fast path takes it as it is; a URL
 /// with characters a URI may not hold (a raw call's path with a space, say, which actix hands
@@ -12,8 +11,8 @@ use crate::error::ApiError;
 /// browser would.
 ///
 /// # Errors
-/// A validation error naming `path` when even that gives no URI.
-pub fn upstream_uri(endpoint: &str, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+/// [`UpstreamError::InvalidPath`] when even that gives no URI.
+pub fn upstream_uri(endpoint: &str, path: &str, query: Option<&str>) -> Result<Uri, UpstreamError> {
     // Taking the `String` keeps its buffer: no copy.
     if let Ok(uri) = Uri::try_from(upstream_url(endpoint, path, query)) {
         return Ok(uri);
@@ -21,9 +20,9 @@ pub fn upstream_uri(endpoint: &str, path: &str, query: Option<&str>) -> Result<U
     url::Url::parse(&upstream_url(endpoint, path, query))
         .ok()
         .and_then(|u| Uri::try_from(u.as_str()).ok())
-        .ok_or_else(|| {
-            ValidationError::new("path", "is not a valid URL path for the model server").into()
-        })
+        .ok_or(UpstreamError::InvalidPath(
+            "is not a valid URL path for the model server",
+        ))
 }
 
 /// `{endpoint_url}/{path}?{query}`, with exactly one slash between the two paths. A query on
@@ -54,30 +53,26 @@ pub fn upstream_url(endpoint: &str, path: &str, query: Option<&str>) -> String {
 /// that it stays below the version's `endpoint_url`.
 ///
 /// # Errors
-/// A validation error naming `path` for a segment that is `.` or `..` (also when
+/// [`UpstreamError::InvalidPath`] for a segment that is `.` or `..` (also when
 /// percent-encoded), or that holds, percent-encoded, a `/`, `\`, `?`, `#` or a control character:
 /// any of them could take the call out of the endpoint on a server that decodes before routing.
-pub fn raw_call_path(request_path: &str) -> Result<&str, ApiError> {
+pub fn raw_call_path(request_path: &str) -> Result<&str, UpstreamError> {
     // "", "v1", "models", the name, "invoke", then the rest.
     let tail = request_path.splitn(6, '/').nth(5).unwrap_or("");
     for segment in tail.split('/') {
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
         if decoded == b"." || decoded == b".." {
-            return Err(ValidationError::new(
-                "path",
+            return Err(UpstreamError::InvalidPath(
                 "must not hold `.` or `..` segments: a raw call stays below the endpoint",
-            )
-            .into());
+            ));
         }
         if decoded
             .iter()
             .any(|b| matches!(b, b'/' | b'\\' | b'?' | b'#') || b.is_ascii_control())
         {
-            return Err(ValidationError::new(
-                "path",
+            return Err(UpstreamError::InvalidPath(
                 "must not hold an encoded `/`, `\\`, `?`, `#` or control character",
-            )
-            .into());
+            ));
         }
     }
     Ok(tail)
