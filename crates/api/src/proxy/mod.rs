@@ -5,7 +5,8 @@
 //! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
 //! - [`target`]: the upstream URL, and the checks on a raw call's path and query;
 //! - [`meter`]: the [`Meter`] that reads an answer's `usage` and records the call;
-//! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off.
+//! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off;
+//! - [`forward`]: one call sent ([`send`]) and its [`Answer`] turned into the streamed response.
 //!
 //! Its failures are [`UpstreamError`]s, which know nothing of HTTP: `crate::error` alone turns
 //! them into statuses and problem bodies. Nothing here imports the error mapping, the
@@ -13,12 +14,14 @@
 
 pub mod body;
 pub mod client;
+pub mod forward;
 pub mod headers;
 pub mod meter;
 pub mod target;
 
 pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
 pub use client::{Upstream, UpstreamResponse};
+pub use forward::{Answer, Delivery, Outbound, send};
 pub use headers::{request_headers, response_headers};
 pub use meter::{Meter, millis};
 pub use target::{raw_call_path, raw_call_query, upstream_uri, upstream_url};
