@@ -1,5 +1,10 @@
 //! The usage meter: reads the OpenAI `usage` of an answer (a JSON body or server-sent events)
 //! as it streams through, and records the call once it is over.
+//!
+//! Whatever a model server sends, the meter's work is linear in the bytes it streams and its
+//! memory bounded: a JSON body is held up to [`USAGE_SCAN_LIMIT`], then only its last
+//! [`USAGE_TAIL`] bytes (each byte moved at most once); server-sent events are read line by
+//! line as they pass, each byte looked at a bounded number of times (see `sse.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +12,10 @@ use maas_domain::inference::UsageEvent;
 
 use crate::meters;
 use crate::usage::UsageQueue;
+
+mod sse;
+
+use sse::SseLines;
 
 /// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
@@ -27,9 +36,12 @@ pub struct Meter {
     sse: bool,
     /// Where the event goes.
     queue: UsageQueue,
+    /// A non-streamed body, or its tail.
     buffer: Vec<u8>,
     /// A non-streamed body outgrew [`USAGE_SCAN_LIMIT`]: `buffer` holds only its tail.
     tail_only: bool,
+    /// Where the lines of server-sent events stand.
+    lines: SseLines,
 }
 
 impl Meter {
@@ -49,6 +61,7 @@ impl Meter {
             queue,
             buffer: Vec::new(),
             tail_only: false,
+            lines: SseLines::default(),
         }
     }
 
@@ -60,14 +73,13 @@ impl Meter {
     /// Reads one chunk of the body on its way through.
     pub(super) fn observe(&mut self, chunk: &[u8]) {
         if self.sse {
-            self.buffer.extend_from_slice(chunk);
-            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                self.scan_sse_line(&line);
-            }
-            if self.buffer.len() > USAGE_SCAN_LIMIT {
-                self.buffer.clear();
-            }
+            // Every event with usage counts, a later one's counts over an earlier one's.
+            let event = &mut self.event;
+            self.lines.feed(chunk, |json| {
+                if let Some(usage) = usage_of(json) {
+                    count(event, usage);
+                }
+            });
         } else if !self.tail_only && self.buffer.len() + chunk.len() <= USAGE_SCAN_LIMIT {
             self.buffer.extend_from_slice(chunk);
         } else {
@@ -111,35 +123,14 @@ impl Meter {
         }
     }
 
-    fn scan_sse_line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return;
-        };
-        let data = data.trim_ascii();
-        if data.windows(7).any(|w| w == b"\"usage\"") {
-            self.take_usage(data);
-        }
-    }
-
     fn take_usage(&mut self, json: &[u8]) {
-        // Only `usage` is kept; the rest of the body (the completion itself) is skipped over
-        // without building a tree of it.
-        let Ok(WithUsage { usage: Some(usage) }) = serde_json::from_slice::<WithUsage>(json) else {
-            return;
-        };
-        self.count(usage);
+        if let Some(usage) = usage_of(json) {
+            self.count(usage);
+        }
     }
 
     fn count(&mut self, usage: UsageCounts) {
-        let Some(event) = &mut self.event else {
-            return;
-        };
-        if let Some(n) = usage.prompt_tokens.0 {
-            event.prompt_tokens = Some(n);
-        }
-        if let Some(n) = usage.completion_tokens.0 {
-            event.completion_tokens = Some(n);
-        }
+        count(&mut self.event, usage);
     }
 
     /// Records the call once; `status` overrides the event's when the body broke off.
@@ -164,6 +155,25 @@ impl Meter {
             event.completion_tokens,
         );
         self.queue.push(event);
+    }
+}
+
+/// The `usage` of a JSON answer or event. Only `usage` is kept; the rest (the completion
+/// itself) is skipped over without building a tree of it.
+fn usage_of(json: &[u8]) -> Option<UsageCounts> {
+    serde_json::from_slice::<WithUsage>(json).ok()?.usage
+}
+
+/// Sets the counts `usage` has on the event, until it is recorded.
+fn count(event: &mut Option<UsageEvent>, usage: UsageCounts) {
+    let Some(event) = event else {
+        return;
+    };
+    if let Some(n) = usage.prompt_tokens.0 {
+        event.prompt_tokens = Some(n);
+    }
+    if let Some(n) = usage.completion_tokens.0 {
+        event.completion_tokens = Some(n);
     }
 }
 
@@ -263,6 +273,32 @@ mod tests {
         let mut body = large_answer(2 * USAGE_SCAN_LIMIT, "");
         body.truncate(body.len() - 60);
         assert_eq!(tokens_of_chunked(&body, 16 * 1024), (None, None));
+    }
+
+    #[test]
+    fn a_long_answer_in_small_pieces_is_held_at_most_twice_its_tail() {
+        let body = large_answer(10 * USAGE_SCAN_LIMIT, "");
+        let (queue, _receiver) = UsageQueue::new(1);
+        let event = crate::usage::tests::event();
+        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        for piece in body.chunks(1000) {
+            meter.observe(piece);
+            assert!(
+                meter.buffer.len() <= USAGE_SCAN_LIMIT.max(2 * USAGE_TAIL),
+                "{}",
+                meter.buffer.len()
+            );
+            if meter.tail_only {
+                assert!(meter.buffer.len() <= 2 * USAGE_TAIL);
+            }
+        }
+        assert!(meter.tail_only);
+        meter.settle_usage();
+        let event = meter.event().expect("not recorded yet");
+        assert_eq!(
+            (event.prompt_tokens, event.completion_tokens),
+            (Some(5), None)
+        );
     }
 
     #[test]
