@@ -642,3 +642,76 @@ async fn every_call_leaves_a_usage_event_with_tokens_and_members_see_only_their_
     stub.stop().await;
     app.stop().await;
 }
+
+/// Bare newlines a model server floods its stream with in the test below: enough that metering
+/// them in time quadratic in the lines per chunk (as the gateway once did) holds a worker for
+/// minutes.
+const FLOOD: usize = 32 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_stream_of_bare_newlines_neither_freezes_a_worker_nor_loses_its_usage() {
+    // Each wait is bounded only so that a regression fails instead of hanging: a worker that
+    // meters in linear time needs a small fraction of any of them.
+    let bound = Duration::from_secs(60);
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "flood").await;
+    let request =
+        json!({"model": "flood:1", "stream": true, "stub_newlines": FLOOD, "stub_hold": true});
+    let res = tokio::time::timeout(bound, chat(&app, request))
+        .await
+        .expect("the answer's headers");
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut received = Vec::with_capacity(FLOOD + 1024);
+    let first = tokio::time::timeout(bound, body.next())
+        .await
+        .expect("a first chunk")
+        .expect("more body")
+        .expect("bytes");
+    received.extend_from_slice(&first);
+
+    // While the newlines stream through (and the model server holds the rest), /health
+    // answers. Each call on a connection of its own: the app's two workers take new
+    // connections in turn, so the calls reach both, the stream's among them.
+    let health = futures_util::future::join_all((0..4).map(|_| async {
+        let client = reqwest::Client::new();
+        tokio::time::timeout(bound, client.get(app.url("/health")).send())
+            .await
+            .expect("/health answers while the stream is open")
+            .expect("GET /health")
+            .status()
+    }));
+    let newlines = tokio::time::timeout(bound, async {
+        while received.len() < FLOOD {
+            let chunk = body.next().await.expect("more body").expect("bytes");
+            received.extend_from_slice(&chunk);
+        }
+    });
+    let (health, newlines) = tokio::join!(health, newlines);
+    newlines.expect("the newlines come through while the model server holds the rest");
+    assert!(health.iter().all(|s| *s == 200), "{health:?}");
+    assert!(
+        received.iter().all(|b| *b == b'\n'),
+        "passed through untouched"
+    );
+
+    stub.release();
+    while let Some(chunk) = tokio::time::timeout(bound, body.next())
+        .await
+        .expect("the rest of the stream")
+    {
+        received.extend_from_slice(&chunk.expect("bytes"));
+    }
+    let rest = String::from_utf8_lossy(&received[FLOOD..]).into_owned();
+    assert!(
+        rest.contains("\"usage\"") && rest.ends_with("data: [DONE]\n\n"),
+        "{rest}"
+    );
+    let report = usage_by_model(&app, |r| r["items"][0]["prompt_tokens"].is_i64()).await;
+    assert_eq!(report["items"][0]["requests"], 1, "{report}");
+    assert_eq!(report["items"][0]["prompt_tokens"], 7, "{report}");
+    assert_eq!(report["items"][0]["completion_tokens"], 3, "{report}");
+    stub.stop().await;
+    app.stop().await;
+}

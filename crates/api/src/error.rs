@@ -7,7 +7,8 @@ use maas_domain::{DomainError, ValidationError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::middleware::current_request_id;
+use crate::proxy::UpstreamError;
+use crate::request_id::current_request_id;
 
 /// Media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -81,6 +82,18 @@ pub enum ApiError {
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         Self::Domain(DomainError::Validation(e))
+    }
+}
+
+/// The proxy's failures in HTTP terms: no answer in time is 504, none at all 502, and a path
+/// that cannot go upstream is the caller's invalid `path` (422).
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout => Self::UpstreamTimeout,
+            UpstreamError::Unreachable(reason) => Self::UpstreamUnreachable(reason),
+            UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
+        }
     }
 }
 
@@ -263,6 +276,12 @@ impl From<ValidationError> for OpenAiError {
     }
 }
 
+impl From<UpstreamError> for OpenAiError {
+    fn from(e: UpstreamError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
 impl ResponseError for OpenAiError {
     fn status_code(&self) -> StatusCode {
         self.error.status_code()
@@ -341,3 +360,35 @@ impl ResponseError for ApiError {
 /// The internal text of an error, carried on the response for the access log only.
 #[derive(Debug, Clone)]
 pub struct ErrorDetail(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_s_failures_are_504_502_or_an_invalid_path_and_keep_their_reason_inside() {
+        let cases = [
+            (UpstreamError::Timeout, 504, "upstream_timeout", None),
+            (
+                UpstreamError::Unreachable("connection refused (os error 111)".into()),
+                502,
+                "upstream_unreachable",
+                None,
+            ),
+            (
+                UpstreamError::InvalidPath("must not hold `.` or `..` segments"),
+                422,
+                "invalid_value",
+                Some("path"),
+            ),
+        ];
+        for (upstream, status, code, field) in cases {
+            let error = ApiError::from(upstream);
+            assert_eq!(error.status_code().as_u16(), status, "{error}");
+            assert_eq!(error.openai_kind().1, code, "{error}");
+            let problem = error.problem();
+            assert_eq!(problem.field.as_deref(), field, "{error}");
+            assert!(!problem.detail.contains("os error"), "{}", problem.detail);
+        }
+    }
+}

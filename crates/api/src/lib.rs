@@ -26,6 +26,7 @@ pub mod meters;
 pub mod middleware;
 pub mod openapi;
 pub mod proxy;
+pub mod request_id;
 pub mod settings;
 pub mod state;
 pub mod usage;

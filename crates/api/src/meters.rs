@@ -1,4 +1,5 @@
-//! The per-request metrics, with their handles kept per thread.
+//! The per-request metrics, with their handles kept per thread (in
+//! [`maas_telemetry::metrics`]' `HandleMap` and `HandleList`).
 //!
 //! `metrics::counter!(name, "label" => value)` builds a key (allocating its owned label
 //! values), hashes it and looks it up in the recorder's registry, under a lock, on every call.
@@ -14,11 +15,10 @@
 //! are counted as `OTHER` (a client cannot mint new series with made-up methods), models are
 //! the registry's, statuses are three-digit numbers.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::Method;
+use maas_telemetry::metrics::{HandleList, HandleMap, with_mapped};
 use maas_telemetry::names;
 use metrics::{Counter, Gauge, Histogram};
 
@@ -42,7 +42,7 @@ pub fn method_label(method: &Method) -> &'static str {
 /// by status.
 struct MethodMeters {
     duration: Histogram,
-    by_status: Vec<(u16, Counter)>,
+    by_status: HandleList<u16, Counter>,
 }
 
 /// The meters of one model.
@@ -50,7 +50,7 @@ struct ModelMeters {
     upstream_duration: Histogram,
     prompt_tokens: Counter,
     completion_tokens: Counter,
-    by_status: Vec<(u16, Counter)>,
+    by_status: HandleList<u16, Counter>,
 }
 
 impl ModelMeters {
@@ -62,7 +62,7 @@ impl ModelMeters {
                 "model" => model.to_owned(), "kind" => "prompt"),
             completion_tokens: metrics::counter!(names::TOKENS_TOTAL,
                 "model" => model.to_owned(), "kind" => "completion"),
-            by_status: Vec::new(),
+            by_status: HandleList::new(),
         }
     }
 }
@@ -70,28 +70,10 @@ impl ModelMeters {
 thread_local! {
     static IN_FLIGHT: Gauge = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
     static OVERHEAD: Histogram = metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS);
-    /// By route pattern.
-    static ROUTES: RefCell<HashMap<String, Vec<(&'static str, MethodMeters)>>> =
-        RefCell::new(HashMap::new());
+    /// By route pattern, then by method.
+    static ROUTES: HandleMap<HandleList<&'static str, MethodMeters>> = HandleMap::new();
     /// By model name.
-    static MODELS: RefCell<HashMap<String, ModelMeters>> = RefCell::new(HashMap::new());
-}
-
-/// The value kept under `key` in `list`, made by `make` the first time (the lists hold a
-/// handful of entries: a scan beats a map).
-fn find_or_push<K: PartialEq, V>(
-    list: &mut Vec<(K, V)>,
-    key: K,
-    make: impl FnOnce() -> V,
-) -> &mut V {
-    let at = match list.iter().position(|(k, _)| *k == key) {
-        Some(at) => at,
-        None => {
-            list.push((key, make()));
-            list.len() - 1
-        }
-    };
-    &mut list[at].1
+    static MODELS: HandleMap<ModelMeters> = HandleMap::new();
 }
 
 /// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
@@ -104,23 +86,28 @@ pub fn add_in_flight(delta: f64) {
 /// `http_request_duration_seconds{method,route}`.
 pub fn record_request(method: &Method, route: &str, status: u16, elapsed: Duration) {
     let method = method_label(method);
-    let _ = ROUTES.try_with(|routes| {
-        let mut routes = routes.borrow_mut();
-        let methods = match routes.get_mut(route) {
-            Some(methods) => methods,
-            None => routes.entry(route.to_owned()).or_default(),
-        };
-        let meters = find_or_push(methods, method, || MethodMeters {
-            duration: metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
-                "method" => method, "route" => route.to_owned()),
-            by_status: Vec::new(),
-        });
+    with_mapped(&ROUTES, route, HandleList::new, |methods| {
+        let meters = methods.get_or_register(
+            |m| *m == method,
+            || method,
+            || MethodMeters {
+                duration: metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS,
+                    "method" => method, "route" => route.to_owned()),
+                by_status: HandleList::new(),
+            },
+        );
         meters.duration.record(elapsed.as_secs_f64());
-        find_or_push(&mut meters.by_status, status, || {
-            metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method,
-                "route" => route.to_owned(), "status" => status.to_string())
-        })
-        .increment(1);
+        meters
+            .by_status
+            .get_or_register(
+                |s| *s == status,
+                || status,
+                || {
+                    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "method" => method,
+                        "route" => route.to_owned(), "status" => status.to_string())
+                },
+            )
+            .increment(1);
     });
 }
 
@@ -131,27 +118,24 @@ pub fn record_overhead(overhead: Duration) {
 
 /// Runs `f` on the meters of `model`, registering them the first time.
 fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters)) {
-    let _ = MODELS.try_with(|models| {
-        let mut models = models.borrow_mut();
-        let meters = match models.get_mut(model) {
-            Some(meters) => meters,
-            None => models
-                .entry(model.to_owned())
-                .or_insert_with(|| ModelMeters::new(model)),
-        };
-        f(meters);
-    });
+    with_mapped(&MODELS, model, || ModelMeters::new(model), f);
 }
 
 /// Counts a call forwarded to `model`'s server, by the status the caller got
 /// (`maas_upstream_requests_total{model,status}`).
 pub fn count_upstream(model: &str, status: u16) {
     with_model(model, |meters| {
-        find_or_push(&mut meters.by_status, status, || {
-            metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
-                "model" => model.to_owned(), "status" => status.to_string())
-        })
-        .increment(1);
+        meters
+            .by_status
+            .get_or_register(
+                |s| *s == status,
+                || status,
+                || {
+                    metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
+                        "model" => model.to_owned(), "status" => status.to_string())
+                },
+            )
+            .increment(1);
     });
 }
 

@@ -10,6 +10,8 @@ use actix_web::{Error, web};
 
 use crate::error::ErrorDetail;
 use crate::meters;
+pub use crate::request_id::current_request_id;
+use crate::request_id::{is_acceptable, with_request_id};
 use crate::state::AppState;
 
 /// The header carrying the request id, in both directions.
@@ -18,21 +20,12 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// Route label of requests that matched no route (keeps metric cardinality bounded).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being handled on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
-
 /// Accepts the caller's id when it is 1–128 visible ASCII characters, else makes a UUID.
 fn request_id(req: &ServiceRequest) -> String {
     req.headers()
         .get(&REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| is_acceptable(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
@@ -69,7 +62,7 @@ pub async fn request_context(
     actix_web::HttpMessage::extensions_mut(&req).insert(RequestStarted(started));
     // Handlers and extractors turn their errors into responses inside this scope, so problem
     // bodies carry the id. (Cloning the request here would break routing: it must stay unique.)
-    let mut response = REQUEST_ID.scope(id.clone(), next.call(req)).await?;
+    let mut response = with_request_id(id.clone(), next.call(req)).await?;
 
     let elapsed = started.elapsed();
     let status = response.status();

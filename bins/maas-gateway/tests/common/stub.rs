@@ -1,13 +1,16 @@
 //! An OpenAI-compatible model server for the tests, on a free port, that the test steers through
 //! fields of the request body (which the gateway forwards untouched): `stub_delay_ms`,
 //! `stub_status`, `stub_drip` (an endless slow stream, to see cancellation) with `stub_drip_ms`
-//! between its chunks (50 by default).
+//! between its chunks (50 by default), `stub_newlines` (a stream of that many bare `\n` bytes,
+//! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
+//! test calls [`Stub::release`], for at most a minute).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 /// One request the stub received.
@@ -32,6 +35,8 @@ impl Seen {
 struct Shared {
     seen: Mutex<Vec<Seen>>,
     cancelled: AtomicBool,
+    /// Lets a held stream (`stub_hold`) go on.
+    release: tokio::sync::Notify,
 }
 
 pub struct Stub {
@@ -52,6 +57,11 @@ impl Stub {
 
     pub fn was_cancelled(&self) -> bool {
         self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Lets the held stream (`stub_hold`) send the rest of its body.
+    pub fn release(&self) {
+        self.shared.release.notify_one();
     }
 
     pub async fn stop(self) {
@@ -82,6 +92,31 @@ fn sse(chunks: Vec<Value>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(futures_util::stream::iter(pieces))
+}
+
+/// `text/event-stream` of `newlines` bare `\n` bytes (in pieces of up to 1 MiB), then, once
+/// released when `hold`, the final chunk with `usage` and `[DONE]`.
+fn newline_flood(newlines: u64, hold: bool, shared: &Arc<Shared>, usage: &Value) -> HttpResponse {
+    const PIECE: u64 = 1024 * 1024;
+    let pieces = (0..newlines.div_ceil(PIECE)).map(move |i| {
+        let len = PIECE.min(newlines - i * PIECE) as usize;
+        Ok::<_, actix_web::Error>(web::Bytes::from(vec![b'\n'; len]))
+    });
+    let shared = shared.clone();
+    let end = format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"object": "chat.completion.chunk", "choices": [], "usage": usage})
+    );
+    let end = futures_util::stream::once(async move {
+        if hold {
+            // Bounded, so that a test that never releases cannot hang the stub.
+            let _ = tokio::time::timeout(Duration::from_secs(60), shared.release.notified()).await;
+        }
+        Ok::<_, actix_web::Error>(web::Bytes::from(end))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(futures_util::stream::iter(pieces).chain(end))
 }
 
 async fn handle(
@@ -139,6 +174,14 @@ async fn handle(
         return HttpResponse::Ok()
             .content_type("text/event-stream")
             .streaming(stream);
+    }
+    if let Some(newlines) = request["stub_newlines"].as_u64() {
+        return newline_flood(
+            newlines,
+            request["stub_hold"].as_bool() == Some(true),
+            &shared,
+            &usage,
+        );
     }
     if path.ends_with("/embeddings") {
         return HttpResponse::Ok().json(json!({

@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use actix_web::http::header;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError as _, web};
 use bytes::Bytes;
 use chrono::Utc;
 use maas_domain::DomainError;
@@ -20,11 +19,12 @@ use crate::auth::Actor;
 use crate::error::{ApiError, OpenAiError, Routed};
 use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
-use crate::middleware::{RequestStarted, current_request_id};
+use crate::middleware::RequestStarted;
 use crate::proxy::{
-    Meter, MeteredBody, millis, raw_call_path, raw_call_query, request_headers, response_headers,
+    self, Answer, Delivery, Outbound, millis, raw_call_path, raw_call_query, request_headers,
     upstream_uri,
 };
+use crate::request_id::current_request_id;
 use crate::state::AppState;
 
 /// An entry of `GET /v1/models` (OpenAI's model object).
@@ -49,6 +49,11 @@ pub struct OpenAiModelList {
     pub data: Vec<OpenAiModel>,
 }
 
+/// One inference call on its way through the gateway: the context each phase reads (as a
+/// Pingora `CTX`). The phases run in this order, one method each: the key was authenticated and
+/// its rate limit checked by the middleware, then [`Call::resolve`] picks the version,
+/// [`Call::forward`] sends the call to its model server and [`Call::meter`] streams the answer
+/// back, recording its usage. A call that fails on the way leaves a usage event too.
 struct Call<'a> {
     state: &'a AppState,
     req: &'a HttpRequest,
@@ -58,7 +63,55 @@ struct Call<'a> {
     model: String,
 }
 
-impl Call<'_> {
+/// What goes to the model server of the resolved version.
+struct Forwarding<'a> {
+    method: hyper::Method,
+    /// Below the version's `endpoint_url`.
+    path: &'a str,
+    query: Option<&'a str>,
+    body: Bytes,
+}
+
+impl<'a> Forwarding<'a> {
+    fn post(path: &'a str, query: Option<&'a str>, body: Bytes) -> Self {
+        Self {
+            method: hyper::Method::POST,
+            path,
+            query,
+            body,
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        state: &'a AppState,
+        req: &'a HttpRequest,
+        actor: &'a Actor,
+        route: &'static str,
+        target: &Target,
+    ) -> Self {
+        Self {
+            state,
+            req,
+            actor: &actor.0,
+            started: started(req),
+            route,
+            model: target.model.as_str().to_owned(),
+        }
+    }
+
+    /// The call's phases, once its request is read.
+    async fn run(
+        &self,
+        target: &Target,
+        forwarding: Forwarding<'_>,
+    ) -> Result<HttpResponse, OpenAiError> {
+        let version = self.resolve(target).await?;
+        let answer = self.forward(&version, forwarding).await?;
+        Ok(self.meter(&version, answer))
+    }
+
     fn event(&self, version: Option<i32>, status: u16) -> UsageEvent {
         UsageEvent {
             key_id: self.actor.key_id,
@@ -77,7 +130,6 @@ impl Call<'_> {
 
     /// Records a call that failed with `err`, routed to `version` if it got that far.
     fn record_failure(&self, version: Option<i32>, err: &ApiError) {
-        use actix_web::ResponseError as _;
         self.state
             .usage_queue
             .push(self.event(version, err.status_code().as_u16()));
@@ -103,6 +155,7 @@ impl Call<'_> {
         )
     }
 
+    /// Phase one: the version that serves `target`.
     async fn resolve(&self, target: &Target) -> Result<ModelVersion, OpenAiError> {
         self.state
             .registry
@@ -111,84 +164,68 @@ impl Call<'_> {
             .map_err(|e| self.failed(ApiError::Domain(e)))
     }
 
-    /// Sends the call upstream and streams the answer back.
+    /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
+    /// Counted by the status the caller gets (`maas_upstream_requests_total`).
     async fn forward(
         &self,
         version: &ModelVersion,
-        method: hyper::Method,
-        path: &str,
-        query: Option<&str>,
-        body: Bytes,
-    ) -> Result<HttpResponse, OpenAiError> {
-        let number = version.version.get();
+        forwarding: Forwarding<'_>,
+    ) -> Result<Answer, OpenAiError> {
+        let outbound = self.outbound(version, forwarding)?;
+        let model = version.model.as_str();
+        match proxy::send(&self.state.upstream, self.started, outbound).await {
+            Ok(answer) => {
+                meters::count_upstream(model, answer.status());
+                Ok(answer)
+            }
+            Err(err) => {
+                let err = ApiError::from(err);
+                meters::count_upstream(model, err.status_code().as_u16());
+                Err(self.failed_at(version, err))
+            }
+        }
+    }
+
+    /// Where and what the call sends: the version's endpoint joined with the call's path, and
+    /// the headers that may go upstream.
+    fn outbound(
+        &self,
+        version: &ModelVersion,
+        forwarding: Forwarding<'_>,
+    ) -> Result<Outbound, OpenAiError> {
         let Some(endpoint) = &version.endpoint_url else {
+            let number = version.version.get();
             let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
             return Err(self.failed_at(version, ApiError::Domain(err)));
         };
-        let uri =
-            upstream_uri(endpoint.as_str(), path, query).map_err(|e| self.failed_at(version, e))?;
+        let uri = upstream_uri(endpoint.as_str(), forwarding.path, forwarding.query)
+            .map_err(|e| self.failed_at(version, e.into()))?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
             version.upstream_api_key.as_ref().map(|k| k.expose()),
             self.req.peer_addr().map(|peer| peer.ip()),
         );
-        let upstream_started = Instant::now();
-        let sent = self.state.upstream.send(method, uri, headers, body).await;
-        let model = version.model.as_str();
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => {
-                use actix_web::ResponseError as _;
-                meters::count_upstream(model, err.status_code().as_u16());
-                return Err(self.failed_at(version, err));
-            }
-        };
-        let overhead = self
-            .started
-            .elapsed()
-            .saturating_sub(upstream_started.elapsed());
-        meters::record_overhead(overhead);
-        let status = response.status().as_u16();
-        meters::count_upstream(model, status);
+        Ok(Outbound {
+            method: forwarding.method,
+            uri,
+            headers,
+            body: forwarding.body,
+        })
+    }
 
-        let sse = response
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        let mut out = HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status)
-                .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
-        );
-        for (name, value) in response_headers(response.headers()) {
-            out.append_header((name, value));
-        }
-        let overhead_us = overhead.as_micros();
-        out.insert_header(("x-maas-model", model))
-            .insert_header(("x-maas-version", number))
-            .insert_header((
-                "x-maas-overhead-ms",
-                format!("{}.{:03}", overhead_us / 1000, overhead_us % 1000),
-            ));
-        if sse {
-            // Proxies between the gateway and the client must not buffer the stream either.
-            out.insert_header(("x-accel-buffering", "no"))
-                .insert_header((header::CACHE_CONTROL, "no-cache"));
-        }
-        let meter = Meter::new(
-            self.event(Some(number), status),
-            self.started,
-            upstream_started,
-            sse,
-            self.state.usage_queue.clone(),
-        );
-        let body = MeteredBody::new(response.into_body(), meter, self.state.upstream.timeout());
-        // A body of known length keeps it: the client gets `Content-Length` instead of chunked
-        // framing, and the answer usually leaves in one write. Still streamed, never buffered.
-        Ok(match body.exact_length().filter(|_| !sse) {
-            Some(length) => out.body(actix_web::body::SizedStream::new(length, body)),
-            None => out.streaming(body),
+    /// Phase three: the answer streamed back to the client through its meter, which records the
+    /// call's usage when the body is over.
+    fn meter(&self, version: &ModelVersion, answer: Answer) -> HttpResponse {
+        let number = version.version.get();
+        let event = self.event(Some(number), answer.status());
+        answer.into_response(Delivery {
+            model: version.model.as_str(),
+            version: number,
+            event,
+            started: self.started,
+            queue: self.state.usage_queue.clone(),
+            idle: self.state.upstream.timeout(),
         })
     }
 }
@@ -217,19 +254,24 @@ async fn openai(
     path: &'static str,
     route: &'static str,
 ) -> Result<HttpResponse, OpenAiError> {
-    let started = started(&req);
-    if !is_json(&req) {
+    let (target, body) = read_openai_request(&req, payload, &state).await?;
+    let call = Call::new(&state, &req, &actor, route, &target);
+    call.run(&target, Forwarding::post(path, None, body)).await
+}
+
+/// An OpenAI request's target (its `model`) and its body, read within the body limit.
+async fn read_openai_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(Target, Bytes), OpenAiError> {
+    if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType(
             "the request body must be JSON (content-type: application/json)".into(),
         )
         .into());
     }
-    let body = read_body(
-        payload.into_inner(),
-        content_length(&req),
-        body_limit(&state),
-    )
-    .await?;
+    let body = read_body(payload.into_inner(), content_length(req), body_limit(state)).await?;
     let envelope: Envelope =
         serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let model = match envelope.model {
@@ -237,18 +279,7 @@ async fn openai(
         Some(_) => return Err(ValidationError::new("model", "must be a string").into()),
         None => return Err(ValidationError::new("model", "is required").into()),
     };
-    let target = Target::parse(&model)?;
-    let call = Call {
-        state: &state,
-        req: &req,
-        actor: &actor.0,
-        started,
-        route,
-        model: target.model.as_str().to_owned(),
-    };
-    let version = call.resolve(&target).await?;
-    call.forward(&version, hyper::Method::POST, path, None, body)
-        .await
+    Ok((Target::parse(&model)?, body))
 }
 
 /// OpenAI chat completions, forwarded to `{endpoint_url}/chat/completions`.
@@ -336,7 +367,6 @@ pub async fn invoke(
     actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, OpenAiError> {
-    let started = started(&req);
     let (name, _decoded_rest) = path.into_inner();
     let name = ModelName::parse(name)?;
     // As sent, not as actix decoded it: the model server gets the client's bytes.
@@ -357,16 +387,14 @@ pub async fn invoke(
         body_limit(&state),
     )
     .await?;
-    let call = Call {
-        state: &state,
-        req: &req,
-        actor: &actor.0,
-        started,
-        route: "/v1/models/{name}/invoke/{path}",
-        model: target.model.as_str().to_owned(),
-    };
-    let version = call.resolve(&target).await?;
-    call.forward(&version, hyper::Method::POST, rest, Some(&query), body)
+    let call = Call::new(
+        &state,
+        &req,
+        &actor,
+        "/v1/models/{name}/invoke/{path}",
+        &target,
+    );
+    call.run(&target, Forwarding::post(rest, Some(&query), body))
         .await
 }
 

@@ -1,0 +1,125 @@
+//! The upstream body on its way to the client: passed through chunk by chunk, metered, and cut
+//! off when it goes quiet.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::meter::Meter;
+
+/// Status recorded for a call whose client went away before the body was complete (nginx's
+/// convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The upstream body, passed through chunk by chunk. Dropping it (the client went away) drops
+/// the upstream response, which cancels the upstream call. A body that sends nothing for
+/// `upstream.timeout_seconds` is cut off (the call is recorded with status 504).
+pub struct MeteredBody<B> {
+    inner: B,
+    meter: Meter,
+    /// The upstream's `Content-Length`, if it sent one.
+    expected: Option<u64>,
+    seen: u64,
+    /// Longest wait for the next chunk.
+    idle: Duration,
+    /// Armed when the body first waits; re-armed when it waits again after a chunk.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether a chunk came since the timer was last armed.
+    progressed: bool,
+}
+
+impl<B: hyper::body::Body> MeteredBody<B> {
+    /// Wraps an upstream body that may send nothing for at most `idle` between two chunks. Its
+    /// exact length, when the upstream sent one, is kept: the call counts as complete once that
+    /// many bytes passed, even if the server drops the body before polling its end (it knows
+    /// the length, so it need not).
+    pub fn new(inner: B, meter: Meter, idle: Duration) -> Self {
+        Self {
+            expected: inner.size_hint().exact(),
+            inner,
+            meter,
+            seen: 0,
+            idle,
+            idle_timer: None,
+            progressed: false,
+        }
+    }
+
+    /// The body's exact length, if the upstream sent one.
+    pub fn exact_length(&self) -> Option<u64> {
+        self.expected
+    }
+
+    /// Called when the upstream has nothing yet: (re)arms the idle timer if a chunk came since
+    /// it was last armed, and tells whether it ran out.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.progressed || self.idle_timer.is_none() {
+            let deadline = tokio::time::Instant::now() + self.idle;
+            match &mut self.idle_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.progressed = false;
+        }
+        self.idle_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl<B> Stream for MeteredBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not passed on (actix-web's HTTP/1 writer has none).
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    this.progressed = true;
+                    this.meter.observe(&chunk);
+                    this.seen = this.seen.saturating_add(chunk.len() as u64);
+                    if this.expected.is_some_and(|n| this.seen >= n) {
+                        this.meter.finish(None);
+                    }
+                    Poll::Ready(Some(Ok(chunk)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.meter.finish(Some(502));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
+                        "the model server's response broke off: {e}"
+                    )))))
+                }
+                Poll::Ready(None) => {
+                    this.meter.finish(None);
+                    Poll::Ready(None)
+                }
+                Poll::Pending if this.idle_expired(cx) => {
+                    this.meter.finish(Some(504));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorGatewayTimeout(format!(
+                        "the model server sent nothing for {} s",
+                        this.idle.as_secs()
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl<S> Drop for MeteredBody<S> {
+    fn drop(&mut self) {
+        self.meter.finish(Some(CLIENT_CLOSED_REQUEST));
+    }
+}

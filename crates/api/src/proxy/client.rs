@@ -1,0 +1,174 @@
+//! The pooled client for model servers: one hyper-util client per worker thread over rustls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use maas_telemetry::metrics::{HandleMemo, memoised};
+
+use super::UpstreamError;
+use crate::settings::UpstreamSettings;
+
+/// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The upstream's answer: status, headers and a body that is read as it arrives.
+pub type UpstreamResponse = hyper::Response<Incoming>;
+
+/// The gateway's client for every model server: keep-alive pools per upstream host, so a warm
+/// call pays no connection, DNS or TLS set-up.
+///
+/// It is hyper-util's client with nothing on top: no redirects (a model server's redirect is
+/// passed to the caller as is), no proxy from the environment, no retries, and the URL parsed
+/// once per call.
+///
+/// One `Upstream` serves the whole process, but it keeps the connections of each worker thread
+/// apart: a connection is driven by the runtime of the thread that opened it, and actix-web
+/// runs one single-threaded runtime per worker. A connection shared across workers would cost
+/// two cross-thread wake-ups per call (the request handed to the thread that drives the
+/// connection, the response handed back), which on a busy machine is most of the proxy's tail
+/// latency. So each worker thread gets its own pool, built from the same settings on first use;
+/// `upstream.pool_max_idle_per_host` applies per worker thread.
+#[derive(Clone)]
+pub struct Upstream {
+    settings: UpstreamSettings,
+    /// Tells this `Upstream`'s per-thread clients from those of another one (tests run several).
+    id: u64,
+    /// TLS settings and the system's CA roots, loaded once and shared by every thread's client.
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("settings", &self.settings)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's clients, by [`Upstream::id`]: the shape of a thread's metric handles (a
+    /// short list by key, each built once, cloned out), so the same memo keeps them.
+    static THREAD_CLIENTS: HandleMemo<u64, HttpClient> = const { HandleMemo::new() };
+}
+
+/// rustls with the ring provider and the system's CA roots. A system without any (a bare
+/// container image) still gets a client: plain-HTTP model servers work, HTTPS ones fail their
+/// handshake with an unknown-issuer error, which reaches the log of the failed call. A system
+/// whose certificates are there but none of them usable is a start-up error.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (valid, invalid) = roots.add_parsable_certificates(found.certs);
+    if valid == 0 && (invalid > 0 || !found.errors.is_empty()) {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "none of the system's CA certificates is usable ({invalid} unparsable): {}",
+            errors.join("; ")
+        ));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+fn build_client(settings: &UpstreamSettings, tls: &rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(settings.connect_timeout_seconds)));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+impl Upstream {
+    /// A client with the configured timeouts and pool size.
+    ///
+    /// # Errors
+    /// When the system's CA certificates exist but none of them can be used.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        Ok(Self {
+            tls: Arc::new(tls_config()?),
+            settings: *settings,
+            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+            timeout: Duration::from_secs(settings.timeout_seconds),
+        })
+    }
+
+    /// Longest wait for the response headers, and between two chunks of the body.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The calling thread's client (built on first use; while the thread shuts down, a client
+    /// of its own for this one call).
+    fn client(&self) -> HttpClient {
+        memoised(
+            &THREAD_CLIENTS,
+            |id| *id == self.id,
+            || self.id,
+            || build_client(&self.settings, &self.tls),
+        )
+    }
+
+    /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Timeout`] past the timeout, [`UpstreamError::Unreachable`] when no
+    /// connection could be made or it broke before the headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: hyper::HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        match tokio::time::timeout(self.timeout, self.client().request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// An error and its sources, one after the other (hyper-util's own message is only the kind).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

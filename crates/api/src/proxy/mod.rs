@@ -1,0 +1,42 @@
+//! Forwarding to model servers: one pooled HTTP client, header hygiene, and a body stream that
+//! passes chunks through as they arrive while it watches for the upstream's `usage`.
+//!
+//! - [`client`]: the pooled [`Upstream`] client, one per worker thread, and its TLS settings;
+//! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
+//! - [`target`]: the upstream URL, and the checks on a raw call's path and query;
+//! - [`meter`]: the [`Meter`] that reads an answer's `usage` and records the call;
+//! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off;
+//! - [`forward`]: one call sent ([`send`]) and its [`Answer`] turned into the streamed response.
+//!
+//! Its failures are [`UpstreamError`]s, which know nothing of HTTP: `crate::error` alone turns
+//! them into statuses and problem bodies. Nothing here imports the error mapping, the
+//! middleware or the app state.
+
+pub mod body;
+pub mod client;
+pub mod forward;
+pub mod headers;
+pub mod meter;
+pub mod target;
+
+pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
+pub use client::{Upstream, UpstreamResponse};
+pub use forward::{Answer, Delivery, Outbound, send};
+pub use headers::{request_headers, response_headers};
+pub use meter::{Meter, millis};
+pub use target::{raw_call_path, raw_call_query, upstream_uri, upstream_url};
+
+/// Why a call could not be sent to its model server, or got no answer from it.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The model server sent no response headers within `upstream.timeout_seconds`.
+    #[error("the model server did not answer in time")]
+    Timeout,
+    /// No connection could be made, or it broke before the response headers; the reason is the
+    /// client's error and its sources, for the log.
+    #[error("the model server is unreachable: {0}")]
+    Unreachable(String),
+    /// The call's path would leave the version's endpoint, or makes no URL; says why.
+    #[error("path {0}")]
+    InvalidPath(&'static str),
+}
