@@ -95,6 +95,7 @@ impl Application {
             settings: &settings,
             redis: &redis,
             local_tier: local_tier.as_ref(),
+            log,
         };
         let registry = Registry::new(
             Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
@@ -105,18 +106,23 @@ impl Application {
             caches.with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds)),
         );
         let invalidation_listener = match &local_tier {
-            Some(local) => Some(tokio::spawn(maas_cache::listen_for_invalidations(
-                &settings.redis,
-                Arc::clone(local),
-                // Generous: a slow ping only makes the tier step aside, which costs round trips.
-                settings.redis.command_timeout().max(Duration::from_secs(1)),
-            )?)),
+            Some(local) => Some(tokio::spawn(
+                maas_cache::listen_for_invalidations_with_logger(
+                    &settings.redis,
+                    Arc::clone(local),
+                    // Generous: a slow ping only makes the tier step aside, which costs round
+                    // trips.
+                    settings.redis.command_timeout().max(Duration::from_secs(1)),
+                    log.clone(),
+                )?,
+            )),
             None => None,
         };
         bootstrap_admin(log, &settings, &accounts).await?;
 
         let limiter = RedisRateLimiter::from_settings(redis.clone(), &settings.redis)
-            .with_leases(Duration::from_millis(settings.rate_limit.lease_ms));
+            .with_leases(Duration::from_millis(settings.rate_limit.lease_ms))
+            .with_logger(log.clone());
         let upstream =
             maas_api::proxy::Upstream::new(&settings.upstream).map_err(Error::Upstream)?;
         let (usage_queue, usage_receiver) =
@@ -267,6 +273,7 @@ struct Caches<'a> {
     settings: &'a Settings,
     redis: &'a RedisPool,
     local_tier: Option<&'a Arc<LocalStore>>,
+    log: &'a Logger,
 }
 
 impl Caches<'_> {
@@ -274,12 +281,15 @@ impl Caches<'_> {
         if !self.settings.cache.enabled {
             return Arc::new(NoCache);
         }
-        let shared: Arc<dyn Cache> = Arc::new(maas_cache::RedisCache::new(
-            self.redis.clone(),
-            self.settings.redis.key_prefix.clone(),
-            ttl,
-            self.settings.redis.command_timeout(),
-        ));
+        let shared: Arc<dyn Cache> = Arc::new(
+            maas_cache::RedisCache::new(
+                self.redis.clone(),
+                self.settings.redis.key_prefix.clone(),
+                ttl,
+                self.settings.redis.command_timeout(),
+            )
+            .with_logger(self.log.clone()),
+        );
         match self.local_tier {
             Some(local) => Arc::new(maas_cache::NearCache::new(Arc::clone(local), shared)),
             None => shared,

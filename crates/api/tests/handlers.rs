@@ -1,0 +1,338 @@
+//! The api's handlers and middleware over the domain's in-memory ports: what the HTTP face does
+//! with each answer of the use-cases, with no Postgres, Redis or network. (The same routes
+//! against the real adapters are the full-stack tests of `bins/maas-gateway`.)
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::test::{self, TestRequest};
+use maas_api::{AppState, Dependency, RateLimitSettings, ServerSettings, UpstreamSettings};
+use maas_domain::identity::Role;
+use maas_domain::ports::HealthError;
+use maas_domain::test_util::{InMemory, InMemoryHealth, InMemoryRateLimiter};
+use serde_json::{Value, json};
+
+/// The use-cases over in-memory adapters, and the adapters the tests steer.
+struct World {
+    ports: InMemory,
+    limiter: Arc<InMemoryRateLimiter>,
+    postgres: Arc<InMemoryHealth>,
+    redis: Arc<InMemoryHealth>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            ports: InMemory::new(),
+            limiter: Arc::new(InMemoryRateLimiter::new()),
+            postgres: Arc::new(InMemoryHealth::new("postgres")),
+            redis: Arc::new(InMemoryHealth::new("redis")),
+        }
+    }
+
+    fn state(&self, rate_limit: RateLimitSettings) -> AppState {
+        let (usage_queue, _receiver) = maas_api::usage::UsageQueue::new(100);
+        AppState {
+            registry: self.ports.registry.clone(),
+            accounts: self.ports.accounts.clone(),
+            rate_limiter: self.limiter.clone(),
+            rate_limit,
+            upstream: maas_api::proxy::Upstream::new(&UpstreamSettings::default())
+                .expect("an upstream client"),
+            upstream_settings: UpstreamSettings::default(),
+            usage_queue,
+            usage: self.ports.usage.clone(),
+            dependencies: Arc::new([
+                Dependency {
+                    check: self.postgres.clone(),
+                    required: true,
+                },
+                Dependency {
+                    check: self.redis.clone(),
+                    required: false,
+                },
+            ]),
+            metrics: maas_telemetry::metrics::install_recorder("test").expect("a recorder"),
+            logger: maas_telemetry::logging::discard_logger(),
+        }
+    }
+
+    /// A key of a new user `name` with `role`.
+    async fn key(&self, name: &str, role: Role) -> String {
+        let user = self.ports.user(name, role).await;
+        self.ports.key_of(&user).await.expose().to_owned()
+    }
+}
+
+fn generous() -> RateLimitSettings {
+    RateLimitSettings {
+        default_rpm: 1_000_000,
+        burst: 1_000,
+        ..RateLimitSettings::default()
+    }
+}
+
+async fn service(
+    world: &World,
+    rate_limit: RateLimitSettings,
+) -> impl Service<
+    actix_http::Request,
+    Response = ServiceResponse<impl MessageBody>,
+    Error = actix_web::Error,
+> {
+    test::init_service(maas_api::app(
+        world.state(rate_limit),
+        ServerSettings::default(),
+    ))
+    .await
+}
+
+fn as_key(req: TestRequest, key: &str) -> TestRequest {
+    req.insert_header(("authorization", format!("Bearer {key}")))
+}
+
+fn header(res: &ServiceResponse<impl MessageBody>, name: &str) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The status, content type and JSON body of a response.
+async fn answer(res: ServiceResponse<impl MessageBody>) -> (StatusCode, String, Value) {
+    let status = res.status();
+    let content_type = header(&res, "content-type").unwrap_or_default();
+    let body = test::read_body(res).await;
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, content_type, json)
+}
+
+#[actix_web::test]
+async fn a_request_without_a_usable_key_is_401_with_a_bearer_challenge() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    for req in [
+        TestRequest::get().uri("/api/v1/models"),
+        as_key(
+            TestRequest::get().uri("/api/v1/models"),
+            "maas_not-a-key-of-anyone-0123456789abcdef",
+        ),
+        as_key(TestRequest::get().uri("/api/v1/models"), "malformed"),
+    ] {
+        let res = test::call_service(&app, req.to_request()).await;
+        assert_eq!(
+            header(&res, "www-authenticate").as_deref(),
+            Some("Bearer realm=\"maas-gateway\"")
+        );
+        let (status, content_type, body) = answer(res).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(body["status"], 401);
+    }
+}
+
+#[actix_web::test]
+async fn a_member_creates_and_reads_a_model_and_another_member_cannot_change_it() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let owner_user = world.ports.user("owner", Role::Member).await;
+    let owner = world.ports.key_of(&owner_user).await.expose().to_owned();
+    let other = world.key("other", Role::Member).await;
+    let admin = world.key("root", Role::Admin).await;
+
+    let created = test::call_service(
+        &app,
+        as_key(TestRequest::post().uri("/api/v1/models"), &owner)
+            .set_json(json!({"name": "llama", "tags": ["llm"]}))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(
+        header(&created, "location").as_deref(),
+        Some("/api/v1/models/llama")
+    );
+    let (status, _, body) = answer(created).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["owner_id"], owner_user.id.to_string());
+
+    let patch = |key: &str| {
+        as_key(TestRequest::patch().uri("/api/v1/models/llama"), key)
+            .set_json(json!({"description": "changed"}))
+            .to_request()
+    };
+    let (status, _, body) = answer(test::call_service(&app, patch(&other)).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, _) = answer(test::call_service(&app, patch(&admin)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let read = as_key(TestRequest::get().uri("/api/v1/models/llama"), &other).to_request();
+    let (status, _, body) = answer(test::call_service(&app, read).await).await;
+    assert_eq!(
+        (status, body["description"].clone()),
+        (StatusCode::OK, json!("changed"))
+    );
+}
+
+#[actix_web::test]
+async fn bad_bodies_are_4xx_problems_naming_what_is_wrong() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = world.key("member", Role::Member).await;
+    let post = |body: &'static str, content_type: &'static str| {
+        as_key(TestRequest::post().uri("/api/v1/models"), &key)
+            .insert_header(("content-type", content_type))
+            .set_payload(body)
+            .to_request()
+    };
+    let cases = [
+        (post("{", "application/json"), 400, None),
+        (post("{\"name\":\"a\"}", "text/plain"), 415, None),
+        (
+            post("{\"name\":\"a\",\"colour\":1}", "application/json"),
+            422,
+            Some("colour"),
+        ),
+        (
+            post("{\"name\":\"NOT A NAME\"}", "application/json"),
+            422,
+            Some("name"),
+        ),
+    ];
+    for (req, status, field) in cases {
+        let (got, content_type, body) = answer(test::call_service(&app, req).await).await;
+        assert_eq!(got.as_u16(), status, "{body}");
+        assert_eq!(content_type, "application/problem+json");
+        if let Some(field) = field {
+            assert_eq!(body["field"], field, "{body}");
+        }
+    }
+    // A missing model is 404, in the problem shape.
+    let missing = as_key(TestRequest::get().uri("/api/v1/models/nothing"), &key).to_request();
+    let (status, content_type, _) = answer(test::call_service(&app, missing).await).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::NOT_FOUND, "application/problem+json")
+    );
+}
+
+#[actix_web::test]
+async fn past_its_burst_a_key_is_429_with_retry_after_and_ratelimit_headers() {
+    let world = World::new();
+    let limits = RateLimitSettings {
+        default_rpm: 1,
+        burst: 2,
+        ..RateLimitSettings::default()
+    };
+    let app = service(&world, limits).await;
+    let key = world.key("busy", Role::Member).await;
+    let me = || as_key(TestRequest::get().uri("/api/v1/users/me"), &key).to_request();
+    for remaining in ["1", "0"] {
+        let res = test::call_service(&app, me()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("1"));
+        assert_eq!(
+            header(&res, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+    }
+    let res = test::call_service(&app, me()).await;
+    assert!(header(&res, "retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)));
+    let (status, _, body) = answer(res).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!(429))
+    );
+    // The limiter down: fail_open (the default) admits.
+    world.limiter.set_unavailable(true);
+    assert_eq!(
+        test::call_service(&app, me()).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn readiness_is_503_without_the_required_dependency_and_degraded_without_the_other() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let ready = || TestRequest::get().uri("/health/ready").to_request();
+    let (status, _, body) = answer(test::call_service(&app, ready()).await).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::OK, json!("ready"))
+    );
+
+    world
+        .redis
+        .fail_with(Some(HealthError::Unreachable("refused".into())));
+    let (status, _, body) = answer(test::call_service(&app, ready()).await).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::OK, json!("degraded"))
+    );
+    assert_eq!(body["checks"]["redis"]["status"], "down");
+
+    world
+        .postgres
+        .fail_with(Some(HealthError::Failed("no".into())));
+    let (status, _, body) = answer(test::call_service(&app, ready()).await).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable"))
+    );
+    // Liveness checks nothing.
+    let live = test::call_service(&app, TestRequest::get().uri("/health").to_request()).await;
+    assert_eq!(live.status(), StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn inference_on_an_unknown_or_unservable_model_is_404_in_openai_s_shape() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = world.key("caller", Role::Member).await;
+    let create = as_key(TestRequest::post().uri("/api/v1/models"), &key)
+        .set_json(json!({"name": "no-endpoint"}))
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, create).await.status(),
+        StatusCode::CREATED
+    );
+    for model in ["nothing", "no-endpoint"] {
+        let call = as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+            .set_json(json!({"model": model, "messages": []}))
+            .to_request();
+        let (status, _, body) = answer(test::call_service(&app, call).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{model}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    // No `model` at all names the field.
+    let call = as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+        .set_json(json!({"messages": []}))
+        .to_request();
+    let (status, _, body) = answer(test::call_service(&app, call).await).await;
+    assert_eq!(
+        (status, body["error"]["param"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("model"))
+    );
+}
+
+#[actix_web::test]
+async fn members_see_usage_of_their_own_keys_only() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = world.key("member", Role::Member).await;
+    let other = world.ports.user("other", Role::Member).await;
+    let report = as_key(TestRequest::get().uri("/api/v1/usage"), &key).to_request();
+    let (status, _, body) = answer(test::call_service(&app, report).await).await;
+    assert_eq!((status, body["items"].clone()), (StatusCode::OK, json!([])));
+    let theirs = as_key(
+        TestRequest::get().uri(&format!("/api/v1/usage?user_id={}", other.id)),
+        &key,
+    )
+    .to_request();
+    assert_eq!(
+        test::call_service(&app, theirs).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
