@@ -419,6 +419,34 @@ fn config_prints_the_effective_settings_with_passwords_redacted() {
     let settings: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(settings["database"]["host"], "postgres");
     assert_eq!(settings["server"]["port"], 8000);
+
+    // Passwords inside URLs, in each form the clients accept (a `/` in it, key/value with
+    // spaces or quotes), are hidden as the client would read them.
+    for (url, shown) in [
+        (
+            "postgres://u:hun/ter2@db/maas",
+            "postgres://u:***@db:5432/maas",
+        ),
+        (
+            "host=db password = hunter2 dbname=maas",
+            "postgres://:***@db:5432/maas",
+        ),
+        (
+            "host=db password='hun ter2' dbname=maas",
+            "postgres://:***@db:5432/maas",
+        ),
+    ] {
+        let out = run(&[("MAAS_DATABASE__URL", url)], &["config"]);
+        assert!(out.status.success(), "{url}");
+        let settings: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(settings["database"]["url"], shown, "{url}");
+    }
+    let out = run(
+        &[("MAAS_REDIS__URL", "redis://default:sekrit@cache:6380/2")],
+        &["config"],
+    );
+    let settings: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(settings["redis"]["url"], "redis://default:***@cache:6380/2");
 }
 
 #[test]

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// What replaces a password in [`RedisSettings::redacted`].
-const REDACTED: &str = "***";
+use maas_domain::redact::{ConnectionUrl, REDACTED, UNPARSEABLE};
 
 /// How to reach Redis (`redis.*`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,28 +157,46 @@ fn percent_encode(raw: &str) -> String {
     out
 }
 
-/// Replaces the password of a Redis URL (userinfo or the `pass` query parameter of unix-socket
-/// URLs) with `***`. A URL that does not parse is replaced whole: it might still hold a secret.
+/// The URL as the redis client reads it, rendered again with its password replaced (see
+/// [`maas_domain::redact`]); one it cannot read is not shown.
 fn redact_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return REDACTED.to_owned();
+    let Ok(info) = redis::IntoConnectionInfo::into_connection_info(raw) else {
+        return UNPARSEABLE.to_owned();
     };
-    if url.password().is_some() && url.set_password(Some(REDACTED)).is_err() {
-        return REDACTED.to_owned();
-    }
-    if url.query_pairs().any(|(key, _)| key == "pass") {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(key, value)| {
-                let value = if key == "pass" {
-                    REDACTED.to_owned()
-                } else {
-                    value.into_owned()
-                };
-                (key.into_owned(), value)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
+    let settings = info.redis_settings();
+    let user = settings.username().map(str::to_owned);
+    let db = settings.db().to_string();
+    let shown = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => ConnectionUrl {
+            scheme: "redis",
+            user,
+            has_password: settings.password().is_some(),
+            hosts: vec![ConnectionUrl::host_port(host, *port)],
+            path: Some(db),
+            params: Vec::new(),
+        },
+        // `redis+unix:///path?db=n&pass=…`, as such URLs are written.
+        redis::ConnectionAddr::Unix(path) => {
+            let mut params = vec![("db".to_owned(), db)];
+            if settings.password().is_some() {
+                params.push(("pass".to_owned(), REDACTED.to_owned()));
+            }
+            ConnectionUrl {
+                scheme: "redis+unix",
+                user,
+                has_password: false,
+                hosts: Vec::new(),
+                path: Some(
+                    path.display()
+                        .to_string()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                ),
+                params,
+            }
+        }
+        // TLS, which this build does not connect with.
+        _ => return UNPARSEABLE.to_owned(),
+    };
+    shown.to_string()
 }

@@ -102,11 +102,17 @@ fn redacted_settings_hide_every_password() {
 
 #[test]
 fn an_unparsable_url_is_redacted_whole() {
-    let redis = RedisSettings {
-        url: Some("not a url with hunter2".to_owned()),
-        ..RedisSettings::default()
-    };
-    assert_eq!(redis.redacted().url.as_deref(), Some("***"));
+    for url in ["not a url with hunter2", "redis://u:hun/ter2@host/0"] {
+        let redis = RedisSettings {
+            url: Some(url.to_owned()),
+            ..RedisSettings::default()
+        };
+        assert_eq!(
+            redis.redacted().url.as_deref(),
+            Some(maas_domain::redact::UNPARSEABLE),
+            "{url}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod inference;
 pub mod model;
 pub mod ports;
+pub mod redact;
 pub mod registry;
 #[cfg(feature = "test-util")]
 pub mod test_util;

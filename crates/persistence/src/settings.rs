@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What replaces a password wherever settings are shown.
-const REDACTED: &str = "***";
+use maas_domain::redact::{ConnectionUrl, REDACTED, UNPARSEABLE};
 
 /// How to reach PostgreSQL and how to pool connections to it.
 ///
@@ -130,41 +130,56 @@ fn encode(raw: &str) -> String {
     out
 }
 
-/// Hides the password of a connection string, in the URL's user info and in a `password=`
-/// parameter (query string or key/value form).
-fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = scheme_end + 3;
-        let authority_end = out[rest..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..authority_end].rfind('@') {
-            let userinfo = &out[rest..rest + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest + colon + 1..rest + at, REDACTED);
+/// The connection string as tokio-postgres reads it (URL or key/value form), rendered again
+/// with its password replaced (see [`maas_domain::redact`]); one it cannot read is not shown.
+fn redact_url(raw: &str) -> String {
+    let Ok(config) = raw.parse::<tokio_postgres::Config>() else {
+        return UNPARSEABLE.to_owned();
+    };
+    let ports = config.get_ports();
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            // One port for all hosts, or one each; none is the default.
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => ConnectionUrl::host_port(name, port),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => {
+                    ConnectionUrl::host_port(&path.display().to_string(), port)
+                }
             }
-        }
+        })
+        .collect();
+    let mut params = Vec::new();
+    if let Some(name) = config.get_application_name() {
+        params.push(("application_name".to_owned(), name.to_owned()));
     }
-    redact_password_parameters(&out)
-}
-
-fn redact_password_parameters(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(found) = rest.find("password=") {
-        let starts_parameter = found == 0 || rest[..found].ends_with(['?', '&', ' ']);
-        let value_start = found + "password=".len();
-        out.push_str(&rest[..value_start]);
-        rest = &rest[value_start..];
-        if starts_parameter {
-            let value_end = rest.find(['&', ' ', '#']).unwrap_or(rest.len());
-            out.push_str(REDACTED);
-            rest = &rest[value_end..];
-        }
+    if let Some(options) = config.get_options() {
+        params.push(("options".to_owned(), options.to_owned()));
     }
-    out.push_str(rest);
-    out
+    if let Some(timeout) = config.get_connect_timeout() {
+        params.push(("connect_timeout".to_owned(), timeout.as_secs().to_string()));
+    }
+    let ssl = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => Some("disable"),
+        tokio_postgres::config::SslMode::Require => Some("require"),
+        _ => None,
+    };
+    if let Some(mode) = ssl {
+        params.push(("sslmode".to_owned(), mode.to_owned()));
+    }
+    ConnectionUrl {
+        scheme: "postgres",
+        user: config.get_user().map(str::to_owned),
+        has_password: config.get_password().is_some(),
+        hosts,
+        path: config.get_dbname().map(str::to_owned),
+        params,
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -243,20 +258,41 @@ mod tests {
     }
 
     #[test]
-    fn redaction_handles_password_parameters_and_urls_without_one() {
-        assert_eq!(
-            redact_url("postgres://db/maas?user=u&password=secret&x=1"),
-            "postgres://db/maas?user=u&password=***&x=1"
-        );
-        assert_eq!(
-            redact_url("host=db password=secret dbname=maas"),
-            "host=db password=*** dbname=maas"
-        );
-        assert_eq!(redact_url("postgres://u@db/maas"), "postgres://u@db/maas");
-        assert_eq!(
-            redact_url("postgres://u:p@ss@db/maas"),
-            "postgres://u:***@db/maas"
-        );
+    fn redaction_reads_the_string_as_the_client_does_and_hides_only_the_password() {
+        for (raw, shown) in [
+            (
+                "postgres://db/maas?user=u&password=secret&application_name=x",
+                "postgres://u:***@db:5432/maas?application_name=x",
+            ),
+            // A `/` in the password: the user info ends at the `@`, as the client reads it.
+            (
+                "postgres://u:hun/ter2@db/maas",
+                "postgres://u:***@db:5432/maas",
+            ),
+            // The client reads the first `@` as the end of the user info, so does the display.
+            (
+                "postgres://u:p@ss@db/maas",
+                "postgres://u:***@ss%40db:5432/maas",
+            ),
+            ("postgres://u@db/maas", "postgres://u@db:5432/maas"),
+            // Key/value form, with spaces around `=` and quoted values.
+            (
+                "host=db password = x dbname=maas",
+                "postgres://:***@db:5432/maas",
+            ),
+            (
+                "host=db user=u password='a b' dbname=maas sslmode=disable",
+                "postgres://u:***@db:5432/maas?sslmode=disable",
+            ),
+            ("host=a,b port=1,2 user=u", "postgres://u@a:1,b:2"),
+        ] {
+            let redacted = redact_url(raw);
+            assert_eq!(redacted, shown, "{raw}");
+            for secret in ["secret", "hun", "ter2", "a b", " x"] {
+                assert!(!redacted.contains(secret), "{raw} -> {redacted}");
+            }
+        }
+        assert_eq!(redact_url("postgres://u:pw@db:notaport/x"), UNPARSEABLE);
     }
 
     #[test]
