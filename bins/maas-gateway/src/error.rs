@@ -38,6 +38,9 @@ pub enum Error {
     /// Standard output is gone (a closed pipe).
     #[error("cannot write to stdout: {0}")]
     Stdout(#[source] std::io::Error),
+    /// A setting the loader could not check on its own.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
     /// The health probe found the server unhealthy.
     #[error("unhealthy: {0}")]
     Unhealthy(String),

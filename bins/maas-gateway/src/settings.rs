@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use maas_api::{AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings};
+use maas_api::{
+    AuthSettings, RateLimitSettings, RegistrySettings, ServerSettings, UpstreamSettings,
+    UsageSettings,
+};
 use maas_cache::{CacheSettings, RedisSettings};
 use maas_domain::identity::PlaintextKey;
+use maas_domain::model::ReservedNames;
 use maas_persistence::DatabaseSettings;
 use maas_telemetry::logging::LogSettings;
 use serde::{Deserialize, Serialize};
@@ -40,6 +44,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// The usage-event queue.
     pub usage: UsageSettings,
+    /// Rules of the model registry.
+    pub registry: RegistrySettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -102,6 +108,7 @@ impl Settings {
             PlaintextKey::parse(key)
                 .map_err(|e| SettingsError(format!("auth.bootstrap_admin_key {}", e.message)))?;
         }
+        self.reserved_names()?;
         let positive = [
             (
                 "rate_limit.default_rpm",
@@ -153,6 +160,15 @@ impl Settings {
             )));
         }
         Ok(())
+    }
+
+    /// `registry.reserved_names`, checked.
+    ///
+    /// # Errors
+    /// An entry that is neither a model name nor a name start followed by `*`.
+    pub fn reserved_names(&self) -> Result<ReservedNames, SettingsError> {
+        ReservedNames::parse(&self.registry.reserved_names)
+            .map_err(|e| SettingsError(format!("{} {}", e.field, e.message)))
     }
 
     /// A copy safe to print: passwords (also inside URLs) are replaced.

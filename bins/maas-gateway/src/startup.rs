@@ -100,7 +100,8 @@ impl Application {
         let registry = Registry::new(
             Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
             caches.with_ttl(Duration::from_secs(settings.cache.ttl_seconds)),
-        );
+        )
+        .with_reserved_names(settings.reserved_names()?);
         let accounts = Accounts::new(
             Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
             caches.with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds)),

@@ -211,7 +211,7 @@ async fn keys_work_with_bearer_and_x_api_key_and_the_plaintext_is_shown_once() {
 }
 
 #[tokio::test]
-async fn members_read_everything_but_change_only_their_own_models() {
+async fn members_read_public_models_but_change_only_their_own() {
     let app = spawn_app().await;
     let (_, alice_key) = app.user_with_key("alice", "member").await;
     let (_, bob_key) = app.user_with_key("bob", "member").await;
@@ -220,7 +220,7 @@ async fn members_read_everything_but_change_only_their_own_models() {
 
     let res = alice
         .post(app.url("/api/v1/models"))
-        .json(&json!({"name": "alices"}))
+        .json(&json!({"name": "alices", "visibility": "public"}))
         .send()
         .await
         .expect("POST");

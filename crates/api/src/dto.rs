@@ -5,7 +5,8 @@ use maas_domain::ValidationError;
 use maas_domain::identity::{ApiKey, NewUser, RateLimitRpm, Role, User, UserPatch};
 use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
-    Alias, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage, VersionPatch,
+    Alias, Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage,
+    VersionPatch, Visibility,
 };
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, Username,
@@ -82,6 +83,10 @@ pub struct CreateModel {
     /// A JSON object of at most 64 KiB.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// `private` (the default: the owner, admins and the users an admin granted it to) or
+    /// `public` (every user).
+    #[schema(example = "private")]
+    pub visibility: Option<String>,
 }
 
 impl CreateModel {
@@ -93,6 +98,7 @@ impl CreateModel {
             tags: Tags::parse(self.tags)?,
             metadata: metadata(self.metadata)?.unwrap_or_default(),
             owner_id: None,
+            visibility: opt(self.visibility, |v| Visibility::parse(&v))?.unwrap_or_default(),
         })
     }
 }
@@ -109,6 +115,8 @@ pub struct UpdateModel {
     /// Replacement metadata object.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// `private` or `public`.
+    pub visibility: Option<String>,
 }
 
 impl UpdateModel {
@@ -118,6 +126,7 @@ impl UpdateModel {
             description: opt_opt(self.description, Description::parse)?,
             tags: self.tags.map(Tags::parse).transpose()?,
             metadata: metadata(self.metadata)?,
+            visibility: opt(self.visibility, |v| Visibility::parse(&v))?,
         })
     }
 }
@@ -138,6 +147,8 @@ pub struct ModelResponse {
     pub metadata: serde_json::Value,
     /// The user who created it; only they and admins may change it.
     pub owner_id: Option<Uuid>,
+    /// `private` (the owner, admins and grantees) or `public` (every user).
+    pub visibility: String,
     /// Highest existing version, `null` before the first.
     pub latest_version: Option<i32>,
     /// Creation time (RFC 3339).
@@ -155,6 +166,7 @@ impl From<Model> for ModelResponse {
             tags: m.tags.into_inner(),
             metadata: m.metadata.into_inner(),
             owner_id: m.owner_id,
+            visibility: m.visibility.as_str().to_owned(),
             latest_version: m.latest_version.map(VersionNumber::get),
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -500,4 +512,43 @@ pub struct CreatedKeyResponse {
 pub struct KeyList {
     /// Keys, newest first, revoked ones included.
     pub items: Vec<KeyResponse>,
+}
+
+/// Body of `POST /api/v1/models/{name}/grants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrant {
+    /// The user who may use the model from their next call on.
+    pub username: String,
+}
+
+/// A private model granted to a user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantResponse {
+    /// The model.
+    pub model: String,
+    /// The user's id.
+    pub user_id: Uuid,
+    /// The user's name.
+    pub username: String,
+    /// When it was granted (RFC 3339).
+    pub granted_at: DateTime<Utc>,
+}
+
+impl From<Grant> for GrantResponse {
+    fn from(g: Grant) -> Self {
+        Self {
+            model: g.model.into_inner(),
+            user_id: g.user_id,
+            username: g.username.into_inner(),
+            granted_at: g.granted_at,
+        }
+    }
+}
+
+/// A model's grants, by username.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantList {
+    /// The grants.
+    pub items: Vec<GrantResponse>,
 }

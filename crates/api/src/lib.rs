@@ -39,10 +39,11 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, Resource, web};
 
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
-use crate::handlers::{aliases, docs, health, inference, keys, models, users, versions};
+use crate::handlers::{aliases, docs, grants, health, inference, keys, models, users, versions};
 
 pub use crate::settings::{
-    AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings,
+    AuthSettings, RateLimitSettings, RegistrySettings, ServerSettings, UpstreamSettings,
+    UsageSettings,
 };
 pub use crate::state::{AppState, Dependency, Draining};
 
@@ -140,6 +141,12 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(aliases::get))
             .route(web::delete().to(aliases::delete)),
     )
+    .service(
+        resource("/models/{name}/grants")
+            .route(web::post().to(grants::create))
+            .route(web::get().to(grants::list)),
+    )
+    .service(resource("/models/{name}/grants/{username}").route(web::delete().to(grants::delete)))
     .service(
         resource("/users")
             .route(web::post().to(users::create))

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::error::Problem;
-use crate::handlers::{aliases, health, inference, keys, models, usage, users, versions};
+use crate::handlers::{aliases, grants, health, inference, keys, models, usage, users, versions};
 
 /// The gateway's API description, served at `/api/openapi.json`.
 #[derive(OpenApi)]
@@ -18,6 +18,7 @@ use crate::handlers::{aliases, health, inference, keys, models, usage, users, ve
         aliases::put, aliases::get, aliases::delete,
         users::create, users::list, users::me, users::update,
         keys::create, keys::list, keys::revoke,
+        grants::create, grants::list, grants::delete,
         usage::report,
         inference::chat_completions, inference::completions, inference::embeddings,
         inference::list_models, inference::invoke,
@@ -30,6 +31,7 @@ use crate::handlers::{aliases, health, inference, keys, models, usage, users, ve
         dto::SetAlias, dto::AliasResponse, health::Liveness, health::Readiness, health::CheckReport,
         dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::Page<dto::UserResponse>,
         dto::CreateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
+        dto::CreateGrant, dto::GrantResponse, dto::GrantList,
         usage::UsageReport, usage::UsageItem, inference::OpenAiModel, inference::OpenAiModelList,
     )),
     tags(

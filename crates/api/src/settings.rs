@@ -166,3 +166,39 @@ impl Default for UsageSettings {
         }
     }
 }
+
+/// The `registry` section: rules of the model registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Model names only admins may create: exact names, or prefixes ending in `*` (`gpt-*`).
+    /// In the environment, comma-separated (`MAAS_REGISTRY__RESERVED_NAMES=gpt-4o,claude-*`).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub reserved_names: Vec<String>,
+}
+
+/// A list setting: a list in a file, or one string of comma-separated items (how a list comes
+/// from an environment variable); items are trimmed, empty ones dropped.
+///
+/// # Errors
+/// When the value is neither a list of strings nor a string.
+pub fn list_or_comma_separated<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::List(items) => items,
+        Raw::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
+}

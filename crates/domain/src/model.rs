@@ -10,6 +10,49 @@ use crate::values::{
     VersionNumber,
 };
 
+/// Who may use a model (call it, read it and its versions, see it listed), besides its owner and
+/// the admins, who always may.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the users an admin granted it to (the default for a new model).
+    #[default]
+    Private,
+    /// Every authenticated user.
+    Public,
+}
+
+impl Visibility {
+    /// `private` or `public`.
+    ///
+    /// # Errors
+    /// A validation error naming `visibility` for anything else.
+    pub fn parse(raw: &str) -> Result<Self, crate::ValidationError> {
+        match raw {
+            "private" => Ok(Self::Private),
+            "public" => Ok(Self::Public),
+            _ => Err(crate::ValidationError::new(
+                "visibility",
+                "must be 'private' or 'public'",
+            )),
+        }
+    }
+
+    /// `private` or `public`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Public => "public",
+        }
+    }
+
+    /// What a cached model of a build from before visibility existed was: every model was
+    /// public then.
+    fn before_visibility() -> Self {
+        Self::Public
+    }
+}
+
 /// A registered model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -25,6 +68,9 @@ pub struct Model {
     pub metadata: Metadata,
     /// The user who created it (`None` for models from before users existed: admins only).
     pub owner_id: Option<Uuid>,
+    /// Who besides the owner and the admins may use it.
+    #[serde(default = "Visibility::before_visibility")]
+    pub visibility: Visibility,
     /// The highest existing version, if any.
     pub latest_version: Option<VersionNumber>,
     /// When it was created.
@@ -46,6 +92,8 @@ pub struct NewModel {
     pub metadata: Metadata,
     /// The creating user; set by [`crate::Registry::create_model`] from its actor.
     pub owner_id: Option<Uuid>,
+    /// Who may use it.
+    pub visibility: Visibility,
 }
 
 /// A partial update of a model: `None` leaves a field as it is; `Some(None)` clears it.
@@ -57,12 +105,17 @@ pub struct ModelPatch {
     pub tags: Option<Tags>,
     /// Replacement metadata.
     pub metadata: Option<Metadata>,
+    /// New visibility.
+    pub visibility: Option<Visibility>,
 }
 
 impl ModelPatch {
     /// True when the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.description.is_none() && self.tags.is_none() && self.metadata.is_none()
+        self.description.is_none()
+            && self.tags.is_none()
+            && self.metadata.is_none()
+            && self.visibility.is_none()
     }
 }
 
@@ -149,13 +202,30 @@ pub struct Alias {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Filters of the model list. Both are optional and combine with AND.
+/// Filters of the model list. All are optional and combine with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelFilter {
     /// Only models carrying this tag.
     pub tag: Option<String>,
     /// Case-insensitive substring of name or description.
     pub q: Option<String>,
+    /// Only models this user may use (public, owned, or granted); `None`: every model.
+    pub usable_by: Option<Uuid>,
+    /// Only models of these names (an API key's allowlist); `None`: any name.
+    pub names: Option<Vec<ModelName>>,
+}
+
+/// A private model granted to a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The model.
+    pub model: ModelName,
+    /// The user who may use it.
+    pub user_id: Uuid,
+    /// Their name.
+    pub username: crate::values::Username,
+    /// When it was granted.
+    pub granted_at: DateTime<Utc>,
 }
 
 /// One page of a keyset-paginated list.
@@ -165,4 +235,93 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Opaque cursor of the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// Model names only admins may create: exact names, and prefixes written with a trailing `*`
+/// (`gpt-*` reserves every name starting with `gpt-`), so that a member cannot take a popular
+/// name first and receive the prompts meant for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReservedNames {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl ReservedNames {
+    /// Most entries accepted: the check runs on every model a member creates.
+    pub const MAX_ENTRIES: usize = 1_000;
+
+    /// Reads `registry.reserved_names`: each entry a model name, or the start of one followed
+    /// by `*`.
+    ///
+    /// # Errors
+    /// A validation error naming `registry.reserved_names` for an entry that is neither, or
+    /// for more than [`Self::MAX_ENTRIES`] entries.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, crate::ValidationError> {
+        const FIELD: &str = "registry.reserved_names";
+        if entries.len() > Self::MAX_ENTRIES {
+            return Err(crate::ValidationError::new(
+                FIELD,
+                format!("must have at most {} entries", Self::MAX_ENTRIES),
+            ));
+        }
+        let mut reserved = Self::default();
+        for entry in entries {
+            let entry = entry.as_ref();
+            let (name, prefix) = match entry.strip_suffix('*') {
+                Some(start) => (start, true),
+                None => (entry, false),
+            };
+            // A prefix is checked as the name it starts: what is left must be a valid name
+            // start, so `*` alone (reserving everything) is refused too.
+            ModelName::parse(name.to_owned()).map_err(|e| {
+                crate::ValidationError::new(FIELD, format!("'{entry}': {}", e.message))
+            })?;
+            if prefix {
+                reserved.prefixes.push(name.to_owned());
+            } else {
+                reserved.exact.push(name.to_owned());
+            }
+        }
+        Ok(reserved)
+    }
+
+    /// Whether `name` is reserved.
+    pub fn reserves(&self, name: &ModelName) -> bool {
+        let name = name.as_str();
+        self.exact.iter().any(|e| e == name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(raw: &str) -> ModelName {
+        ModelName::parse(raw.to_owned()).expect("a valid name")
+    }
+
+    #[test]
+    fn reserved_names_are_exact_names_and_prefixes() {
+        let reserved = ReservedNames::parse(&["gpt-4o", "claude-*"]).expect("valid");
+        assert!(reserved.reserves(&name("gpt-4o")));
+        assert!(!reserved.reserves(&name("gpt-4o-mini")));
+        assert!(reserved.reserves(&name("claude-3")));
+        assert!(!reserved.reserves(&name("llama")));
+        assert!(!ReservedNames::default().reserves(&name("gpt-4o")));
+    }
+
+    #[test]
+    fn a_reserved_entry_must_be_a_name_or_a_name_start() {
+        for bad in ["*", "Not A Name", "a b*", ""] {
+            let err = ReservedNames::parse(&[bad]).expect_err(bad);
+            assert_eq!(err.field, "registry.reserved_names", "{bad}");
+        }
+        assert!(visibility_parses());
+    }
+
+    fn visibility_parses() -> bool {
+        Visibility::parse("private") == Ok(Visibility::Private)
+            && Visibility::parse("public") == Ok(Visibility::Public)
+            && Visibility::parse("secret").is_err()
+    }
 }

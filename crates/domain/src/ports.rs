@@ -15,7 +15,7 @@ use crate::error::{RepoError, ValidationError};
 use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
 use crate::inference::{ServableModel, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
-    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+    Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
 use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
@@ -65,8 +65,12 @@ pub trait RegistryRepository: Send + Sync {
     async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
     /// The highest version that has an `endpoint_url`.
     async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
-    /// Every model with at least one version that has an `endpoint_url`, ordered by name.
-    async fn list_servable_models(&self) -> Result<Vec<ServableModel>, RepoError>;
+    /// Every model with at least one version that has an `endpoint_url` and that passes
+    /// `filter`'s `usable_by` and `names` (its `tag` and `q` are ignored), ordered by name.
+    async fn list_servable_models(
+        &self,
+        filter: &ModelFilter,
+    ) -> Result<Vec<ServableModel>, RepoError>;
     /// Applies a patch and bumps `updated_at`.
     async fn update_version(
         &self,
@@ -96,6 +100,18 @@ pub trait RegistryRepository: Send + Sync {
     ) -> Result<ModelVersion, RepoError>;
     /// Removes an alias.
     async fn delete_alias(&self, model: &ModelName, alias: &AliasName) -> Result<(), RepoError>;
+
+    /// Lets user `username` use `model`; returns the grant and whether it is new (granting
+    /// twice keeps the first grant). [`RepoError::NotFound`] for a missing model or user.
+    async fn grant(
+        &self,
+        model: &ModelName,
+        username: &Username,
+    ) -> Result<(Grant, bool), RepoError>;
+    /// Takes a grant back; [`RepoError::NotFound`] if there was none.
+    async fn revoke_grant(&self, model: &ModelName, username: &Username) -> Result<(), RepoError>;
+    /// A model's grants, ordered by username.
+    async fn list_grants(&self, model: &ModelName) -> Result<Vec<Grant>, RepoError>;
 }
 
 /// Proof of what the cache looked like at a miss, handed back to [`Cache::fill`] so that a value
@@ -258,6 +274,8 @@ pub enum Field {
     Alias(AliasName),
     /// The version a bare model name is served by: `d`.
     DefaultTarget,
+    /// The users a private model is granted to: `g`.
+    Grantees,
     /// The key with its user, or that there is none (in a [`Scope::Key`]): `k`.
     Key,
 }
@@ -269,6 +287,7 @@ impl fmt::Display for Field {
             Self::Version(version) => write!(f, "v:{version}"),
             Self::Alias(alias) => write!(f, "a:{alias}"),
             Self::DefaultTarget => f.write_str("d"),
+            Self::Grantees => f.write_str("g"),
             Self::Key => f.write_str("k"),
         }
     }

@@ -1,35 +1,67 @@
 //! Registry use-cases: storage through [`RegistryRepository`], hot reads through [`Cache`].
 //!
 //! Reads of a model, a version and an alias resolution are cache-aside. Every write to a model,
-//! its versions or its aliases invalidates the model's whole cache scope after the write commits
-//! and before the use-case returns, so a read that follows a write never sees the old value.
+//! its versions, its aliases or its grants invalidates the model's whole cache scope after the
+//! write commits and before the use-case returns, so a read that follows a write never sees the
+//! old value.
+//!
+//! # Who may do what
+//! - A model is *usable* by its owner, by admins, by everyone when it is
+//!   [`Visibility::Public`], and by the users an admin granted it to. Every read of a model,
+//!   its versions and aliases, every inference target, and every list takes the acting
+//!   [`Principal`] and shows only usable models: one that is not usable is answered exactly as
+//!   one that does not exist, so its existence is not revealed.
+//! - Only its owner and admins change a model, its versions and aliases (403 for others who may
+//!   use it); only admins grant.
+//! - Names in [`ReservedNames`] are created by admins only.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
 use crate::inference::{Selector, ServableModel, Target};
 use crate::model::{
-    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, VersionPatch,
+    Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page,
+    ReservedNames, VersionPatch, Visibility,
 };
 use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
-use crate::values::{AliasName, ModelName, PageLimit, VersionNumber};
+use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
 /// The model registry's use-cases.
 #[derive(Clone)]
 pub struct Registry {
     repo: Arc<dyn RegistryRepository>,
     cache: Arc<dyn Cache>,
+    reserved: Arc<ReservedNames>,
+}
+
+/// What a model that does not exist, or that the actor may not use, is answered with (the same
+/// text as the stores' own).
+fn model_not_found(model: &ModelName) -> DomainError {
+    DomainError::NotFound(format!("model '{model}' not found"))
 }
 
 impl Registry {
-    /// A registry over a store and a cache (use [`crate::ports::NoCache`] for none).
+    /// A registry over a store and a cache (use [`crate::ports::NoCache`] for none), with no
+    /// reserved names.
     pub fn new(repo: Arc<dyn RegistryRepository>, cache: Arc<dyn Cache>) -> Self {
-        Self { repo, cache }
+        Self {
+            repo,
+            cache,
+            reserved: Arc::new(ReservedNames::default()),
+        }
+    }
+
+    /// Names (and prefixes) only admins may create.
+    #[must_use]
+    pub fn with_reserved_names(mut self, reserved: ReservedNames) -> Self {
+        self.reserved = Arc::new(reserved);
+        self
     }
 
     async fn cached<T, F>(&self, model: &ModelName, field: Field, load: F) -> Result<T, DomainError>
@@ -58,11 +90,48 @@ impl Registry {
         Ok(value)
     }
 
-    /// Admins change anything; members only models they own (and their versions and aliases).
-    /// The owner never changes, so the cached model is good enough to decide.
+    /// The model, whoever asks (cached).
+    async fn model(&self, name: &ModelName) -> Result<Model, DomainError> {
+        self.cached(name, Field::Model, async {
+            Ok(self.repo.get_model(name).await?)
+        })
+        .await
+    }
+
+    /// Whether `actor` may use `model`: admin, owner, public, or granted (the grantees are
+    /// read, cached, only when nothing else decides).
+    async fn may_use(&self, actor: &Principal, model: &Model) -> Result<bool, DomainError> {
+        if actor.is_admin()
+            || model.visibility == Visibility::Public
+            || model.owner_id == Some(actor.user_id)
+        {
+            return Ok(true);
+        }
+        let grantees: Vec<Uuid> = self
+            .cached(&model.name, Field::Grantees, async {
+                let grants = self.repo.list_grants(&model.name).await?;
+                Ok(grants.into_iter().map(|g| g.user_id).collect())
+            })
+            .await?;
+        Ok(grantees.contains(&actor.user_id))
+    }
+
+    /// The model if `actor` may use it; else what a missing model gets.
+    async fn usable(&self, actor: &Principal, name: &ModelName) -> Result<Model, DomainError> {
+        let model = self.model(name).await?;
+        if self.may_use(actor, &model).await? {
+            Ok(model)
+        } else {
+            Err(model_not_found(name))
+        }
+    }
+
+    /// Admins change anything; members only models they own (and their versions and aliases),
+    /// and a member who may not even use the model is told it does not exist. The owner never
+    /// changes, so the cached model is good enough to decide.
     async fn authorize(&self, actor: &Principal, model: &ModelName) -> Result<(), DomainError> {
-        let owner = self.get_model(model).await?.owner_id;
-        if actor.may_change(owner) {
+        let found = self.usable(actor, model).await?;
+        if actor.may_change(found.owner_id) {
             Ok(())
         } else {
             Err(DomainError::Forbidden(format!(
@@ -75,12 +144,28 @@ impl Registry {
         self.cache.invalidate(&Scope::Model(model.clone())).await;
     }
 
-    /// Registers a model owned by `actor`.
+    /// The filter `actor` lists through: only models it may use, unless it is an admin.
+    fn scoped(actor: &Principal, filter: &ModelFilter) -> ModelFilter {
+        let mut scoped = filter.clone();
+        if !actor.is_admin() {
+            scoped.usable_by = Some(actor.user_id);
+        }
+        scoped
+    }
+
+    /// Registers a model owned by `actor` (private unless `new.visibility` says otherwise).
+    /// A reserved name is for admins only (403 naming `name`).
     pub async fn create_model(
         &self,
         actor: &Principal,
         mut new: NewModel,
     ) -> Result<Model, DomainError> {
+        if !actor.is_admin() && self.reserved.reserves(&new.name) {
+            return Err(DomainError::Forbidden(format!(
+                "name: '{}' is reserved; only admins may create it",
+                new.name
+            )));
+        }
         new.owner_id = Some(actor.user_id);
         let name = new.name.clone();
         let model = self.repo.create_model(new).await?;
@@ -88,29 +173,35 @@ impl Registry {
         Ok(model)
     }
 
-    /// One model (cached).
-    pub async fn get_model(&self, name: &ModelName) -> Result<Model, DomainError> {
-        self.cached(name, Field::Model, async {
-            Ok(self.repo.get_model(name).await?)
-        })
-        .await
+    /// One model `actor` may use (cached).
+    pub async fn get_model(
+        &self,
+        actor: &Principal,
+        name: &ModelName,
+    ) -> Result<Model, DomainError> {
+        self.usable(actor, name).await
     }
 
-    /// A page of models ordered by name.
+    /// A page of the models `actor` may use, ordered by name.
     pub async fn list_models(
         &self,
+        actor: &Principal,
         filter: &ModelFilter,
         cursor: Option<&str>,
         limit: PageLimit,
     ) -> Result<Page<Model>, DomainError> {
         let after = cursor.map(cursor::decode_model_cursor).transpose()?;
-        let rows = self.repo.list_models(filter, after.as_ref(), limit).await?;
+        let filter = Self::scoped(actor, filter);
+        let rows = self
+            .repo
+            .list_models(&filter, after.as_ref(), limit)
+            .await?;
         Ok(paginate(rows, limit, |m| {
             cursor::encode_model_cursor(&m.name)
         }))
     }
 
-    /// Changes a model's description, tags or metadata.
+    /// Changes a model's description, tags, metadata or visibility.
     pub async fn update_model(
         &self,
         actor: &Principal,
@@ -119,14 +210,14 @@ impl Registry {
     ) -> Result<Model, DomainError> {
         self.authorize(actor, name).await?;
         if patch.is_empty() {
-            return self.get_model(name).await;
+            return self.model(name).await;
         }
         let result = self.repo.update_model(name, patch).await;
         self.invalidate(name).await;
         Ok(result?)
     }
 
-    /// Deletes a model, its versions and aliases.
+    /// Deletes a model, its versions, aliases and grants.
     pub async fn delete_model(
         &self,
         actor: &Principal,
@@ -154,10 +245,12 @@ impl Registry {
     /// A page of a model's versions, newest first.
     pub async fn list_versions(
         &self,
+        actor: &Principal,
         model: &ModelName,
         cursor: Option<&str>,
         limit: PageLimit,
     ) -> Result<Page<ModelVersion>, DomainError> {
+        self.usable(actor, model).await?;
         let before = cursor.map(cursor::decode_version_cursor).transpose()?;
         let rows = self.repo.list_versions(model, before, limit).await?;
         Ok(paginate(rows, limit, |v| {
@@ -167,6 +260,16 @@ impl Registry {
 
     /// One version (cached).
     pub async fn get_version(
+        &self,
+        actor: &Principal,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<ModelVersion, DomainError> {
+        self.usable(actor, model).await?;
+        self.version(model, version).await
+    }
+
+    async fn version(
         &self,
         model: &ModelName,
         version: VersionNumber,
@@ -187,7 +290,7 @@ impl Registry {
     ) -> Result<ModelVersion, DomainError> {
         self.authorize(actor, model).await?;
         if patch.is_empty() {
-            return self.get_version(model, version).await;
+            return self.version(model, version).await;
         }
         let result = self.repo.update_version(model, version, patch).await;
         self.invalidate(model).await;
@@ -225,6 +328,16 @@ impl Registry {
     /// The version an alias points to (cached); `latest` is the highest version.
     pub async fn resolve_alias(
         &self,
+        actor: &Principal,
+        model: &ModelName,
+        alias: &AliasName,
+    ) -> Result<ModelVersion, DomainError> {
+        self.usable(actor, model).await?;
+        self.alias(model, alias).await
+    }
+
+    async fn alias(
+        &self,
         model: &ModelName,
         alias: &AliasName,
     ) -> Result<ModelVersion, DomainError> {
@@ -253,14 +366,71 @@ impl Registry {
     }
 }
 
+/// Grants: admins only.
 impl Registry {
-    /// The version an inference call goes to (cached): `name@alias`, `name:version`, or for a
-    /// bare name the `production` alias when set, else the highest version with an endpoint.
-    pub async fn resolve_target(&self, target: &Target) -> Result<ModelVersion, DomainError> {
+    fn admins_only(actor: &Principal) -> Result<(), DomainError> {
+        if actor.is_admin() {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(
+                "only admins may grant models to users".to_owned(),
+            ))
+        }
+    }
+
+    /// Lets `user` use `model` from its next call on, on every replica; returns the grant and
+    /// whether it is new (granting again keeps the first).
+    pub async fn grant(
+        &self,
+        actor: &Principal,
+        model: &ModelName,
+        user: &Username,
+    ) -> Result<(Grant, bool), DomainError> {
+        Self::admins_only(actor)?;
+        let result = self.repo.grant(model, user).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// Takes `user`'s grant of `model` back, from its next call on.
+    pub async fn revoke_grant(
+        &self,
+        actor: &Principal,
+        model: &ModelName,
+        user: &Username,
+    ) -> Result<(), DomainError> {
+        Self::admins_only(actor)?;
+        let result = self.repo.revoke_grant(model, user).await;
+        self.invalidate(model).await;
+        Ok(result?)
+    }
+
+    /// The users `model` is granted to.
+    pub async fn list_grants(
+        &self,
+        actor: &Principal,
+        model: &ModelName,
+    ) -> Result<Vec<Grant>, DomainError> {
+        Self::admins_only(actor)?;
+        self.model(model).await?;
+        Ok(self.repo.list_grants(model).await?)
+    }
+}
+
+impl Registry {
+    /// The version an inference call of `actor` goes to (cached): `name@alias`,
+    /// `name:version`, or for a bare name the `production` alias when set, else the highest
+    /// version with an endpoint. A model `actor` may not use is not found.
+    pub async fn resolve_target(
+        &self,
+        actor: &Principal,
+        target: &Target,
+    ) -> Result<ModelVersion, DomainError> {
         let model = &target.model;
+        self.usable(actor, model).await?;
         let version = match &target.selector {
-            Selector::Alias(alias) => self.resolve_alias(model, alias).await?,
-            Selector::Version(v) => self.get_version(model, *v).await?,
+            Selector::Alias(alias) => self.alias(model, alias).await?,
+            Selector::Version(v) => self.version(model, *v).await?,
             Selector::Default => {
                 self.cached(model, Field::DefaultTarget, async {
                     let production = AliasName::parse(Target::DEFAULT_ALIAS)?;
@@ -284,9 +454,13 @@ impl Registry {
         Ok(version)
     }
 
-    /// Models that can serve calls (for `GET /v1/models`).
-    pub async fn list_servable_models(&self) -> Result<Vec<ServableModel>, DomainError> {
-        Ok(self.repo.list_servable_models().await?)
+    /// Models `actor` may call (for `GET /v1/models`).
+    pub async fn list_servable_models(
+        &self,
+        actor: &Principal,
+    ) -> Result<Vec<ServableModel>, DomainError> {
+        let filter = Self::scoped(actor, &ModelFilter::default());
+        Ok(self.repo.list_servable_models(&filter).await?)
     }
 }
 

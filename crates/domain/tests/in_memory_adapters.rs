@@ -155,6 +155,7 @@ async fn models_are_listed_by_name_after_the_cursor_filtered_by_whole_tag_and_li
     let filter = |tag: Option<&str>, q: Option<&str>| ModelFilter {
         tag: tag.map(str::to_owned),
         q: q.map(str::to_owned),
+        ..ModelFilter::default()
     };
     let chat_llm = repo
         .list_models(&filter(Some("chat"), Some("LlAmA")), None, limit(10))
@@ -196,7 +197,10 @@ async fn an_owner_must_exist_when_the_registry_checks_owners() {
     )
     .await
     .expect("created");
-    let servable = repo.list_servable_models().await.expect("listed");
+    let servable = repo
+        .list_servable_models(&ModelFilter::default())
+        .await
+        .expect("listed");
     assert_eq!(servable.len(), 1);
     assert_eq!(servable[0].owner.as_deref(), Some("alice"));
 }

@@ -7,7 +7,8 @@ use maas_domain::identity::{Principal, Role};
 use maas_domain::inference::Target;
 use maas_domain::model::{ModelVersion, VersionPatch};
 use maas_domain::test_util::{
-    InMemory, alias_name, model_name, new_model, new_version, servable_version, version,
+    InMemory, admin_reader, alias_name, model_name, new_model, new_version, servable_version,
+    version,
 };
 use maas_domain::values::VersionNumber;
 
@@ -39,7 +40,7 @@ async fn served(world: &InMemory, target: &str) -> Result<VersionNumber, DomainE
     let target = Target::parse(target).expect("a target");
     world
         .registry
-        .resolve_target(&target)
+        .resolve_target(&admin_reader(), &target)
         .await
         .map(|v: ModelVersion| v.version)
 }
@@ -112,7 +113,7 @@ async fn a_version_without_an_endpoint_is_not_servable_however_it_is_named() {
     // It is still a version of the registry, only not one that can serve.
     world
         .registry
-        .get_version(&name, version(3))
+        .get_version(&admin_reader(), &name, version(3))
         .await
         .expect("found");
 }
@@ -163,7 +164,7 @@ async fn latest_always_resolves_to_the_highest_version() {
     assert_eq!(
         world
             .registry
-            .resolve_alias(&name, &latest)
+            .resolve_alias(&admin_reader(), &name, &latest)
             .await
             .map(|v| v.version),
         Ok(version(3))
@@ -233,7 +234,11 @@ async fn the_servable_models_are_those_with_a_version_that_has_an_endpoint() {
         .await
         .expect("created");
 
-    let servable = world.registry.list_servable_models().await.expect("listed");
+    let servable = world
+        .registry
+        .list_servable_models(&admin_reader())
+        .await
+        .expect("listed");
 
     let names: Vec<(&str, Option<&str>)> = servable
         .iter()

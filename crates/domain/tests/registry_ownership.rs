@@ -1,12 +1,14 @@
 //! Who may change what in the registry: members change only the models they own (with their
-//! versions and aliases), admins change everything; everyone reads everything.
+//! versions and aliases), admins change everything. (These models are public, so everyone may
+//! read them; who may see a private one is `model_visibility.rs`.)
 
 use maas_domain::DomainError;
 use maas_domain::identity::{Principal, Role};
 use maas_domain::model::{ModelPatch, VersionPatch};
 use maas_domain::ports::RegistryRepository;
 use maas_domain::test_util::{
-    InMemory, alias_name, description, model_name, new_model, new_version, owned_model, version,
+    InMemory, admin_reader, alias_name, description, model_name, new_model, new_version,
+    owned_model, version,
 };
 use uuid::Uuid;
 
@@ -100,7 +102,7 @@ async fn a_member_cannot_change_another_members_model_nor_its_versions_and_alias
     );
     let model = world
         .registry
-        .get_model(&model_name("alices"))
+        .get_model(&admin_reader(), &model_name("alices"))
         .await
         .expect("found");
     assert_eq!(model.description, None);

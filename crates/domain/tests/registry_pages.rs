@@ -4,7 +4,9 @@
 use maas_domain::DomainError;
 use maas_domain::identity::Role;
 use maas_domain::model::ModelFilter;
-use maas_domain::test_util::{InMemory, described_model, model_name, new_model, new_version};
+use maas_domain::test_util::{
+    InMemory, admin_reader, described_model, model_name, new_model, new_version,
+};
 use maas_domain::values::PageLimit;
 
 fn limit(n: i64) -> PageLimit {
@@ -28,7 +30,12 @@ async fn following_the_cursors_lists_every_model_once_in_name_order() {
     loop {
         let page = world
             .registry
-            .list_models(&ModelFilter::default(), cursor.as_deref(), limit(2))
+            .list_models(
+                &admin_reader(),
+                &ModelFilter::default(),
+                cursor.as_deref(),
+                limit(2),
+            )
             .await
             .expect("listed");
         assert!(page.items.len() <= 2);
@@ -56,7 +63,7 @@ async fn a_page_that_ends_the_list_has_no_cursor() {
 
     let page = world
         .registry
-        .list_models(&ModelFilter::default(), None, limit(2))
+        .list_models(&admin_reader(), &ModelFilter::default(), None, limit(2))
         .await
         .expect("listed");
 
@@ -84,12 +91,17 @@ async fn versions_are_listed_newest_first_page_by_page() {
 
     let first = world
         .registry
-        .list_versions(&name, None, limit(2))
+        .list_versions(&admin_reader(), &name, None, limit(2))
         .await
         .expect("listed");
     let rest = world
         .registry
-        .list_versions(&name, first.next_cursor.as_deref(), limit(2))
+        .list_versions(
+            &admin_reader(),
+            &name,
+            first.next_cursor.as_deref(),
+            limit(2),
+        )
         .await
         .expect("listed");
 
@@ -120,7 +132,7 @@ async fn a_cursor_the_server_did_not_issue_for_that_list_is_refused() {
     }
     let version_cursor = world
         .registry
-        .list_versions(&name, None, limit(1))
+        .list_versions(&admin_reader(), &name, None, limit(1))
         .await
         .expect("listed")
         .next_cursor
@@ -129,7 +141,12 @@ async fn a_cursor_the_server_did_not_issue_for_that_list_is_refused() {
     for cursor in ["made-up", version_cursor.as_str()] {
         let outcome = world
             .registry
-            .list_models(&ModelFilter::default(), Some(cursor), limit(10))
+            .list_models(
+                &admin_reader(),
+                &ModelFilter::default(),
+                Some(cursor),
+                limit(10),
+            )
             .await;
         assert!(
             matches!(&outcome, Err(DomainError::Validation(v)) if v.field == "cursor"),
@@ -157,16 +174,22 @@ async fn filters_narrow_every_page() {
     let filter = ModelFilter {
         tag: Some("chat".into()),
         q: Some("llm".into()),
+        ..ModelFilter::default()
     };
 
     let first = world
         .registry
-        .list_models(&filter, None, limit(1))
+        .list_models(&admin_reader(), &filter, None, limit(1))
         .await
         .expect("listed");
     let rest = world
         .registry
-        .list_models(&filter, first.next_cursor.as_deref(), limit(1))
+        .list_models(
+            &admin_reader(),
+            &filter,
+            first.next_cursor.as_deref(),
+            limit(1),
+        )
         .await
         .expect("listed");
 

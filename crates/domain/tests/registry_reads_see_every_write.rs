@@ -8,7 +8,8 @@ use maas_domain::inference::Target;
 use maas_domain::model::{ModelPatch, VersionPatch};
 use maas_domain::ports::{Field, Scope};
 use maas_domain::test_util::{
-    InMemory, alias_name, description, endpoint, model_name, new_model, servable_version, version,
+    InMemory, admin_reader, alias_name, description, endpoint, model_name, new_model,
+    servable_version, version,
 };
 
 /// A world holding model `llama` with versions 1 and 2 (both servable), and its admin.
@@ -45,8 +46,16 @@ async fn a_second_read_is_answered_by_the_cache() {
     let loads = || world.registry_store.controls().calls("get_model");
     let before = loads();
 
-    let first = world.registry.get_model(&llama).await.expect("loaded");
-    let second = world.registry.get_model(&llama).await.expect("cached");
+    let first = world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("loaded");
+    let second = world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("cached");
 
     assert_eq!(first, second);
     assert_eq!(loads() - before, 1, "the store was asked once");
@@ -56,7 +65,11 @@ async fn a_second_read_is_answered_by_the_cache() {
 async fn a_model_read_after_an_update_is_the_updated_model() {
     let (world, admin) = llama_with_two_versions().await;
     let llama = model_name("llama");
-    world.registry.get_model(&llama).await.expect("cached");
+    world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("cached");
 
     let patch = ModelPatch {
         description: Some(Some(description("second edition"))),
@@ -68,7 +81,11 @@ async fn a_model_read_after_an_update_is_the_updated_model() {
         .await
         .expect("updated");
 
-    let read = world.registry.get_model(&llama).await.expect("found");
+    let read = world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("found");
     assert_eq!(read.description, Some(description("second edition")));
 }
 
@@ -78,7 +95,7 @@ async fn a_version_read_after_an_update_is_the_updated_version() {
     let llama = model_name("llama");
     world
         .registry
-        .get_version(&llama, version(1))
+        .get_version(&admin_reader(), &llama, version(1))
         .await
         .expect("cached");
 
@@ -94,7 +111,7 @@ async fn a_version_read_after_an_update_is_the_updated_version() {
 
     let read = world
         .registry
-        .get_version(&llama, version(1))
+        .get_version(&admin_reader(), &llama, version(1))
         .await
         .expect("found");
     assert_eq!(read.endpoint_url, Some(endpoint("http://moved:8000/v1")));
@@ -111,7 +128,7 @@ async fn an_alias_resolved_after_it_moved_is_its_new_version() {
         .expect("set");
     let before = world
         .registry
-        .resolve_alias(&llama, &canary)
+        .resolve_alias(&admin_reader(), &llama, &canary)
         .await
         .expect("cached");
     assert_eq!(before.version, version(1));
@@ -124,7 +141,7 @@ async fn an_alias_resolved_after_it_moved_is_its_new_version() {
 
     let after = world
         .registry
-        .resolve_alias(&llama, &canary)
+        .resolve_alias(&admin_reader(), &llama, &canary)
         .await
         .expect("found");
     assert_eq!(after.version, version(2));
@@ -136,7 +153,7 @@ async fn latest_resolved_after_a_new_version_is_the_new_version() {
     let (llama, latest) = (model_name("llama"), alias_name("latest"));
     let before = world
         .registry
-        .resolve_alias(&llama, &latest)
+        .resolve_alias(&admin_reader(), &llama, &latest)
         .await
         .expect("cached");
     assert_eq!(before.version, version(2));
@@ -153,7 +170,7 @@ async fn latest_resolved_after_a_new_version_is_the_new_version() {
 
     let after = world
         .registry
-        .resolve_alias(&llama, &latest)
+        .resolve_alias(&admin_reader(), &llama, &latest)
         .await
         .expect("found");
     assert_eq!(after.version, version(3));
@@ -168,7 +185,7 @@ async fn the_default_target_after_any_change_to_it_is_the_new_one() {
     let served = async || {
         world
             .registry
-            .resolve_target(&bare)
+            .resolve_target(&admin_reader(), &bare)
             .await
             .expect("servable")
             .version
@@ -207,10 +224,14 @@ async fn after_a_delete_the_cached_model_and_version_are_gone() {
     let llama = model_name("llama");
     world
         .registry
-        .get_version(&llama, version(2))
+        .get_version(&admin_reader(), &llama, version(2))
         .await
         .expect("cached");
-    world.registry.get_model(&llama).await.expect("cached");
+    world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("cached");
 
     world
         .registry
@@ -218,13 +239,16 @@ async fn after_a_delete_the_cached_model_and_version_are_gone() {
         .await
         .expect("deleted");
     assert!(matches!(
-        world.registry.get_version(&llama, version(2)).await,
+        world
+            .registry
+            .get_version(&admin_reader(), &llama, version(2))
+            .await,
         Err(DomainError::NotFound(_))
     ));
     assert_eq!(
         world
             .registry
-            .get_model(&llama)
+            .get_model(&admin_reader(), &llama)
             .await
             .expect("found")
             .latest_version,
@@ -237,7 +261,7 @@ async fn after_a_delete_the_cached_model_and_version_are_gone() {
         .await
         .expect("deleted");
     assert!(matches!(
-        world.registry.get_model(&llama).await,
+        world.registry.get_model(&admin_reader(), &llama).await,
         Err(DomainError::NotFound(_))
     ));
 }
@@ -251,7 +275,7 @@ async fn a_read_racing_an_update_does_not_put_the_old_model_back() {
     let reader = tokio::spawn({
         let registry = world.registry.clone();
         let llama = llama.clone();
-        async move { registry.get_model(&llama).await }
+        async move { registry.get_model(&admin_reader(), &llama).await }
     });
     hold.reached().await;
 
@@ -270,7 +294,11 @@ async fn a_read_racing_an_update_does_not_put_the_old_model_back() {
     let raced = reader.await.expect("the reader ran").expect("found");
     assert_eq!(raced.description, None, "it had read the old model");
 
-    let read = world.registry.get_model(&llama).await.expect("found");
+    let read = world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("found");
     assert_eq!(read.description, Some(description("new")));
     assert!(world.model_cache.stats().fills_refused >= 1);
 }
@@ -279,7 +307,11 @@ async fn a_read_racing_an_update_does_not_put_the_old_model_back() {
 async fn a_write_that_fails_still_drops_the_cached_model_in_case_it_took_effect() {
     let (world, admin) = llama_with_two_versions().await;
     let llama = model_name("llama");
-    world.registry.get_model(&llama).await.expect("cached");
+    world
+        .registry
+        .get_model(&admin_reader(), &llama)
+        .await
+        .expect("cached");
     let before = world.model_cache.invalidations_of(&llama_scope());
 
     world.registry_store.controls().set_unavailable(true);
@@ -309,7 +341,11 @@ async fn with_the_cache_bypassed_every_read_goes_to_the_store_and_nothing_is_cac
     world.model_cache.set_bypass(true);
 
     for _ in 0..3 {
-        world.registry.get_model(&llama).await.expect("found");
+        world
+            .registry
+            .get_model(&admin_reader(), &llama)
+            .await
+            .expect("found");
     }
 
     assert_eq!(loads() - before, 3);

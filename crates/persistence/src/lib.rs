@@ -44,6 +44,7 @@
 //! their own from [`test_util::TestDatabase`] (feature `test-util`).
 
 mod error;
+mod grants;
 mod health;
 mod identity;
 mod migrate;

@@ -11,10 +11,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
 use maas_domain::inference::ServableModel;
 use maas_domain::model::{
-    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+    Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+    Visibility,
 };
 use maas_domain::ports::RegistryRepository;
-use maas_domain::values::{AliasName, ModelName, PageLimit, VersionNumber};
+use maas_domain::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 use uuid::Uuid;
 
 use crate::error::{Failure, corrupt, observe};
@@ -22,7 +23,7 @@ use crate::pool::{PgPool, PooledConnection};
 use crate::rows::{
     ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow, rows_for,
 };
-use crate::schema::{model_aliases, model_versions, models, users};
+use crate::schema::{model_aliases, model_grants, model_versions, models, users};
 
 /// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
@@ -50,7 +51,24 @@ fn user_id_not_found(owner: Option<Uuid>) -> RepoError {
     }
 }
 
-fn model_not_found(model: &ModelName) -> RepoError {
+/// The condition "models `$user` may use: public ones, its own, and those granted to it", as
+/// an expression for any query that has `models` in it (a macro: diesel's types differ with the
+/// query's joins).
+macro_rules! usable_by {
+    ($user:expr) => {{
+        let user: Uuid = $user;
+        models::visibility
+            .eq(Visibility::Public.as_str())
+            .or(models::owner_id.eq(user).assume_not_null())
+            .or(models::id.eq_any(
+                model_grants::table
+                    .filter(model_grants::user_id.eq(user))
+                    .select(model_grants::model_id),
+            ))
+    }};
+}
+
+pub(crate) fn model_not_found(model: &ModelName) -> RepoError {
     RepoError::NotFound(format!("model '{model}' not found"))
 }
 
@@ -154,6 +172,12 @@ impl RegistryRepository for PgRegistryRepository {
                 .into_boxed();
             if let Some(after) = after {
                 query = query.filter(models::name.gt(after.as_str()));
+            }
+            if let Some(user) = filter.usable_by {
+                query = query.filter(usable_by!(user));
+            }
+            if let Some(names) = &filter.names {
+                query = query.filter(models::name.eq_any(names.iter().map(ModelName::as_str)));
             }
             if let Some(tag) = &filter.tag {
                 query = query.filter(models::tags.contains(vec![tag.clone()]));
@@ -339,7 +363,10 @@ impl RegistryRepository for PgRegistryRepository {
         .await
     }
 
-    async fn list_servable_models(&self) -> Result<Vec<ServableModel>, RepoError> {
+    async fn list_servable_models(
+        &self,
+        filter: &ModelFilter,
+    ) -> Result<Vec<ServableModel>, RepoError> {
         observe("list_servable_models", async {
             let mut conn = self.conn().await?;
             // One query: `IN (SELECT …)` is planned as a semi-join, so a model with several
@@ -347,13 +374,19 @@ impl RegistryRepository for PgRegistryRepository {
             let servable = model_versions::table
                 .filter(model_versions::endpoint_url.is_not_null())
                 .select(model_versions::model_id);
-            let rows: Vec<(String, DateTime<Utc>, Option<String>)> = models::table
+            let mut query = models::table
                 .left_join(users::table)
                 .filter(models::id.eq_any(servable))
                 .select((models::name, models::created_at, users::username.nullable()))
                 .order(models::name.asc())
-                .load(&mut conn)
-                .await?;
+                .into_boxed();
+            if let Some(user) = filter.usable_by {
+                query = query.filter(usable_by!(user));
+            }
+            if let Some(names) = &filter.names {
+                query = query.filter(models::name.eq_any(names.iter().map(ModelName::as_str)));
+            }
+            let rows: Vec<(String, DateTime<Utc>, Option<String>)> = query.load(&mut conn).await?;
             Ok(rows
                 .into_iter()
                 .map(|(name, created_at, owner)| {
@@ -543,6 +576,34 @@ impl RegistryRepository for PgRegistryRepository {
                 return Err(missing(&mut conn, model, alias_not_found(model, alias)).await);
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn grant(
+        &self,
+        model: &ModelName,
+        username: &Username,
+    ) -> Result<(Grant, bool), RepoError> {
+        observe("grant", async {
+            let mut conn = self.conn().await?;
+            crate::grants::grant(&mut conn, model, username).await
+        })
+        .await
+    }
+
+    async fn revoke_grant(&self, model: &ModelName, username: &Username) -> Result<(), RepoError> {
+        observe("revoke_grant", async {
+            let mut conn = self.conn().await?;
+            crate::grants::revoke(&mut conn, model, username).await
+        })
+        .await
+    }
+
+    async fn list_grants(&self, model: &ModelName) -> Result<Vec<Grant>, RepoError> {
+        observe("list_grants", async {
+            let mut conn = self.conn().await?;
+            crate::grants::list(&mut conn, model).await
         })
         .await
     }

@@ -11,7 +11,9 @@ use maas_domain::identity::{
     ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
 };
 use maas_domain::inference::UpstreamSecret;
-use maas_domain::model::{Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch};
+use maas_domain::model::{
+    Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
+};
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
     VersionNumber,
@@ -34,6 +36,7 @@ pub(crate) struct ModelRow {
     latest_version: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    visibility: String,
 }
 
 impl TryFrom<ModelRow> for Model {
@@ -47,6 +50,8 @@ impl TryFrom<ModelRow> for Model {
             tags: Tags::parse(row.tags).map_err(|e| corrupt("models.tags", e))?,
             metadata: Metadata::parse(row.metadata).map_err(|e| corrupt("models.metadata", e))?,
             owner_id: row.owner_id,
+            visibility: Visibility::parse(&row.visibility)
+                .map_err(|e| corrupt("models.visibility", e))?,
             latest_version: row
                 .latest_version
                 .map(|n| VersionNumber::new(n.into()))
@@ -128,6 +133,7 @@ pub(crate) struct NewModelRow {
     tags: Vec<String>,
     metadata: serde_json::Value,
     owner_id: Option<Uuid>,
+    visibility: &'static str,
 }
 
 impl From<NewModel> for NewModelRow {
@@ -138,6 +144,7 @@ impl From<NewModel> for NewModelRow {
             tags: new.tags.into_inner(),
             metadata: new.metadata.into_inner(),
             owner_id: new.owner_id,
+            visibility: new.visibility.as_str(),
         }
     }
 }
@@ -180,6 +187,7 @@ pub(crate) struct ModelChanges {
     description: Option<Option<String>>,
     tags: Option<Vec<String>>,
     metadata: Option<serde_json::Value>,
+    visibility: Option<&'static str>,
 }
 
 impl From<ModelPatch> for ModelChanges {
@@ -188,6 +196,7 @@ impl From<ModelPatch> for ModelChanges {
             description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
             tags: patch.tags.map(Tags::into_inner),
             metadata: patch.metadata.map(Metadata::into_inner),
+            visibility: patch.visibility.map(Visibility::as_str),
         }
     }
 }

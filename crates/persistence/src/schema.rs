@@ -23,6 +23,20 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last change.
         updated_at -> Timestamptz,
+        /// `private` (owner, admins and grantees) or `public` (every user).
+        visibility -> Text,
+    }
+}
+
+diesel::table! {
+    /// Private models granted to users by an admin.
+    model_grants (model_id, user_id) {
+        /// The model.
+        model_id -> Uuid,
+        /// The user who may use it.
+        user_id -> Uuid,
+        /// When it was granted.
+        granted_at -> Timestamptz,
     }
 }
 
@@ -144,9 +158,12 @@ diesel::joinable!(model_versions -> models (model_id));
 diesel::joinable!(model_aliases -> model_versions (version_id));
 diesel::joinable!(models -> users (owner_id));
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(model_grants -> models (model_id));
+diesel::joinable!(model_grants -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     models,
+    model_grants,
     model_versions,
     model_aliases,
     users,

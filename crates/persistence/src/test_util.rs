@@ -28,7 +28,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role};
 use maas_domain::inference::{UpstreamSecret, UsageEvent};
-use maas_domain::model::{NewModel, NewVersion};
+use maas_domain::model::{NewModel, NewVersion, Visibility};
 use maas_domain::values::{
     AliasName, Description, EndpointUrl, Metadata, ModelName, SourceUri, Tags, Username,
     VersionNumber,
@@ -400,7 +400,8 @@ pub fn version(n: i64) -> VersionNumber {
     VersionNumber::new(n).unwrap_or_else(|e| panic!("fixture version {n}: {e}"))
 }
 
-/// A model with only a name, and no owner.
+/// A public model with only a name, and no owner (public, as every model was before
+/// visibility: [`private_model`] for one that is not).
 pub fn new_model(name: &str) -> NewModel {
     NewModel {
         name: model_name(name),
@@ -408,6 +409,16 @@ pub fn new_model(name: &str) -> NewModel {
         tags: Tags::default(),
         metadata: Metadata::default(),
         owner_id: None,
+        visibility: Visibility::Public,
+    }
+}
+
+/// A private model with only a name, owned by user `owner`.
+pub fn private_model(name: &str, owner: Uuid) -> NewModel {
+    NewModel {
+        owner_id: Some(owner),
+        visibility: Visibility::Private,
+        ..new_model(name)
     }
 }
 

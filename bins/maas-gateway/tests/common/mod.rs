@@ -64,6 +64,8 @@ pub struct Options {
     pub admin_port: bool,
     /// `server.body_read_timeout_seconds`.
     pub body_read_timeout_seconds: u64,
+    /// `registry.reserved_names`.
+    pub reserved_names: Vec<String>,
 }
 
 impl Default for Options {
@@ -89,6 +91,7 @@ impl Default for Options {
             },
             admin_port: false,
             body_read_timeout_seconds: 30,
+            reserved_names: Vec::new(),
         }
     }
 }
@@ -108,6 +111,7 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.server.max_body_bytes = options.max_body_bytes;
     settings.server.admin_port = options.admin_port.then_some(0);
     settings.server.body_read_timeout_seconds = options.body_read_timeout_seconds;
+    settings.registry.reserved_names = options.reserved_names.clone();
     settings.database = db.settings();
     settings.redis = redis.settings.clone();
     if let Some(url) = &options.redis_url {
@@ -297,10 +301,14 @@ impl TestApp {
             .expect("PUT")
     }
 
-    /// Registers a model and asserts it was created.
+    /// Registers a public model (every user may use it; tests of who may use what make their
+    /// own) and asserts it was created.
     pub async fn create_model(&self, name: &str) -> Value {
         let res = self
-            .post_json("/api/v1/models", &json!({ "name": name }))
+            .post_json(
+                "/api/v1/models",
+                &json!({ "name": name, "visibility": "public" }),
+            )
             .await;
         assert_eq!(res.status(), 201, "creating {name}");
         res.json().await.expect("model json")

@@ -46,11 +46,15 @@ pub async fn put(
     ))]
 pub async fn get(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, alias) = path.into_inner();
     let (name, alias) = (model_name(name)?, alias_name(alias)?);
-    let version = state.registry.resolve_alias(&name, &alias).await?;
+    let version = state
+        .registry
+        .resolve_alias(&actor.0, &name, &alias)
+        .await?;
     Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
 }
 

@@ -159,7 +159,7 @@ impl<'a> Call<'a> {
     async fn resolve(&self, target: &Target) -> Result<ModelVersion, OpenAiError> {
         self.state
             .registry
-            .resolve_target(target)
+            .resolve_target(self.actor, target)
             .await
             .map_err(|e| self.failed(ApiError::Domain(e)))
     }
@@ -329,14 +329,14 @@ pub async fn embeddings(
     openai(req, payload, state, actor, "embeddings", "/v1/embeddings").await
 }
 
-/// Models that can serve calls, in OpenAI's list format.
+/// Models the caller may call, in OpenAI's list format.
 #[utoipa::path(get, path = "/v1/models", tag = "inference",
     responses((status = 200, description = "Servable models", body = OpenAiModelList)))]
 pub async fn list_models(
     state: web::Data<AppState>,
-    _actor: Actor,
+    actor: Actor,
 ) -> Result<HttpResponse, OpenAiError> {
-    let models = state.registry.list_servable_models().await?;
+    let models = state.registry.list_servable_models(&actor.0).await?;
     Ok(HttpResponse::Ok().json(OpenAiModelList {
         object: "list".to_owned(),
         data: models

@@ -2,6 +2,7 @@
 
 pub mod aliases;
 pub mod docs;
+pub mod grants;
 pub mod health;
 pub mod inference;
 pub mod keys;

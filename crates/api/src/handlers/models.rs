@@ -42,7 +42,11 @@ pub async fn create(
         (status = 200, description = "A page of models", body = crate::dto::Page<crate::dto::ModelResponse>),
         (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
     let query: ListModelsQuery = parse_query(&req)?;
     let limit = page_limit(query.limit.as_deref())?;
     if let Some(tag) = &query.tag {
@@ -51,10 +55,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let filter = ModelFilter {
         tag: query.tag,
         q: query.q.filter(|q| !q.is_empty()),
+        ..ModelFilter::default()
     };
     let page = state
         .registry
-        .list_models(&filter, query.cursor.as_deref(), limit)
+        .list_models(&actor.0, &filter, query.cursor.as_deref(), limit)
         .await?;
     Ok(HttpResponse::Ok().json(ModelList::from(page)))
 }
@@ -68,10 +73,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     ))]
 pub async fn get(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
-    let model = state.registry.get_model(&name).await?;
+    let model = state.registry.get_model(&actor.0, &name).await?;
     Ok(HttpResponse::Ok().json(ModelResponse::from(model)))
 }
 

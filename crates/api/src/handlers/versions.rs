@@ -49,6 +49,7 @@ pub async fn create(
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
@@ -56,7 +57,7 @@ pub async fn list(
     let limit = page_limit(query.limit.as_deref())?;
     let page = state
         .registry
-        .list_versions(&name, query.cursor.as_deref(), limit)
+        .list_versions(&actor.0, &name, query.cursor.as_deref(), limit)
         .await?;
     Ok(HttpResponse::Ok().json(VersionList::from(page)))
 }
@@ -71,11 +72,12 @@ pub async fn list(
     ))]
 pub async fn get(
     state: web::Data<AppState>,
+    actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path.into_inner();
     let (name, version) = (model_name(name)?, version_number(&version)?);
-    let version = state.registry.get_version(&name, version).await?;
+    let version = state.registry.get_version(&actor.0, &name, version).await?;
     Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
 }
 

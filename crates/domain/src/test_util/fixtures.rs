@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Principal, Role, User};
 use crate::inference::{UpstreamSecret, UsageEvent};
-use crate::model::{NewModel, NewVersion};
+use crate::model::{NewModel, NewVersion, Visibility};
 use crate::values::{
     AliasName, Description, EndpointUrl, Metadata, ModelName, SourceUri, Tags, Username,
     VersionNumber,
@@ -52,7 +52,8 @@ pub fn upstream_secret(raw: &str) -> UpstreamSecret {
     UpstreamSecret::parse(raw.to_owned()).unwrap_or_else(|e| panic!("fixture secret: {e}"))
 }
 
-/// A model with only a name, and no owner.
+/// A public model with only a name, and no owner (public, as every model was before
+/// visibility: [`private_model`] for one that is not).
 pub fn new_model(name: &str) -> NewModel {
     NewModel {
         name: model_name(name),
@@ -60,6 +61,16 @@ pub fn new_model(name: &str) -> NewModel {
         tags: Tags::default(),
         metadata: Metadata::default(),
         owner_id: None,
+        visibility: Visibility::Public,
+    }
+}
+
+/// A private model with only a name, owned by user `owner`.
+pub fn private_model(name: &str, owner: Uuid) -> NewModel {
+    NewModel {
+        owner_id: Some(owner),
+        visibility: Visibility::Private,
+        ..new_model(name)
     }
 }
 
@@ -131,6 +142,18 @@ pub fn principal_of(user: &User) -> Principal {
         user_id: user.id,
         username: user.username.clone(),
         role: user.role,
+        key_id: Uuid::new_v4(),
+        rate_limit_rpm: None,
+    }
+}
+
+/// An admin that is no stored user: for tests that read the registry and are not about who may
+/// (an admin may use every model).
+pub fn admin_reader() -> Principal {
+    Principal {
+        user_id: Uuid::new_v4(),
+        username: username("reader"),
+        role: Role::Admin,
         key_id: Uuid::new_v4(),
         rate_limit_rpm: None,
     }

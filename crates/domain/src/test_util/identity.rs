@@ -51,6 +51,11 @@ impl Directory {
     pub(crate) fn username_of(&self, id: Uuid) -> Option<Username> {
         self.lock().user_by_id(id).map(|u| u.username.clone())
     }
+
+    /// The id of the user named `username`, if there is one.
+    pub(crate) fn id_of(&self, username: &Username) -> Option<Uuid> {
+        self.lock().users.get(username).map(|u| u.id)
+    }
 }
 
 fn user_not_found(username: &Username) -> RepoError {

@@ -16,13 +16,14 @@
 //!
 //! let world = InMemory::new();
 //! let admin = world.user("root", Role::Admin).await;
+//! let admin = principal_of(&admin);
 //! let model = world
 //!     .registry
-//!     .create_model(&principal_of(&admin), new_model("llama"))
+//!     .create_model(&admin, new_model("llama"))
 //!     .await
 //!     .expect("created");
-//! world.registry.get_model(&model.name).await.expect("loaded, then cached");
-//! world.registry.get_model(&model.name).await.expect("from the cache");
+//! world.registry.get_model(&admin, &model.name).await.expect("loaded, then cached");
+//! world.registry.get_model(&admin, &model.name).await.expect("from the cache");
 //! assert_eq!(world.registry_store.controls().calls("get_model"), 1);
 //! # }
 //! ```

@@ -13,10 +13,11 @@ use super::support::{Clock, Controls};
 use crate::error::RepoError;
 use crate::inference::ServableModel;
 use crate::model::{
-    Alias, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+    Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
+    Visibility,
 };
 use crate::ports::RegistryRepository;
-use crate::values::{AliasName, ModelName, PageLimit, VersionNumber};
+use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
 /// The model registry in memory.
 ///
@@ -46,6 +47,8 @@ struct Entry {
     next_version: i32,
     versions: BTreeMap<VersionNumber, ModelVersion>,
     aliases: BTreeMap<AliasName, (VersionNumber, DateTime<Utc>)>,
+    /// Users granted the model, and when.
+    grants: BTreeMap<Uuid, DateTime<Utc>>,
 }
 
 fn model_not_found(model: &ModelName) -> RepoError {
@@ -54,6 +57,10 @@ fn model_not_found(model: &ModelName) -> RepoError {
 
 fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
     RepoError::NotFound(format!("version {version} of model '{model}' not found"))
+}
+
+fn not_granted(model: &ModelName, username: &Username) -> RepoError {
+    RepoError::NotFound(format!("model '{model}' is not granted to '{username}'"))
 }
 
 fn alias_not_found(model: &ModelName, alias: &AliasName) -> RepoError {
@@ -71,6 +78,22 @@ fn entry<'a>(
 /// taken literally).
 fn contains_ignoring_case(text: &str, needle: &str) -> bool {
     text.to_lowercase().contains(&needle.to_lowercase())
+}
+
+/// Whether `entry` passes the filter's `usable_by` and `names` (as the Postgres query's
+/// `visibility = 'public' OR owner_id = $u OR EXISTS (grant)` and `name = ANY($names)`).
+fn usable(entry: &Entry, filter: &ModelFilter) -> bool {
+    let model = &entry.model;
+    let usable = filter.usable_by.is_none_or(|user| {
+        model.visibility == Visibility::Public
+            || model.owner_id == Some(user)
+            || entry.grants.contains_key(&user)
+    });
+    let named = filter
+        .names
+        .as_ref()
+        .is_none_or(|names| names.contains(&model.name));
+    usable && named
 }
 
 fn matches(model: &Model, filter: &ModelFilter) -> bool {
@@ -130,6 +153,14 @@ impl InMemoryRegistry {
         result
     }
 
+    /// The id of user `username`, as the grant statements look it up.
+    fn user_id_of(&self, username: &Username) -> Result<Uuid, RepoError> {
+        self.users
+            .as_ref()
+            .and_then(|users| users.id_of(username))
+            .ok_or_else(|| RepoError::NotFound(format!("user '{username}' not found")))
+    }
+
     fn owner_name(&self, owner: Option<Uuid>) -> Option<String> {
         let users = self.users.as_ref()?;
         users.username_of(owner?).map(|name| name.into_inner())
@@ -158,6 +189,7 @@ impl RegistryRepository for InMemoryRegistry {
                 tags: new.tags,
                 metadata: new.metadata,
                 owner_id: new.owner_id,
+                visibility: new.visibility,
                 latest_version: None,
                 created_at: now,
                 updated_at: now,
@@ -169,6 +201,7 @@ impl RegistryRepository for InMemoryRegistry {
                     next_version: 1,
                     versions: BTreeMap::new(),
                     aliases: BTreeMap::new(),
+                    grants: BTreeMap::new(),
                 },
             );
             Ok(model)
@@ -192,6 +225,7 @@ impl RegistryRepository for InMemoryRegistry {
         self.run("list_models", |models, _| {
             Ok(models
                 .values()
+                .filter(|e| usable(e, filter))
                 .map(|e| &e.model)
                 .filter(|m| after.is_none_or(|after| m.name > *after))
                 .filter(|m| matches(m, filter))
@@ -213,6 +247,9 @@ impl RegistryRepository for InMemoryRegistry {
             }
             if let Some(metadata) = patch.metadata {
                 model.metadata = metadata;
+            }
+            if let Some(visibility) = patch.visibility {
+                model.visibility = visibility;
             }
             model.updated_at = now;
             Ok(model.clone())
@@ -324,12 +361,16 @@ impl RegistryRepository for InMemoryRegistry {
         .await
     }
 
-    async fn list_servable_models(&self) -> Result<Vec<ServableModel>, RepoError> {
+    async fn list_servable_models(
+        &self,
+        filter: &ModelFilter,
+    ) -> Result<Vec<ServableModel>, RepoError> {
         let servable = self
             .run("list_servable_models", |models, _| {
                 Ok(models
                     .values()
                     .filter(|e| e.versions.values().any(|v| v.endpoint_url.is_some()))
+                    .filter(|e| usable(e, filter))
                     .map(|e| (e.model.name.clone(), e.model.created_at, e.model.owner_id))
                     .collect::<Vec<_>>())
             })
@@ -448,5 +489,66 @@ impl RegistryRepository for InMemoryRegistry {
                 .ok_or_else(|| alias_not_found(model, alias))
         })
         .await
+    }
+
+    async fn grant(
+        &self,
+        model: &ModelName,
+        username: &Username,
+    ) -> Result<(Grant, bool), RepoError> {
+        let user_id = self.user_id_of(username)?;
+        self.run("grant", |models, now| {
+            let entry = entry(models, model)?;
+            let created = !entry.grants.contains_key(&user_id);
+            let granted_at = *entry.grants.entry(user_id).or_insert(now);
+            Ok((
+                Grant {
+                    model: model.clone(),
+                    user_id,
+                    username: username.clone(),
+                    granted_at,
+                },
+                created,
+            ))
+        })
+        .await
+    }
+
+    async fn revoke_grant(&self, model: &ModelName, username: &Username) -> Result<(), RepoError> {
+        let user_id = self.user_id_of(username)?;
+        self.run("revoke_grant", |models, _| {
+            entry(models, model)?
+                .grants
+                .remove(&user_id)
+                .map(drop)
+                .ok_or_else(|| not_granted(model, username))
+        })
+        .await
+    }
+
+    async fn list_grants(&self, model: &ModelName) -> Result<Vec<Grant>, RepoError> {
+        let granted = self
+            .run("list_grants", |models, _| {
+                Ok(entry(models, model)?
+                    .grants
+                    .iter()
+                    .map(|(user, at)| (*user, *at))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let mut grants: Vec<Grant> = granted
+            .into_iter()
+            .filter_map(|(user_id, granted_at)| {
+                let username = self.users.as_ref()?.username_of(user_id)?;
+                Some(Grant {
+                    model: model.clone(),
+                    user_id,
+                    username,
+                    granted_at,
+                })
+            })
+            .collect();
+        grants.sort_by(|a, b| a.username.as_str().cmp(b.username.as_str()));
+        Ok(grants)
     }
 }

@@ -3,7 +3,7 @@
 
 use maas_domain::RepoError;
 use maas_domain::identity::Role;
-use maas_domain::model::{NewVersion, VersionPatch};
+use maas_domain::model::{ModelFilter, NewVersion, VersionPatch};
 use maas_domain::ports::{IdentityRepository, RegistryRepository};
 use maas_domain::values::EndpointUrl;
 use maas_persistence::PgIdentityRepository;
@@ -278,7 +278,10 @@ async fn servable_models_are_those_with_an_endpoint_listed_by_name_with_their_ow
         .await
         .expect("created");
 
-    let listed = repo.list_servable_models().await.expect("listed");
+    let listed = repo
+        .list_servable_models(&ModelFilter::default())
+        .await
+        .expect("listed");
     let summary: Vec<(&str, Option<&str>)> = listed
         .iter()
         .map(|m| (m.name.as_str(), m.owner.as_deref()))
@@ -299,7 +302,7 @@ async fn no_servable_models_is_an_empty_list() {
         .await
         .expect("created");
     assert!(
-        repo.list_servable_models()
+        repo.list_servable_models(&ModelFilter::default())
             .await
             .expect("listed")
             .is_empty()

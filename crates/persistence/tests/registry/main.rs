@@ -4,6 +4,7 @@ mod aliases;
 mod inference;
 mod models;
 mod versions;
+mod visibility;
 
 use maas_persistence::PgRegistryRepository;
 use maas_persistence::test_util::TestDatabase;

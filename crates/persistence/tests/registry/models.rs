@@ -259,6 +259,7 @@ async fn filters_and_the_cursor_combine() {
     let filter = ModelFilter {
         tag: Some("chat".into()),
         q: Some("LLM".into()),
+        ..ModelFilter::default()
     };
     assert_eq!(list(&repo, filter.clone()).await, ["a-chat", "c-chat"]);
     let after = model_name("a-chat");

@@ -1,0 +1,2 @@
+DROP TABLE model_grants;
+ALTER TABLE models DROP COLUMN visibility;
