@@ -93,6 +93,25 @@ fn key_name(name: &str) -> Result<KeyName, Error> {
     KeyName::parse(name.to_owned()).map_err(domain)
 }
 
+/// `secrets rotate`: every stored upstream credential encrypted again under
+/// `secrets.encryption_key` (those under `secrets.previous_keys`, and those stored in plain
+/// text before encryption existed); prints how many.
+///
+/// # Errors
+/// No `secrets.encryption_key`, a credential under a key that is not configured, Postgres.
+pub async fn rotate_secrets(log: &Logger, settings: &Settings) -> Result<(), Error> {
+    let keys = settings.secret_keys()?;
+    migrate(log, settings).await?;
+    let pg = maas_persistence::connect(&settings.database).await?;
+    let store = maas_persistence::PgRegistryRepository::new(pg).with_secrets(keys);
+    let rewritten = store
+        .rotate_secrets()
+        .await
+        .map_err(|e| Error::Domain(e.into()))?;
+    info!(log, "upstream credentials encrypted under the current key"; "rewritten" => rewritten);
+    print_stdout(&rewritten.to_string())
+}
+
 /// Writes one line to stdout; a closed pipe is an error, not a panic (as `println!` would be).
 ///
 /// # Errors

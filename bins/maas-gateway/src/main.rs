@@ -40,6 +40,19 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage the secrets stored at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Encrypt every stored upstream credential under `secrets.encryption_key` (after a key
+    /// change, with the old key in `secrets.previous_keys`; and those stored before encryption);
+    /// prints how many were rewritten.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +119,13 @@ async fn main() -> ExitCode {
                 &log,
                 commands::create_user(&log, &settings, username, &role).await,
             )
+        }
+        Command::Secrets {
+            command: SecretsCommand::Rotate,
+        } => {
+            let (log, _guard) =
+                maas_telemetry::logging::init_process_logger_on(&settings.log, std::io::stderr());
+            logged(&log, commands::rotate_secrets(&log, &settings).await)
         }
         Command::Keys {
             command: KeysCommand::Create { username, name },

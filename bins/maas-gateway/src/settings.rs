@@ -13,6 +13,7 @@ use maas_cache::{CacheSettings, RedisSettings};
 use maas_domain::identity::PlaintextKey;
 use maas_domain::model::ReservedNames;
 use maas_persistence::DatabaseSettings;
+use maas_persistence::secrets::{SecretKeys, SecretsSettings};
 use maas_telemetry::logging::LogSettings;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,8 @@ pub struct Settings {
     pub usage: UsageSettings,
     /// Rules of the model registry.
     pub registry: RegistrySettings,
+    /// Keys of the secrets stored at rest.
+    pub secrets: SecretsSettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -109,6 +112,7 @@ impl Settings {
                 .map_err(|e| SettingsError(format!("auth.bootstrap_admin_key {}", e.message)))?;
         }
         self.reserved_names()?;
+        self.secret_keys()?;
         let positive = [
             (
                 "rate_limit.default_rpm",
@@ -171,12 +175,21 @@ impl Settings {
             .map_err(|e| SettingsError(format!("{} {}", e.field, e.message)))
     }
 
+    /// `secrets.*`, checked.
+    ///
+    /// # Errors
+    /// A key that is not 32 bytes of base64, naming its setting.
+    pub fn secret_keys(&self) -> Result<SecretKeys, SettingsError> {
+        self.secrets.keys().map_err(SettingsError)
+    }
+
     /// A copy safe to print: passwords (also inside URLs) are replaced.
     pub fn redacted(&self) -> Self {
         Self {
             database: self.database.redacted(),
             redis: self.redis.redacted(),
             auth: self.auth.redacted(),
+            secrets: self.secrets.redacted(),
             ..self.clone()
         }
     }

@@ -97,11 +97,16 @@ impl Application {
             local_tier: local_tier.as_ref(),
             log,
         };
+        let secrets = settings.secret_keys()?;
+        let registry_store =
+            maas_persistence::PgRegistryRepository::new(pg.clone()).with_secrets(secrets.clone());
+        warn_about_secrets(log, &registry_store, secrets.can_store()).await;
         let registry = Registry::new(
-            Arc::new(maas_persistence::PgRegistryRepository::new(pg.clone())),
+            Arc::new(registry_store),
             caches.with_ttl(Duration::from_secs(settings.cache.ttl_seconds)),
         )
-        .with_reserved_names(settings.reserved_names()?);
+        .with_reserved_names(settings.reserved_names()?)
+        .with_secret_storage(secrets.can_store());
         let accounts = Accounts::new(
             Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
             caches.with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds)),
@@ -260,6 +265,29 @@ impl Application {
         flush_key_usage(&log, &accounts).await;
         info!(log, "stopped");
         served
+    }
+}
+
+/// Says what an operator should do about secrets at rest: set a key, or rotate what is still
+/// stored in plain text.
+async fn warn_about_secrets(
+    log: &Logger,
+    store: &maas_persistence::PgRegistryRepository,
+    can_store: bool,
+) {
+    if !can_store {
+        warn!(
+            log,
+            "secrets.encryption_key is not set: versions with an upstream_api_key are \
+            refused (422) until it is"
+        );
+    }
+    match store.plaintext_secrets().await {
+        Ok(0) => {}
+        Ok(count) => warn!(log, "upstream credentials are stored in plain text; \
+            run `maas-gateway secrets rotate` to encrypt them"; "count" => count),
+        Err(e) => warn!(log, "could not count plain-text upstream credentials";
+            "error" => e.to_string()),
     }
 }
 

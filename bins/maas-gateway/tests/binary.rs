@@ -572,3 +572,54 @@ async fn inference_calls_leave_usage_events_that_survive_shutdown() {
     );
     redis.cleanup().await.ok();
 }
+
+#[tokio::test]
+async fn secrets_rotate_encrypts_every_stored_credential_under_the_current_key() {
+    let db = TestDatabase::new().await;
+    db.execute("INSERT INTO models (name) VALUES ('legacy')")
+        .await;
+    db.execute(
+        "INSERT INTO model_versions (model_id, version, source_uri, upstream_api_key) \
+         SELECT id, 1, 's3://b/1', 'sk-plain-legacy' FROM models WHERE name = 'legacy'",
+    )
+    .await;
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let without_key = run(&[("MAAS_DATABASE__URL", db.url())], &["secrets", "rotate"]);
+    assert!(!without_key.status.success(), "nothing to rotate to");
+    let env = [
+        ("MAAS_DATABASE__URL", db.url()),
+        ("MAAS_SECRETS__ENCRYPTION_KEY", key),
+    ];
+    let out = run(&env, &["secrets", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM model_versions WHERE upstream_api_key LIKE 'enc:v1:%'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM model_versions WHERE upstream_api_key LIKE '%sk-plain%'")
+            .await,
+        0
+    );
+    let again = run(&env, &["secrets", "rotate"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "0");
+    let bad = run(
+        &[
+            ("MAAS_DATABASE__URL", db.url()),
+            ("MAAS_SECRETS__ENCRYPTION_KEY", "c2hvcnQ="),
+        ],
+        &["config"],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(78),
+        "a bad key stops start-up naming the setting"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("secrets.encryption_key"));
+}

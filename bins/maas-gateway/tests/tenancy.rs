@@ -69,7 +69,10 @@ async fn listed(app: &TestApp, client: &reqwest::Client) -> (Vec<String>, Vec<St
         .json()
         .await
         .expect("json");
-    (names(openai, "data", "id"), names(registry, "items", "name"))
+    (
+        names(openai, "data", "id"),
+        names(registry, "items", "name"),
+    )
 }
 
 #[tokio::test]

@@ -306,7 +306,7 @@ impl From<ModelVersion> for VersionResponse {
             version: v.version.get(),
             source_uri: v.source_uri.as_str().to_owned(),
             endpoint_url: v.endpoint_url.map(|u| u.as_str().to_owned()),
-            has_upstream_api_key: v.upstream_api_key.is_some(),
+            has_upstream_api_key: v.has_upstream_api_key,
             framework: v.framework.map(|f| f.as_str().to_owned()),
             description: v.description.map(|d| d.as_str().to_owned()),
             metadata: v.metadata.into_inner(),

@@ -145,7 +145,7 @@ async fn a_member_creates_and_reads_a_model_and_another_member_cannot_change_it(
     let created = test::call_service(
         &app,
         as_key(TestRequest::post().uri("/api/v1/models"), &owner)
-            .set_json(json!({"name": "llama", "tags": ["llm"]}))
+            .set_json(json!({"name": "llama", "tags": ["llm"], "visibility": "public"}))
             .to_request(),
     )
     .await;

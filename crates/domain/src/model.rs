@@ -132,8 +132,10 @@ pub struct ModelVersion {
     pub source_uri: SourceUri,
     /// Base URL of the model server serving this version.
     pub endpoint_url: Option<EndpointUrl>,
-    /// Credential sent to the model server; never returned by the API.
-    pub upstream_api_key: Option<UpstreamSecret>,
+    /// Whether a credential for the model server is stored (it is never part of this entity,
+    /// which is cached: see [`crate::Registry::upstream_secret`]).
+    #[serde(default)]
+    pub has_upstream_api_key: bool,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{RepoError, ValidationError};
 use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
-use crate::inference::{ServableModel, UsageEvent, UsageQuery, UsageRow};
+use crate::inference::{ServableModel, UpstreamSecret, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
@@ -63,6 +63,12 @@ pub trait RegistryRepository: Send + Sync {
     ) -> Result<ModelVersion, RepoError>;
     /// The highest existing version.
     async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
+    /// The credential stored for a version's model server, decrypted; `None` when it has none.
+    async fn upstream_secret(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<Option<UpstreamSecret>, RepoError>;
     /// The highest version that has an `endpoint_url`.
     async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
     /// Every model with at least one version that has an `endpoint_url` and that passes

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
-use crate::inference::{Selector, ServableModel, Target};
+use crate::inference::{Selector, ServableModel, Target, UpstreamSecret};
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page,
     ReservedNames, VersionPatch, Visibility,
@@ -38,6 +38,40 @@ pub struct Registry {
     repo: Arc<dyn RegistryRepository>,
     cache: Arc<dyn Cache>,
     reserved: Arc<ReservedNames>,
+    /// Whether the store can keep upstream credentials (it has an encryption key).
+    secret_storage: bool,
+    secrets: Arc<SecretMemo>,
+}
+
+/// Upstream credentials fetched on the routing path, held in this process only (never in the
+/// shared cache), by version id and `updated_at`: a version whose credential changed is a
+/// version with another `updated_at`, which the version's own invalidation brings to every
+/// replica, so an entry is never used after its credential changed. Bounded: past
+/// [`SecretMemo::MAX_ENTRIES`] it starts over.
+#[derive(Default)]
+struct SecretMemo {
+    entries: std::sync::Mutex<std::collections::HashMap<VersionStamp, Option<UpstreamSecret>>>,
+}
+
+/// A version as of one change: its id and `updated_at`.
+type VersionStamp = (Uuid, chrono::DateTime<chrono::Utc>);
+
+impl SecretMemo {
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, version: &ModelVersion) -> Option<Option<UpstreamSecret>> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(&(version.id, version.updated_at)).cloned()
+    }
+
+    fn put(&self, version: &ModelVersion, secret: Option<UpstreamSecret>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert((version.id, version.updated_at), secret);
+        }
+    }
 }
 
 /// What a model that does not exist, or that the actor may not use, is answered with (the same
@@ -54,7 +88,46 @@ impl Registry {
             repo,
             cache,
             reserved: Arc::new(ReservedNames::default()),
+            secret_storage: true,
+            secrets: Arc::new(SecretMemo::default()),
         }
+    }
+
+    /// Whether the store can keep upstream credentials (the gateway has a
+    /// `secrets.encryption_key`); without, a version with one is refused (422) and everything
+    /// else works.
+    #[must_use]
+    pub fn with_secret_storage(mut self, available: bool) -> Self {
+        self.secret_storage = available;
+        self
+    }
+
+    fn check_secret_storage(&self, secret_given: bool) -> Result<(), DomainError> {
+        if secret_given && !self.secret_storage {
+            return Err(crate::error::ValidationError::new(
+                "upstream_api_key",
+                "cannot be stored: the gateway has no secrets.encryption_key to encrypt it with",
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The credential for `version`'s model server, decrypted (in this process only; fetched
+    /// once per version and change, see [`SecretMemo`]).
+    pub async fn upstream_secret(
+        &self,
+        version: &ModelVersion,
+    ) -> Result<Option<UpstreamSecret>, DomainError> {
+        if let Some(secret) = self.secrets.get(version) {
+            return Ok(secret);
+        }
+        let secret = self
+            .repo
+            .upstream_secret(&version.model, version.version)
+            .await?;
+        self.secrets.put(version, secret.clone());
+        Ok(secret)
     }
 
     /// Names (and prefixes) only admins may create.
@@ -236,6 +309,7 @@ impl Registry {
         model: &ModelName,
         new: NewVersion,
     ) -> Result<ModelVersion, DomainError> {
+        self.check_secret_storage(new.upstream_api_key.is_some())?;
         self.authorize(actor, model).await?;
         let result = self.repo.create_version(model, new).await;
         self.invalidate(model).await;
@@ -288,6 +362,7 @@ impl Registry {
         version: VersionNumber,
         patch: VersionPatch,
     ) -> Result<ModelVersion, DomainError> {
+        self.check_secret_storage(matches!(patch.upstream_api_key, Some(Some(_))))?;
         self.authorize(actor, model).await?;
         if patch.is_empty() {
             return self.version(model, version).await;

@@ -52,6 +52,7 @@ mod pool;
 mod repo;
 mod rows;
 mod schema;
+pub mod secrets;
 mod settings;
 #[cfg(feature = "test-util")]
 pub mod test_util;

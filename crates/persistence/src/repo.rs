@@ -9,7 +9,7 @@ use diesel::sql_types::Text;
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
-use maas_domain::inference::ServableModel;
+use maas_domain::inference::{ServableModel, UpstreamSecret};
 use maas_domain::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
     Visibility,
@@ -24,17 +24,93 @@ use crate::rows::{
     ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow, rows_for,
 };
 use crate::schema::{model_aliases, model_grants, model_versions, models, users};
+use crate::secrets::SecretKeys;
 
 /// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
 #[derive(Clone, Debug)]
 pub struct PgRegistryRepository {
     pool: PgPool,
+    secrets: SecretKeys,
 }
 
 impl PgRegistryRepository {
-    /// A repository running its queries through `pool`.
+    /// A repository running its queries through `pool`, without an encryption key: upstream
+    /// credentials cannot be stored ([`with_secrets`](Self::with_secrets) gives it keys).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            secrets: SecretKeys::default(),
+        }
+    }
+
+    /// The keys upstream credentials are sealed and opened with (see [`crate::secrets`]).
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: SecretKeys) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Writes every stored upstream credential again, encrypted under the current key (those
+    /// under a previous key, and those stored in plain text before encryption existed), in one
+    /// transaction; returns how many were rewritten. `maas-gateway secrets rotate`.
+    ///
+    /// # Errors
+    /// No current key, a credential under a key that is not configured, or the database.
+    pub async fn rotate_secrets(&self) -> Result<usize, RepoError> {
+        observe("rotate_secrets", async {
+            if !self.secrets.can_store() {
+                return Err(RepoError::Internal(
+                    "secrets.encryption_key is not set: nothing to rotate to".to_owned(),
+                )
+                .into());
+            }
+            let mut conn = self.conn().await?;
+            let secrets = &self.secrets;
+            conn.transaction::<_, Failure, _>(async |conn| {
+                let stored: Vec<(Uuid, Option<String>)> = model_versions::table
+                    .filter(model_versions::upstream_api_key.is_not_null())
+                    .select((model_versions::id, model_versions::upstream_api_key))
+                    .for_update()
+                    .load(conn)
+                    .await?;
+                let mut rewritten = 0;
+                for (id, value) in stored {
+                    let Some(value) = value.filter(|v| !secrets.is_current(v)) else {
+                        continue;
+                    };
+                    let sealed = secrets.seal(&secrets.open(&value)?)?;
+                    diesel::update(model_versions::table.find(id))
+                        .set(model_versions::upstream_api_key.eq(sealed))
+                        .execute(conn)
+                        .await?;
+                    rewritten += 1;
+                }
+                Ok(rewritten)
+            })
+            .await
+        })
+        .await
+    }
+
+    /// How many upstream credentials are still stored as written before encryption existed
+    /// (in plain text): `secrets rotate` encrypts them.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn plaintext_secrets(&self) -> Result<i64, RepoError> {
+        observe("plaintext_secrets", async {
+            let mut conn = self.conn().await?;
+            Ok(model_versions::table
+                .filter(model_versions::upstream_api_key.is_not_null())
+                .filter(
+                    model_versions::upstream_api_key
+                        .not_like(format!("{}%", crate::secrets::PREFIX)),
+                )
+                .count()
+                .get_result(&mut conn)
+                .await?)
+        })
+        .await
     }
 
     /// A pooled connection; waiting longer than the pool's connection timeout is a failure.
@@ -234,6 +310,11 @@ impl RegistryRepository for PgRegistryRepository {
         new: NewVersion,
     ) -> Result<ModelVersion, RepoError> {
         observe("create_version", async {
+            let sealed = new
+                .upstream_api_key
+                .as_ref()
+                .map(|k| self.secrets.seal(k))
+                .transpose()?;
             let mut conn = self.conn().await?;
             let created = conn
                 .transaction::<_, DieselError, _>(async |conn| {
@@ -250,7 +331,7 @@ impl RegistryRepository for PgRegistryRepository {
                             .get_result(conn)
                             .await?;
                     diesel::insert_into(model_versions::table)
-                        .values(NewVersionRow::new(model_id, number, new))
+                        .values(NewVersionRow::new(model_id, number, new, sealed))
                         .returning(VersionRow::as_returning())
                         .get_result(conn)
                         .await
@@ -308,6 +389,29 @@ impl RegistryRepository for PgRegistryRepository {
                 .optional()?;
             match row {
                 Some(row) => Ok(row.into_domain(model)?),
+                None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
+            }
+        })
+        .await
+    }
+
+    async fn upstream_secret(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<Option<UpstreamSecret>, RepoError> {
+        observe("upstream_secret", async {
+            let mut conn = self.conn().await?;
+            let stored: Option<Option<String>> = model_versions::table
+                .inner_join(models::table)
+                .filter(models::name.eq(model.as_str()))
+                .filter(model_versions::version.eq(version.get()))
+                .select(model_versions::upstream_api_key)
+                .first(&mut conn)
+                .await
+                .optional()?;
+            match stored {
+                Some(stored) => Ok(stored.map(|s| self.secrets.open(&s)).transpose()?),
                 None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
             }
         })
@@ -418,7 +522,7 @@ impl RegistryRepository for PgRegistryRepository {
                     .filter(model_versions::version.eq(version.get())),
             )
             .set((
-                VersionChanges::from(patch),
+                VersionChanges::new(patch, &self.secrets)?,
                 model_versions::updated_at.eq(now),
             ))
             .returning(VersionRow::as_returning())

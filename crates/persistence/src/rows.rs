@@ -10,7 +10,6 @@ use maas_domain::RepoError;
 use maas_domain::identity::{
     ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
 };
-use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
     Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
 };
@@ -22,6 +21,7 @@ use uuid::Uuid;
 
 use crate::error::corrupt;
 use crate::schema::{api_keys, model_versions, models, users};
+use crate::secrets::SecretKeys;
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -98,12 +98,8 @@ impl VersionRow {
                 .map(EndpointUrl::parse)
                 .transpose()
                 .map_err(|e| corrupt("model_versions.endpoint_url", e))?,
-            // The error names the rule, never the stored value.
-            upstream_api_key: self
-                .upstream_api_key
-                .map(UpstreamSecret::parse)
-                .transpose()
-                .map_err(|e| corrupt("model_versions.upstream_api_key", e))?,
+            // Read, decrypted, only by `upstream_secret`.
+            has_upstream_api_key: self.upstream_api_key.is_some(),
             framework: self
                 .framework
                 .map(Framework::parse)
@@ -165,14 +161,20 @@ pub(crate) struct NewVersionRow {
 }
 
 impl NewVersionRow {
-    /// Version `version` of model `model_id`.
-    pub(crate) fn new(model_id: Uuid, version: i32, new: NewVersion) -> Self {
+    /// Version `version` of model `model_id`, with its credential as sealed by
+    /// [`SecretKeys::seal`] (`new.upstream_api_key` itself is never stored).
+    pub(crate) fn new(
+        model_id: Uuid,
+        version: i32,
+        new: NewVersion,
+        sealed: Option<String>,
+    ) -> Self {
         Self {
             model_id,
             version,
             source_uri: new.source_uri.as_str().to_owned(),
             endpoint_url: new.endpoint_url.map(|u| u.as_str().to_owned()),
-            upstream_api_key: new.upstream_api_key.map(|k| k.expose().to_owned()),
+            upstream_api_key: sealed,
             framework: new.framework.map(|f| f.as_str().to_owned()),
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
@@ -213,17 +215,19 @@ pub(crate) struct VersionChanges {
     metadata: Option<serde_json::Value>,
 }
 
-impl From<VersionPatch> for VersionChanges {
-    fn from(patch: VersionPatch) -> Self {
-        Self {
+impl VersionChanges {
+    /// The columns `patch` changes, a new credential sealed by `secrets`.
+    pub(crate) fn new(patch: VersionPatch, secrets: &SecretKeys) -> Result<Self, RepoError> {
+        Ok(Self {
             endpoint_url: patch.endpoint_url.map(|u| u.map(|u| u.as_str().to_owned())),
             upstream_api_key: patch
                 .upstream_api_key
-                .map(|k| k.map(|k| k.expose().to_owned())),
+                .map(|k| k.map(|k| secrets.seal(&k)).transpose())
+                .transpose()?,
             framework: patch.framework.map(|f| f.map(|f| f.as_str().to_owned())),
             description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
             metadata: patch.metadata.map(Metadata::into_inner),
-        }
+        })
     }
 }
 

@@ -66,7 +66,12 @@ pub struct Options {
     pub body_read_timeout_seconds: u64,
     /// `registry.reserved_names`.
     pub reserved_names: Vec<String>,
+    /// `secrets.encryption_key` (a fixed test key by default; `None`: no key).
+    pub encryption_key: Option<String>,
 }
+
+/// The tests' `secrets.encryption_key`: 32 bytes, base64.
+pub const TEST_ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 impl Default for Options {
     fn default() -> Self {
@@ -92,6 +97,7 @@ impl Default for Options {
             admin_port: false,
             body_read_timeout_seconds: 30,
             reserved_names: Vec::new(),
+            encryption_key: Some(TEST_ENCRYPTION_KEY.to_owned()),
         }
     }
 }
@@ -112,6 +118,7 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.server.admin_port = options.admin_port.then_some(0);
     settings.server.body_read_timeout_seconds = options.body_read_timeout_seconds;
     settings.registry.reserved_names = options.reserved_names.clone();
+    settings.secrets.encryption_key = options.encryption_key.clone();
     settings.database = db.settings();
     settings.redis = redis.settings.clone();
     if let Some(url) = &options.redis_url {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use maas_domain::DomainError;
 use maas_domain::ValidationError;
 use maas_domain::identity::Principal;
-use maas_domain::inference::{Target, UsageEvent};
+use maas_domain::inference::{Target, UpstreamSecret, UsageEvent};
 use maas_domain::model::ModelVersion;
 use maas_domain::values::ModelName;
 use serde::{Deserialize, Serialize};
@@ -171,7 +171,13 @@ impl<'a> Call<'a> {
         version: &ModelVersion,
         forwarding: Forwarding<'_>,
     ) -> Result<Answer, OpenAiError> {
-        let outbound = self.outbound(version, forwarding)?;
+        let secret = self
+            .state
+            .registry
+            .upstream_secret(version)
+            .await
+            .map_err(|e| self.failed_at(version, ApiError::Domain(e)))?;
+        let outbound = self.outbound(version, secret.as_ref(), forwarding)?;
         let model = version.model.as_str();
         match proxy::send(&self.state.upstream, self.started, outbound).await {
             Ok(answer) => {
@@ -187,10 +193,11 @@ impl<'a> Call<'a> {
     }
 
     /// Where and what the call sends: the version's endpoint joined with the call's path, and
-    /// the headers that may go upstream.
+    /// the headers that may go upstream (with the version's credential, if it has one).
     fn outbound(
         &self,
         version: &ModelVersion,
+        secret: Option<&UpstreamSecret>,
         forwarding: Forwarding<'_>,
     ) -> Result<Outbound, OpenAiError> {
         let Some(endpoint) = &version.endpoint_url else {
@@ -203,7 +210,7 @@ impl<'a> Call<'a> {
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
-            version.upstream_api_key.as_ref().map(|k| k.expose()),
+            secret.map(UpstreamSecret::expose),
             self.req.peer_addr().map(|peer| peer.ip()),
         );
         Ok(Outbound {

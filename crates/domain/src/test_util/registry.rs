@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::identity::{Directory, InMemoryIdentity};
 use super::support::{Clock, Controls};
 use crate::error::RepoError;
-use crate::inference::ServableModel;
+use crate::inference::{ServableModel, UpstreamSecret};
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
     Visibility,
@@ -49,6 +49,9 @@ struct Entry {
     aliases: BTreeMap<AliasName, (VersionNumber, DateTime<Utc>)>,
     /// Users granted the model, and when.
     grants: BTreeMap<Uuid, DateTime<Utc>>,
+    /// Versions' upstream credentials, apart from the versions (as Postgres keeps them in a
+    /// column the entity never carries).
+    secrets: BTreeMap<VersionNumber, UpstreamSecret>,
 }
 
 fn model_not_found(model: &ModelName) -> RepoError {
@@ -202,6 +205,7 @@ impl RegistryRepository for InMemoryRegistry {
                     versions: BTreeMap::new(),
                     aliases: BTreeMap::new(),
                     grants: BTreeMap::new(),
+                    secrets: BTreeMap::new(),
                 },
             );
             Ok(model)
@@ -283,7 +287,7 @@ impl RegistryRepository for InMemoryRegistry {
                 version: number,
                 source_uri: new.source_uri,
                 endpoint_url: new.endpoint_url,
-                upstream_api_key: new.upstream_api_key,
+                has_upstream_api_key: new.upstream_api_key.is_some(),
                 framework: new.framework,
                 description: new.description,
                 metadata: new.metadata,
@@ -291,6 +295,9 @@ impl RegistryRepository for InMemoryRegistry {
                 updated_at: now,
             };
             entry.versions.insert(number, version.clone());
+            if let Some(secret) = new.upstream_api_key {
+                entry.secrets.insert(number, secret);
+            }
             entry.model.latest_version = Some(number);
             entry.model.updated_at = now;
             Ok(version)
@@ -328,6 +335,21 @@ impl RegistryRepository for InMemoryRegistry {
                 .get(&version)
                 .cloned()
                 .ok_or_else(|| version_not_found(model, version))
+        })
+        .await
+    }
+
+    async fn upstream_secret(
+        &self,
+        model: &ModelName,
+        version: VersionNumber,
+    ) -> Result<Option<UpstreamSecret>, RepoError> {
+        self.run("upstream_secret", |models, _| {
+            let entry = entry(models, model)?;
+            if !entry.versions.contains_key(&version) {
+                return Err(version_not_found(model, version));
+            }
+            Ok(entry.secrets.get(&version).cloned())
         })
         .await
     }
@@ -393,7 +415,8 @@ impl RegistryRepository for InMemoryRegistry {
         patch: VersionPatch,
     ) -> Result<ModelVersion, RepoError> {
         self.run("update_version", |models, now| {
-            let stored = entry(models, model)?
+            let entry = entry(models, model)?;
+            let stored = entry
                 .versions
                 .get_mut(&version)
                 .ok_or_else(|| version_not_found(model, version))?;
@@ -401,7 +424,11 @@ impl RegistryRepository for InMemoryRegistry {
                 stored.endpoint_url = endpoint_url;
             }
             if let Some(upstream_api_key) = patch.upstream_api_key {
-                stored.upstream_api_key = upstream_api_key;
+                stored.has_upstream_api_key = upstream_api_key.is_some();
+                match upstream_api_key {
+                    Some(secret) => entry.secrets.insert(version, secret),
+                    None => entry.secrets.remove(&version),
+                };
             }
             if let Some(framework) = patch.framework {
                 stored.framework = framework;
@@ -430,6 +457,7 @@ impl RegistryRepository for InMemoryRegistry {
                 .remove(&version)
                 .ok_or_else(|| version_not_found(model, version))?;
             entry.aliases.retain(|_, (target, _)| *target != version);
+            entry.secrets.remove(&version);
             // next_version stays: a deleted number is never handed out again.
             entry.model.latest_version = entry.versions.keys().next_back().copied();
             entry.model.updated_at = now;

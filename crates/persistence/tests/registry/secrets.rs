@@ -1,0 +1,134 @@
+//! Upstream credentials at rest in Postgres: sealed under the current key, opened under it or a
+//! previous one, and rotated.
+
+use maas_domain::RepoError;
+use maas_domain::model::NewVersion;
+use maas_domain::ports::RegistryRepository;
+use maas_persistence::PgRegistryRepository;
+use maas_persistence::secrets::{SecretKeys, SecretsSettings};
+use maas_persistence::test_util::{
+    TestDatabase, model_name, new_model, servable_version, upstream_secret, version,
+};
+
+const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+fn keys(current: Option<&str>, previous: &[&str]) -> SecretKeys {
+    SecretsSettings {
+        encryption_key: current.map(str::to_owned),
+        previous_keys: previous.iter().map(|k| (*k).to_owned()).collect(),
+    }
+    .keys()
+    .expect("valid keys")
+}
+
+fn repo(db: &TestDatabase, keys: SecretKeys) -> PgRegistryRepository {
+    PgRegistryRepository::new(db.pool()).with_secrets(keys)
+}
+
+async fn stored_column(db: &TestDatabase) -> i64 {
+    db.scalar("SELECT count(*) FROM model_versions WHERE upstream_api_key LIKE '%sk-%'")
+        .await
+}
+
+async fn keyed_model(repo: &PgRegistryRepository, secret: &str) {
+    repo.create_model(new_model("keyed"))
+        .await
+        .expect("created");
+    let new = NewVersion {
+        upstream_api_key: Some(upstream_secret(secret)),
+        ..servable_version("s3://b/1", "http://m:8000/v1")
+    };
+    let created = repo
+        .create_version(&model_name("keyed"), new)
+        .await
+        .expect("created");
+    assert!(created.has_upstream_api_key);
+}
+
+async fn secret_of(repo: &PgRegistryRepository) -> Result<Option<String>, RepoError> {
+    repo.upstream_secret(&model_name("keyed"), version(1))
+        .await
+        .map(|s| s.map(|s| s.expose().to_owned()))
+}
+
+#[tokio::test]
+async fn a_credential_is_stored_sealed_and_read_back_only_with_its_key() {
+    let db = TestDatabase::new().await;
+    let with_a = repo(&db, keys(Some(KEY_A), &[]));
+    keyed_model(&with_a, "sk-sealed").await;
+    assert_eq!(stored_column(&db).await, 0, "no plain text in the column");
+    assert_eq!(
+        secret_of(&with_a).await.expect("read").as_deref(),
+        Some("sk-sealed")
+    );
+    assert!(matches!(
+        secret_of(&repo(&db, keys(Some(KEY_B), &[]))).await,
+        Err(RepoError::Internal(_))
+    ));
+    // Without a key, nothing can be stored.
+    let keyless = repo(&db, SecretKeys::default());
+    let new = NewVersion {
+        upstream_api_key: Some(upstream_secret("sk-x")),
+        ..servable_version("s3://b/2", "http://m:8000/v1")
+    };
+    assert!(
+        keyless
+            .create_version(&model_name("keyed"), new)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn rotation_rewrites_old_keys_and_plain_text_under_the_current_key() {
+    let db = TestDatabase::new().await;
+    keyed_model(&repo(&db, keys(Some(KEY_A), &[])), "sk-under-a").await;
+    // A credential from before encryption, written as it was then.
+    db.execute("INSERT INTO models (name) VALUES ('legacy')")
+        .await;
+    db.execute(
+        "INSERT INTO model_versions (model_id, version, source_uri, upstream_api_key) \
+         SELECT id, 1, 's3://b/legacy', 'sk-plain-legacy' FROM models WHERE name = 'legacy'",
+    )
+    .await;
+    let rotating = repo(&db, keys(Some(KEY_B), &[KEY_A]));
+    assert_eq!(rotating.plaintext_secrets().await.expect("counted"), 1);
+    let legacy = rotating
+        .upstream_secret(&model_name("legacy"), version(1))
+        .await
+        .expect("read");
+    assert_eq!(
+        legacy.map(|s| s.expose().to_owned()).as_deref(),
+        Some("sk-plain-legacy")
+    );
+
+    assert_eq!(rotating.rotate_secrets().await.expect("rotated"), 2);
+    assert_eq!(rotating.plaintext_secrets().await.expect("counted"), 0);
+    assert_eq!(stored_column(&db).await, 0);
+    assert_eq!(
+        rotating.rotate_secrets().await.expect("rotated"),
+        0,
+        "nothing left to do"
+    );
+    // The old key can go now.
+    let only_b = repo(&db, keys(Some(KEY_B), &[]));
+    assert_eq!(
+        secret_of(&only_b).await.expect("read").as_deref(),
+        Some("sk-under-a")
+    );
+    let legacy = only_b
+        .upstream_secret(&model_name("legacy"), version(1))
+        .await
+        .expect("read");
+    assert_eq!(
+        legacy.map(|s| s.expose().to_owned()).as_deref(),
+        Some("sk-plain-legacy")
+    );
+    assert!(
+        repo(&db, SecretKeys::default())
+            .rotate_secrets()
+            .await
+            .is_err()
+    );
+}
