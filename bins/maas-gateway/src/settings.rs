@@ -280,6 +280,81 @@ mod tests {
     }
 
     #[test]
+    fn upstream_networks_are_lists_in_toml_and_comma_separated_in_the_environment() {
+        let net = |s: &str| maas_api::proxy::IpNetwork::parse(s).expect(s);
+        let defaults = Settings::load_from(env(&[])).expect("defaults");
+        assert!(defaults.upstream.allowed_networks.is_empty());
+        assert!(
+            defaults
+                .upstream
+                .denied_networks
+                .contains(&net("127.0.0.0/8"))
+        );
+        assert!(
+            defaults
+                .upstream
+                .denied_networks
+                .contains(&net("169.254.0.0/16"))
+        );
+        assert!(defaults.upstream.denied_networks.contains(&net("::1/128")));
+
+        let s = Settings::load_from(env(&[
+            (
+                "MAAS_UPSTREAM__ALLOWED_NETWORKS",
+                "127.0.0.1/32, 10.0.0.0/8,::1/128",
+            ),
+            ("MAAS_UPSTREAM__DENIED_NETWORKS", ""),
+        ]))
+        .expect("loads");
+        assert_eq!(
+            s.upstream.allowed_networks,
+            vec![net("127.0.0.1/32"), net("10.0.0.0/8"), net("::1")]
+        );
+        assert!(s.upstream.denied_networks.is_empty(), "empty means none");
+        let one = Settings::load_from(env(&[("MAAS_UPSTREAM__ALLOWED_NETWORKS", "10.1.2.3")]))
+            .expect("one address");
+        assert_eq!(one.upstream.allowed_networks, vec![net("10.1.2.3/32")]);
+
+        let dir = std::env::temp_dir().join(format!("maas-networks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gw.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nallowed_networks = [\"192.168.0.0/16\", \"fd00::/8\"]\n\
+             denied_networks = [\"127.0.0.0/8\"]\n",
+        )
+        .expect("write file");
+        let path = file.to_string_lossy().into_owned();
+        let s = Settings::load_from(env(&[(CONFIG_PATH_VAR, path.as_str())])).expect("loads");
+        assert_eq!(
+            s.upstream.allowed_networks,
+            vec![net("192.168.0.0/16"), net("fd00::/8")]
+        );
+        assert_eq!(s.upstream.denied_networks, vec![net("127.0.0.0/8")]);
+        std::fs::remove_dir_all(&dir).ok();
+
+        for (key, value) in [
+            ("MAAS_UPSTREAM__ALLOWED_NETWORKS", "127.0.0.1/33"),
+            ("MAAS_UPSTREAM__DENIED_NETWORKS", "10.0.0.0/8,localhost"),
+        ] {
+            let err = Settings::load_from(env(&[(key, value)])).expect_err(value);
+            let named = key
+                .trim_start_matches("MAAS_")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(err.to_string().contains(&named), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_file_holds_the_built_in_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
+        let s = Settings::load_from(env(&[(CONFIG_PATH_VAR, path)])).expect("loads");
+        assert_eq!(s, Settings::load_from(env(&[])).expect("defaults"));
+    }
+
+    #[test]
     fn log_levels_take_both_spellings_of_warning() {
         use maas_telemetry::logging::LogLevel;
         for (spelled, level) in [

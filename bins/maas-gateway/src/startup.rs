@@ -148,7 +148,7 @@ impl Application {
         let state = AppState {
             registry,
             upstream,
-            upstream_settings: settings.upstream,
+            upstream_settings: settings.upstream.clone(),
             usage_queue,
             usage,
             accounts: accounts.clone(),

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use actix_web::http::Method;
-use maas_telemetry::metrics::{HandleList, HandleMap, with_mapped};
+use maas_telemetry::metrics::{HandleList, HandleMap, HandleMemo, memoised, with_mapped};
 use maas_telemetry::names;
 use metrics::{Counter, Gauge, Histogram};
 
@@ -74,6 +74,8 @@ thread_local! {
     static ROUTES: HandleMap<HandleList<&'static str, MethodMeters>> = HandleMap::new();
     /// By model name.
     static MODELS: HandleMap<ModelMeters> = HandleMap::new();
+    /// `maas_upstream_refused_total` by reason.
+    static UPSTREAM_REFUSED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
 }
 
 /// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
@@ -137,6 +139,18 @@ pub fn count_upstream(model: &str, status: u16) {
             )
             .increment(1);
     });
+}
+
+/// Counts a call the gateway refused to send to a model server
+/// (`maas_upstream_refused_total{reason}`).
+pub fn count_upstream_refused(reason: &'static str) {
+    memoised(
+        &UPSTREAM_REFUSED,
+        |r| *r == reason,
+        || reason,
+        || metrics::counter!(names::UPSTREAM_REFUSED_TOTAL, "reason" => reason),
+    )
+    .increment(1);
 }
 
 /// Records a completed upstream call of `model`: its duration and the tokens it reported

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::policy::{
+    AddressPolicy, DEFAULT_DENIED_NETWORKS, IpNetwork, deserialize_networks,
+};
+
 /// How the HTTP server listens and behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -120,7 +124,7 @@ impl Default for RateLimitSettings {
 }
 
 /// The `upstream` section: calls to model servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// Longest wait for a model server's response headers, and between two chunks of its body
@@ -132,6 +136,14 @@ pub struct UpstreamSettings {
     pub max_body_bytes: usize,
     /// Idle keep-alive connections kept per model server.
     pub pool_max_idle_per_host: usize,
+    /// Addresses the gateway may connect to even inside `denied_networks` (none by default):
+    /// e.g. `127.0.0.1/32` for a model server on the gateway's own host.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub allowed_networks: Vec<IpNetwork>,
+    /// Addresses the gateway never connects to unless allowed (see [`DEFAULT_DENIED_NETWORKS`]:
+    /// loopback, unspecified, link-local, multicast, broadcast).
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub denied_networks: Vec<IpNetwork>,
 }
 
 impl Default for UpstreamSettings {
@@ -141,7 +153,16 @@ impl Default for UpstreamSettings {
             connect_timeout_seconds: 5,
             max_body_bytes: 16 * 1024 * 1024,
             pool_max_idle_per_host: 256,
+            allowed_networks: Vec::new(),
+            denied_networks: DEFAULT_DENIED_NETWORKS.to_vec(),
         }
+    }
+}
+
+impl UpstreamSettings {
+    /// The rule `allowed_networks` and `denied_networks` make.
+    pub fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy::new(&self.allowed_networks, &self.denied_networks)
     }
 }
 

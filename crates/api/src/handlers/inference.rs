@@ -21,8 +21,8 @@ use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::RequestStarted;
 use crate::proxy::{
-    self, Answer, Delivery, Outbound, millis, raw_call_path, raw_call_query, request_headers,
-    upstream_uri,
+    self, Answer, Delivery, Outbound, UpstreamError, millis, raw_call_path, raw_call_query,
+    request_headers, upstream_uri,
 };
 use crate::request_id::current_request_id;
 use crate::state::AppState;
@@ -165,7 +165,9 @@ impl<'a> Call<'a> {
     }
 
     /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
-    /// Counted by the status the caller gets (`maas_upstream_requests_total`).
+    /// Counted by the status the caller gets (`maas_upstream_requests_total`). A call refused by
+    /// the address policy is counted (`maas_upstream_refused_total`) and logged with its model
+    /// and version.
     async fn forward(
         &self,
         version: &ModelVersion,
@@ -179,6 +181,13 @@ impl<'a> Call<'a> {
                 Ok(answer)
             }
             Err(err) => {
+                if let UpstreamError::AddressNotAllowed(reason) = &err {
+                    meters::count_upstream_refused(REFUSED_ADDRESS);
+                    slog::warn!(self.state.logger, "inference call refused: endpoint address not allowed";
+                        "model" => model, "version" => version.version.get(),
+                        "reason" => reason.as_str(),
+                        "request_id" => current_request_id());
+                }
                 let err = ApiError::from(err);
                 meters::count_upstream(model, err.status_code().as_u16());
                 Err(self.failed_at(version, err))
@@ -229,6 +238,9 @@ impl<'a> Call<'a> {
         })
     }
 }
+
+/// `maas_upstream_refused_total{reason}` of a call whose endpoint has no allowed address.
+const REFUSED_ADDRESS: &str = "address_not_allowed";
 
 fn started(req: &HttpRequest) -> Instant {
     req.extensions()
