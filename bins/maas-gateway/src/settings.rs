@@ -129,6 +129,7 @@ impl Settings {
             ),
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.batch_size", self.usage.batch_size as u64),
+            ("usage.max_tokens_per_call", self.usage.max_tokens_per_call),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -891,3 +891,66 @@ async fn every_call_is_checked_where_it_connects_whoever_registered_the_endpoint
     stub.stop().await;
     permissive.stop().await;
 }
+
+#[tokio::test]
+async fn token_counts_a_model_server_forges_are_recorded_as_unknown_and_counted() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "forged").await;
+    for (stream, usage) in [
+        (false, r#"{"prompt_tokens":-1000000,"completion_tokens":3}"#),
+        (
+            false,
+            r#"{"prompt_tokens":1e400,"completion_tokens":99999999999999999999999}"#,
+        ),
+        (
+            true,
+            r#"{"prompt_tokens":2.5,"completion_tokens":10000001}"#,
+        ),
+        (false, r#"{"prompt_tokens":5,"completion_tokens":2}"#),
+    ] {
+        let res = chat(
+            &app,
+            json!({"model": "forged:1", "stream": stream, "stub_usage": usage}),
+        )
+        .await;
+        assert_eq!(res.status(), 200, "{usage}");
+        let body = res.bytes().await.expect("body");
+        assert!(
+            String::from_utf8_lossy(&body).contains(usage),
+            "the answer passes through untouched"
+        );
+    }
+    let report = usage_by_model(&app, |r| r["items"][0]["requests"] == 4).await;
+    let item = &report["items"][0];
+    assert_eq!(item["requests"], 4, "{report}");
+    assert_eq!(
+        item["prompt_tokens"], 5,
+        "only the believable count: {report}"
+    );
+    assert_eq!(item["completion_tokens"], 5, "3 + 2: {report}");
+    let db = &app.db;
+    let rows = |condition: &str| {
+        let sql =
+            format!("SELECT count(*) FROM usage_events WHERE model = 'forged' AND {condition}");
+        async move { db.scalar(&sql).await }
+    };
+    assert_eq!(rows("prompt_tokens IS NULL").await, 3);
+    assert_eq!(rows("completion_tokens IS NULL").await, 2);
+    assert_eq!(
+        rows("(prompt_tokens < 0 OR completion_tokens < 0)").await,
+        0
+    );
+
+    let metrics = app.metrics_text().await;
+    for (reason, n) in [
+        ("negative", 1.0),
+        ("not_an_integer", 2.0),
+        ("too_large", 2.0),
+    ] {
+        let series = format!(r#"maas_usage_rejected_total{{reason="{reason}"}}"#);
+        assert_eq!(metric(&metrics, &series), Some(n), "{series}: {metrics}");
+    }
+    stub.stop().await;
+    app.stop().await;
+}

@@ -74,6 +74,8 @@ thread_local! {
     static ROUTES: HandleMap<HandleList<&'static str, MethodMeters>> = HandleMap::new();
     /// By model name.
     static MODELS: HandleMap<ModelMeters> = HandleMap::new();
+    /// `maas_usage_rejected_total` by reason.
+    static USAGE_REJECTED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
     /// `maas_upstream_refused_total` by reason.
     static UPSTREAM_REFUSED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
 }
@@ -139,6 +141,18 @@ pub fn count_upstream(model: &str, status: u16) {
             )
             .increment(1);
     });
+}
+
+/// Counts a token count of a model server's `usage` that was not believed
+/// (`maas_usage_rejected_total{reason}`, see `proxy::meter::rejected`).
+pub fn count_usage_rejected(reason: &'static str) {
+    memoised(
+        &USAGE_REJECTED,
+        |r| *r == reason,
+        || reason,
+        || metrics::counter!(names::USAGE_REJECTED_TOTAL, "reason" => reason),
+    )
+    .increment(1);
 }
 
 /// Counts a call the gateway refused to send to a model server

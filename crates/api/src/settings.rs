@@ -177,6 +177,10 @@ pub struct UsageSettings {
     /// runs the gateway (one `docker compose up`) a 500-event INSERT is a burst of several
     /// milliseconds on one core that the proxied calls meeting it wait behind.
     pub batch_size: usize,
+    /// Largest token count (prompt or completion) believed of one call's `usage`: a model server
+    /// reporting more, a negative count or anything but an integer has its count recorded as
+    /// unknown and counted in `maas_usage_rejected_total`.
+    pub max_tokens_per_call: u64,
 }
 
 impl Default for UsageSettings {
@@ -184,6 +188,7 @@ impl Default for UsageSettings {
         Self {
             queue_capacity: 10_000,
             batch_size: 50,
+            max_tokens_per_call: 10_000_000,
         }
     }
 }

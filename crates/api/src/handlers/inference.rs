@@ -235,6 +235,7 @@ impl<'a> Call<'a> {
             started: self.started,
             queue: self.state.usage_queue.clone(),
             idle: self.state.upstream.timeout(),
+            max_tokens: self.state.upstream.max_tokens_per_call(),
         })
     }
 }

@@ -18,7 +18,7 @@ use maas_telemetry::metrics::{HandleMemo, memoised};
 use super::UpstreamError;
 use super::guard::{AddressRefused, Guarded, PolicyResolver};
 use super::policy::AddressPolicy;
-use crate::settings::UpstreamSettings;
+use crate::settings::{UpstreamSettings, UsageSettings};
 
 /// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls, over
 /// connections the address policy allows.
@@ -56,6 +56,8 @@ pub struct Upstream {
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     policy: Arc<AddressPolicy>,
+    /// `usage.max_tokens_per_call`.
+    max_tokens_per_call: u64,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -134,7 +136,20 @@ impl Upstream {
             id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             timeout: Duration::from_secs(settings.timeout_seconds),
             policy: Arc::new(settings.address_policy()),
+            max_tokens_per_call: UsageSettings::default().max_tokens_per_call,
         })
+    }
+
+    /// The same client, believing token counts of at most `max` (`usage.max_tokens_per_call`).
+    #[must_use]
+    pub fn with_max_tokens_per_call(mut self, max: u64) -> Self {
+        self.max_tokens_per_call = max;
+        self
+    }
+
+    /// Largest token count of one call's `usage` that is believed.
+    pub fn max_tokens_per_call(&self) -> u64 {
+        self.max_tokens_per_call
     }
 
     /// Which addresses calls may go to (also checked when a version's endpoint is written).

@@ -79,6 +79,8 @@ pub struct Delivery<'a> {
     pub queue: UsageQueue,
     /// Longest quiet allowed between two chunks of the body.
     pub idle: Duration,
+    /// Largest token count believed (`usage.max_tokens_per_call`).
+    pub max_tokens: u64,
 }
 
 impl Answer {
@@ -121,6 +123,7 @@ impl Answer {
             self.upstream_started,
             sse,
             delivery.queue,
+            delivery.max_tokens,
         );
         let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle);
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
