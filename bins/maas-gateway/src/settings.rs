@@ -130,6 +130,10 @@ impl Settings {
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.batch_size", self.usage.batch_size as u64),
             ("usage.max_tokens_per_call", self.usage.max_tokens_per_call),
+            (
+                "upstream.max_concurrent_calls",
+                self.upstream.max_concurrent_calls as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -954,3 +954,70 @@ async fn token_counts_a_model_server_forges_are_recorded_as_unknown_and_counted(
     stub.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_concurrent_calls_a_call_is_refused_at_once_until_one_is_over() {
+    let app = spawn_with(Options {
+        upstream: UpstreamSettings {
+            // Long enough that the held stream never meets it.
+            timeout_seconds: 300,
+            max_concurrent_calls: 1,
+            ..UpstreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "busy").await;
+    let held = chat(
+        &app,
+        json!({"model": "busy:1", "stream": true, "stub_newlines": 1, "stub_hold": true}),
+    )
+    .await;
+    assert_eq!(held.status(), 200);
+    let mut body = held.bytes_stream();
+    let first = body.next().await.expect("a first chunk").expect("bytes");
+    assert_eq!(&first[..], b"\n");
+
+    // The one place is taken by the open stream: refused before the body is read or sent on.
+    let res = chat(&app, json!({"model": "busy:1", "messages": []})).await;
+    assert_eq!(header(&res, "retry-after"), Some("1"));
+    assert_openai_error(res, 503, "overloaded").await;
+    let res = app
+        .client
+        .post(app.url("/v1/models/busy/invoke/echo?version=1"))
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert!(header(&res, "retry-after").is_some());
+    assert_openai_error(res, 503, "overloaded").await;
+    assert_eq!(
+        stub.seen().len(),
+        1,
+        "the model server saw only the held call"
+    );
+
+    stub.release();
+    while let Some(chunk) = body.next().await {
+        chunk.expect("bytes");
+    }
+    let res = chat(&app, json!({"model": "busy:1", "messages": []})).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the place is free once the stream is over"
+    );
+    res.bytes().await.expect("body");
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"maas_upstream_refused_total{reason="concurrency_limit"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    stub.stop().await;
+    app.stop().await;
+}

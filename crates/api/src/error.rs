@@ -81,6 +81,9 @@ pub enum ApiError {
     /// (`upstream.allowed_networks`, `upstream.denied_networks`); the text is for the log.
     #[error("{0}")]
     UpstreamAddressNotAllowed(String),
+    /// `upstream.max_concurrent_calls` inference calls are in flight on this replica.
+    #[error("the gateway is at its limit of concurrent inference calls; retry later")]
+    Overloaded,
 }
 
 impl From<ValidationError> for ApiError {
@@ -98,6 +101,7 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Unreachable(reason) => Self::UpstreamUnreachable(reason),
             UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
             UpstreamError::AddressNotAllowed(reason) => Self::UpstreamAddressNotAllowed(reason),
+            UpstreamError::Busy => Self::Overloaded,
         }
     }
 }
@@ -128,6 +132,7 @@ impl ApiError {
                 ("bad-gateway", "Bad gateway")
             }
             Self::UpstreamTimeout => ("gateway-timeout", "Gateway timeout"),
+            Self::Overloaded => ("unavailable", "Service temporarily unavailable"),
         }
     }
 
@@ -191,6 +196,7 @@ impl ApiError {
             Self::UpstreamUnreachable(_) => ("api_error", "upstream_unreachable"),
             Self::UpstreamAddressNotAllowed(_) => ("api_error", "endpoint_not_allowed"),
             Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
+            Self::Overloaded => ("api_error", "overloaded"),
             Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
                 ("api_error", "service_unavailable")
             }
@@ -341,6 +347,7 @@ impl ResponseError for ApiError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -348,7 +355,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {
-            Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
+            Self::Domain(DomainError::Unavailable(_))
+            | Self::RateLimiterUnavailable
+            | Self::Overloaded => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited {
@@ -404,6 +413,7 @@ mod tests {
                 "endpoint_not_allowed",
                 None,
             ),
+            (UpstreamError::Busy, 503, "overloaded", None),
         ];
         for (upstream, status, code, field) in cases {
             let error = ApiError::from(upstream);

@@ -144,6 +144,9 @@ pub struct UpstreamSettings {
     /// loopback, unspecified, link-local, multicast, broadcast).
     #[serde(deserialize_with = "deserialize_networks")]
     pub denied_networks: Vec<IpNetwork>,
+    /// Inference calls this replica serves at once; past it, new ones get 503 with
+    /// `Retry-After` before their body is read (each may hold up to `max_body_bytes`).
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for UpstreamSettings {
@@ -155,6 +158,7 @@ impl Default for UpstreamSettings {
             pool_max_idle_per_host: 256,
             allowed_networks: Vec::new(),
             denied_networks: DEFAULT_DENIED_NETWORKS.to_vec(),
+            max_concurrent_calls: 1024,
         }
     }
 }

@@ -42,7 +42,8 @@ pub const TOKENS_TOTAL: &str = "maas_tokens_total";
 /// unknown, labelled `reason` (`negative`, `too_large`, `not_an_integer`).
 pub const USAGE_REJECTED_TOTAL: &str = "maas_usage_rejected_total";
 /// Counter of inference calls the gateway refused to send to a model server, labelled `reason`
-/// (`address_not_allowed`: the endpoint's address is denied by `upstream.denied_networks`).
+/// (`address_not_allowed`: the endpoint's address is denied by `upstream.denied_networks`;
+/// `concurrency_limit`: `upstream.max_concurrent_calls` calls were already in flight).
 pub const UPSTREAM_REFUSED_TOTAL: &str = "maas_upstream_refused_total";
 
 /// Label values of [`CACHE_REQUESTS_TOTAL`].

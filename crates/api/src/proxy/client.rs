@@ -1,5 +1,6 @@
 //! The pooled client for model servers: one hyper-util client per worker thread over rustls,
-//! connecting only to addresses the [`AddressPolicy`] allows.
+//! connecting only to addresses the [`AddressPolicy`] allows, and at most
+//! `upstream.max_concurrent_calls` calls at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use maas_telemetry::metrics::{HandleMemo, memoised};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::UpstreamError;
 use super::guard::{AddressRefused, Guarded, PolicyResolver};
@@ -56,8 +58,18 @@ pub struct Upstream {
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     policy: Arc<AddressPolicy>,
+    /// One permit per call in flight, `upstream.max_concurrent_calls` in all.
+    slots: Arc<Semaphore>,
     /// `usage.max_tokens_per_call`.
     max_tokens_per_call: u64,
+}
+
+/// A call's place among `upstream.max_concurrent_calls`: held from before its body is read
+/// until its answer's body is over or dropped.
+#[derive(Debug)]
+pub struct CallSlot {
+    /// Given back to `upstream.max_concurrent_calls` when dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -130,12 +142,14 @@ impl Upstream {
     /// # Errors
     /// When the system's CA certificates exist but none of them can be used.
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let slots = settings.max_concurrent_calls.min(Semaphore::MAX_PERMITS);
         Ok(Self {
             tls: Arc::new(tls_config()?),
             settings: Arc::new(settings.clone()),
             id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             timeout: Duration::from_secs(settings.timeout_seconds),
             policy: Arc::new(settings.address_policy()),
+            slots: Arc::new(Semaphore::new(slots)),
             max_tokens_per_call: UsageSettings::default().max_tokens_per_call,
         })
     }
@@ -155,6 +169,17 @@ impl Upstream {
     /// Which addresses calls may go to (also checked when a version's endpoint is written).
     pub fn policy(&self) -> &AddressPolicy {
         &self.policy
+    }
+
+    /// A place for one more call, unless `upstream.max_concurrent_calls` are in flight.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Busy`] when every place is taken.
+    pub fn try_slot(&self) -> Result<CallSlot, UpstreamError> {
+        Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map(|permit| CallSlot { _permit: permit })
+            .map_err(|_| UpstreamError::Busy)
     }
 
     /// Longest wait for the response headers, and between two chunks of the body.

@@ -12,7 +12,7 @@ use maas_domain::inference::UsageEvent;
 
 use super::UpstreamError;
 use super::body::MeteredBody;
-use super::client::{Upstream, UpstreamResponse};
+use super::client::{CallSlot, Upstream, UpstreamResponse};
 use super::headers::response_headers;
 use super::meter::Meter;
 use crate::meters;
@@ -81,6 +81,9 @@ pub struct Delivery<'a> {
     pub idle: Duration,
     /// Largest token count believed (`usage.max_tokens_per_call`).
     pub max_tokens: u64,
+    /// The call's place among `upstream.max_concurrent_calls`, given back when the body is over
+    /// or dropped.
+    pub slot: CallSlot,
 }
 
 impl Answer {
@@ -125,7 +128,8 @@ impl Answer {
             delivery.queue,
             delivery.max_tokens,
         );
-        let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle);
+        let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle)
+            .holding(delivery.slot);
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
         // framing, and the answer usually leaves in one write. Still streamed, never buffered.
         match body.exact_length().filter(|_| !sse) {

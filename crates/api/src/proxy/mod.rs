@@ -2,6 +2,7 @@
 //! passes chunks through as they arrive while it watches for the upstream's `usage`.
 //!
 //! - [`client`]: the pooled [`Upstream`] client, one per worker thread, and its TLS settings;
+//!   the places of calls in flight ([`CallSlot`], `upstream.max_concurrent_calls`);
 //! - [`policy`]: which addresses model servers may have ([`AddressPolicy`], CIDR networks);
 //! - [`guard`]: the policy where connections are made (a resolver, a connector layer);
 //! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
@@ -24,7 +25,7 @@ pub mod policy;
 pub mod target;
 
 pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
-pub use client::{Upstream, UpstreamResponse};
+pub use client::{CallSlot, Upstream, UpstreamResponse};
 pub use forward::{Answer, Delivery, Outbound, send};
 pub use headers::{request_headers, response_headers};
 pub use meter::{Meter, millis};
@@ -48,4 +49,7 @@ pub enum UpstreamError {
     /// `upstream.denied_networks` allow; the text (host and addresses) is for the log.
     #[error("{0}")]
     AddressNotAllowed(String),
+    /// `upstream.max_concurrent_calls` calls are already in flight.
+    #[error("upstream.max_concurrent_calls calls are in flight")]
+    Busy,
 }
