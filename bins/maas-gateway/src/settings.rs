@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
-use maas_api::{AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings};
+use maas_api::{
+    AuthSettings, MetricsSettings, RateLimitSettings, ServerSettings, UpstreamSettings,
+    UsageSettings,
+};
 use maas_cache::{CacheSettings, RedisSettings};
 use maas_domain::identity::PlaintextKey;
 use maas_persistence::DatabaseSettings;
@@ -40,6 +43,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// The usage-event queue.
     pub usage: UsageSettings,
+    /// Bounds on metric series.
+    pub metrics: MetricsSettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -182,6 +187,7 @@ const SECTIONS: &[&str] = &[
     "rate_limit",
     "upstream",
     "usage",
+    "metrics",
 ];
 
 /// The `MAAS_<SECTION>__<KEY>` variables. Every setting sits in a section, so a `MAAS_` variable
@@ -357,6 +363,39 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
         let s = Settings::load_from(env(&[(CONFIG_PATH_VAR, path)])).expect("loads");
         assert_eq!(s, Settings::load_from(env(&[])).expect("defaults"));
+    }
+
+    #[test]
+    fn the_limits_on_calls_tokens_and_model_series_load_and_are_checked() {
+        let defaults = Settings::load_from(env(&[])).expect("defaults");
+        assert_eq!(defaults.upstream.max_concurrent_calls, 1024);
+        assert_eq!(defaults.usage.max_tokens_per_call, 10_000_000);
+        assert_eq!(defaults.metrics.max_models, 1000);
+        let s = Settings::load_from(env(&[
+            ("MAAS_UPSTREAM__MAX_CONCURRENT_CALLS", "8"),
+            ("MAAS_USAGE__MAX_TOKENS_PER_CALL", "5000"),
+            ("MAAS_METRICS__MAX_MODELS", "0"),
+        ]))
+        .expect("loads");
+        assert_eq!(s.upstream.max_concurrent_calls, 8);
+        assert_eq!(s.usage.max_tokens_per_call, 5000);
+        assert_eq!(s.metrics.max_models, 0, "every model under `other`");
+        for key in [
+            "MAAS_UPSTREAM__MAX_CONCURRENT_CALLS",
+            "MAAS_USAGE__MAX_TOKENS_PER_CALL",
+        ] {
+            let err = Settings::load_from(env(&[(key, "0")])).expect_err(key);
+            let named = key
+                .trim_start_matches("MAAS_")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(err.to_string().contains(&named), "{err}");
+        }
+        let err = Settings::load_from(env(&[("MAAS_METRICS_MAX_MODELS", "3")])).expect_err("one _");
+        assert!(
+            err.to_string().contains("MAAS_METRICS__MAX_MODELS"),
+            "{err}"
+        );
     }
 
     #[test]

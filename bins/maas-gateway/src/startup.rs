@@ -126,6 +126,7 @@ impl Application {
         let upstream = maas_api::proxy::Upstream::new(&settings.upstream)
             .map_err(Error::Upstream)?
             .with_max_tokens_per_call(settings.usage.max_tokens_per_call);
+        maas_api::meters::limit_models(settings.metrics.max_models);
         let (usage_queue, usage_receiver) =
             maas_api::usage::UsageQueue::new(settings.usage.queue_capacity);
         let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(

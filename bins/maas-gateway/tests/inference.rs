@@ -1021,3 +1021,35 @@ async fn past_max_concurrent_calls_a_call_is_refused_at_once_until_one_is_over()
     stub.stop().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_server_status_that_is_no_http_status_is_a_502_under_one_label() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "odd").await;
+    for status in [777, 600, 999] {
+        let res = chat(&app, json!({"model": "odd:1", "stub_status": status})).await;
+        assert_eq!(header(&res, "x-maas-version"), Some("1"), "{status}");
+        assert_openai_error(res, 502, "upstream_invalid_response").await;
+    }
+    assert_eq!(stub.seen().len(), 3, "each call reached the model server");
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"maas_upstream_requests_total{model="odd",status="invalid"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    for status in ["777", "600", "999"] {
+        assert!(
+            !metrics.contains(&format!("status=\"{status}\"")),
+            "{status}: {metrics}"
+        );
+    }
+    let report = usage_by_model(&app, |r| r["items"][0]["requests"] == 3).await;
+    assert_eq!(report["items"][0]["errors"], 3, "{report}");
+    stub.stop().await;
+    app.stop().await;
+}

@@ -81,6 +81,9 @@ pub enum ApiError {
     /// (`upstream.allowed_networks`, `upstream.denied_networks`); the text is for the log.
     #[error("{0}")]
     UpstreamAddressNotAllowed(String),
+    /// The model server's answer has a status outside 100 to 599.
+    #[error("the model server answered with status {0}, which is not an HTTP status")]
+    UpstreamInvalidStatus(u16),
     /// `upstream.max_concurrent_calls` inference calls are in flight on this replica.
     #[error("the gateway is at its limit of concurrent inference calls; retry later")]
     Overloaded,
@@ -102,6 +105,7 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
             UpstreamError::AddressNotAllowed(reason) => Self::UpstreamAddressNotAllowed(reason),
             UpstreamError::Busy => Self::Overloaded,
+            UpstreamError::InvalidStatus(status) => Self::UpstreamInvalidStatus(status),
         }
     }
 }
@@ -128,9 +132,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::BodyTimeout => ("request-timeout", "Request timeout"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
-            Self::UpstreamUnreachable(_) | Self::UpstreamAddressNotAllowed(_) => {
-                ("bad-gateway", "Bad gateway")
-            }
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamAddressNotAllowed(_)
+            | Self::UpstreamInvalidStatus(_) => ("bad-gateway", "Bad gateway"),
             Self::UpstreamTimeout => ("gateway-timeout", "Gateway timeout"),
             Self::Overloaded => ("unavailable", "Service temporarily unavailable"),
         }
@@ -195,6 +199,7 @@ impl ApiError {
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::UpstreamUnreachable(_) => ("api_error", "upstream_unreachable"),
             Self::UpstreamAddressNotAllowed(_) => ("api_error", "endpoint_not_allowed"),
+            Self::UpstreamInvalidStatus(_) => ("api_error", "upstream_invalid_response"),
             Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
             Self::Overloaded => ("api_error", "overloaded"),
             Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
@@ -343,9 +348,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamUnreachable(_) | Self::UpstreamAddressNotAllowed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamAddressNotAllowed(_)
+            | Self::UpstreamInvalidStatus(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -414,6 +419,12 @@ mod tests {
                 None,
             ),
             (UpstreamError::Busy, 503, "overloaded", None),
+            (
+                UpstreamError::InvalidStatus(777),
+                502,
+                "upstream_invalid_response",
+                None,
+            ),
         ];
         for (upstream, status, code, field) in cases {
             let error = ApiError::from(upstream);

@@ -42,7 +42,8 @@ use crate::extract::BodyLimit;
 use crate::handlers::{aliases, docs, health, inference, keys, models, users, versions};
 
 pub use crate::settings::{
-    AuthSettings, RateLimitSettings, ServerSettings, UpstreamSettings, UsageSettings,
+    AuthSettings, MetricsSettings, RateLimitSettings, ServerSettings, UpstreamSettings,
+    UsageSettings,
 };
 pub use crate::state::{AppState, Dependency, Draining};
 

@@ -196,3 +196,18 @@ impl Default for UsageSettings {
         }
     }
 }
+
+/// The `metrics` section: bounds on the series the gateway's metrics make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Distinct models with series of their own (`model` label); calls of models past that many
+    /// are counted under `model="other"`.
+    pub max_models: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { max_models: 1000 }
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maas_api::proxy::IpNetwork;
-use maas_api::{RateLimitSettings, UpstreamSettings};
+use maas_api::{MetricsSettings, RateLimitSettings, UpstreamSettings};
 use maas_cache::test_util::TestRedis;
 use maas_domain::Accounts;
 use maas_domain::identity::PlaintextKey;
@@ -65,6 +65,8 @@ pub struct Options {
     /// `upstream.allowed_networks`, as an operator serving a model from the gateway's own host
     /// does); `false` leaves the address policy as `upstream` has it.
     pub loopback_upstreams: bool,
+    /// Bounds on metric series.
+    pub metrics: MetricsSettings,
     /// `/metrics` on a port of its own (`server.admin_port`, a free one).
     pub admin_port: bool,
     /// `server.body_read_timeout_seconds`.
@@ -93,6 +95,7 @@ impl Default for Options {
                 ..UpstreamSettings::default()
             },
             loopback_upstreams: true,
+            metrics: MetricsSettings::default(),
             admin_port: false,
             body_read_timeout_seconds: 30,
         }
@@ -134,6 +137,7 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
             IpNetwork::v6(std::net::Ipv6Addr::LOCALHOST, 128),
         ]);
     }
+    settings.metrics = options.metrics;
     settings.usage.queue_capacity = 1_000;
     settings.usage.batch_size = 100;
     settings

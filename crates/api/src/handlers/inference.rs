@@ -168,9 +168,9 @@ impl<'a> Call<'a> {
     }
 
     /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
-    /// Counted by the status the caller gets (`maas_upstream_requests_total`). A call refused by
-    /// the address policy is counted (`maas_upstream_refused_total`) and logged with its model
-    /// and version.
+    /// Counted by the status the caller gets (`maas_upstream_requests_total`; a model server's
+    /// status that is no HTTP status as `invalid`). A call refused by the address policy is
+    /// counted (`maas_upstream_refused_total`) and logged with its model and version.
     async fn forward(
         &self,
         version: &ModelVersion,
@@ -191,8 +191,13 @@ impl<'a> Call<'a> {
                         "reason" => reason.as_str(),
                         "request_id" => current_request_id());
                 }
+                let invalid_status = match err {
+                    UpstreamError::InvalidStatus(status) => Some(status),
+                    _ => None,
+                };
                 let err = ApiError::from(err);
-                meters::count_upstream(model, err.status_code().as_u16());
+                let counted = invalid_status.unwrap_or_else(|| err.status_code().as_u16());
+                meters::count_upstream(model, counted);
                 Err(self.failed_at(version, err))
             }
         }

@@ -45,7 +45,9 @@ pub struct Answer {
 /// from `started`, when the gateway received the request.
 ///
 /// # Errors
-/// [`UpstreamError::Timeout`] or [`UpstreamError::Unreachable`] (see [`Upstream::send`]).
+/// [`UpstreamError::Timeout`], [`UpstreamError::AddressNotAllowed`] or
+/// [`UpstreamError::Unreachable`] (see [`Upstream::send`]); [`UpstreamError::InvalidStatus`]
+/// for an answer whose status is outside 100 to 599 (its body is dropped unread).
 pub async fn send(
     upstream: &Upstream,
     started: Instant,
@@ -57,6 +59,10 @@ pub async fn send(
         .await?;
     let overhead = started.elapsed().saturating_sub(upstream_started.elapsed());
     meters::record_overhead(overhead);
+    let status = response.status().as_u16();
+    if !(100..=599).contains(&status) {
+        return Err(UpstreamError::InvalidStatus(status));
+    }
     Ok(Answer {
         response,
         upstream_started,

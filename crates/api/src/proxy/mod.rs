@@ -52,4 +52,7 @@ pub enum UpstreamError {
     /// `upstream.max_concurrent_calls` calls are already in flight.
     #[error("upstream.max_concurrent_calls calls are in flight")]
     Busy,
+    /// The model server answered with a status outside 100 to 599.
+    #[error("the model server answered with status {0}, which is not an HTTP status")]
+    InvalidStatus(u16),
 }
