@@ -149,6 +149,7 @@ env -i PATH="$PATH" HOME="${HOME:-/root}" \
     MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
     MAAS_RATE_LIMIT__DEFAULT_RPM=100000 \
     MAAS_RATE_LIMIT__BURST=10000 \
+    MAAS_UPSTREAM__ALLOWED_NETWORKS=127.0.0.0/8,::1/128 \
     MAAS_LOG__LEVEL=info \
     MAAS_LOG__FORMAT=json \
     "$binary" serve >"$gateway_log" 2>&1 &

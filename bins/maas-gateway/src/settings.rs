@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use maas_api::{
-    AuthSettings, RateLimitSettings, RegistrySettings, ServerSettings, UpstreamSettings,
-    UsageSettings,
+    AuthSettings, MetricsSettings, RateLimitSettings, RegistrySettings, ServerSettings,
+    UpstreamSettings, UsageSettings,
 };
 use maas_cache::{CacheSettings, RedisSettings};
 use maas_domain::identity::PlaintextKey;
@@ -49,6 +49,8 @@ pub struct Settings {
     pub registry: RegistrySettings,
     /// Keys of the secrets stored at rest.
     pub secrets: SecretsSettings,
+    /// Bounds on metric series.
+    pub metrics: MetricsSettings,
 }
 
 /// Settings could not be loaded; the message names the key or file.
@@ -140,6 +142,11 @@ impl Settings {
             ),
             ("usage.queue_capacity", self.usage.queue_capacity as u64),
             ("usage.batch_size", self.usage.batch_size as u64),
+            ("usage.max_tokens_per_call", self.usage.max_tokens_per_call),
+            (
+                "upstream.max_concurrent_calls",
+                self.upstream.max_concurrent_calls as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -206,6 +213,7 @@ const SECTIONS: &[&str] = &[
     "rate_limit",
     "upstream",
     "usage",
+    "metrics",
 ];
 
 /// The `MAAS_<SECTION>__<KEY>` variables. Every setting sits in a section, so a `MAAS_` variable
@@ -306,6 +314,114 @@ mod tests {
         ]))
         .expect_err("larger than the queue");
         assert!(e.to_string().contains("usage.batch_size"), "{e}");
+    }
+
+    #[test]
+    fn upstream_networks_are_lists_in_toml_and_comma_separated_in_the_environment() {
+        let net = |s: &str| maas_api::proxy::IpNetwork::parse(s).expect(s);
+        let defaults = Settings::load_from(env(&[])).expect("defaults");
+        assert!(defaults.upstream.allowed_networks.is_empty());
+        assert!(
+            defaults
+                .upstream
+                .denied_networks
+                .contains(&net("127.0.0.0/8"))
+        );
+        assert!(
+            defaults
+                .upstream
+                .denied_networks
+                .contains(&net("169.254.0.0/16"))
+        );
+        assert!(defaults.upstream.denied_networks.contains(&net("::1/128")));
+
+        let s = Settings::load_from(env(&[
+            (
+                "MAAS_UPSTREAM__ALLOWED_NETWORKS",
+                "127.0.0.1/32, 10.0.0.0/8,::1/128",
+            ),
+            ("MAAS_UPSTREAM__DENIED_NETWORKS", ""),
+        ]))
+        .expect("loads");
+        assert_eq!(
+            s.upstream.allowed_networks,
+            vec![net("127.0.0.1/32"), net("10.0.0.0/8"), net("::1")]
+        );
+        assert!(s.upstream.denied_networks.is_empty(), "empty means none");
+        let one = Settings::load_from(env(&[("MAAS_UPSTREAM__ALLOWED_NETWORKS", "10.1.2.3")]))
+            .expect("one address");
+        assert_eq!(one.upstream.allowed_networks, vec![net("10.1.2.3/32")]);
+
+        let dir = std::env::temp_dir().join(format!("maas-networks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gw.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nallowed_networks = [\"192.168.0.0/16\", \"fd00::/8\"]\n\
+             denied_networks = [\"127.0.0.0/8\"]\n",
+        )
+        .expect("write file");
+        let path = file.to_string_lossy().into_owned();
+        let s = Settings::load_from(env(&[(CONFIG_PATH_VAR, path.as_str())])).expect("loads");
+        assert_eq!(
+            s.upstream.allowed_networks,
+            vec![net("192.168.0.0/16"), net("fd00::/8")]
+        );
+        assert_eq!(s.upstream.denied_networks, vec![net("127.0.0.0/8")]);
+        std::fs::remove_dir_all(&dir).ok();
+
+        for (key, value) in [
+            ("MAAS_UPSTREAM__ALLOWED_NETWORKS", "127.0.0.1/33"),
+            ("MAAS_UPSTREAM__DENIED_NETWORKS", "10.0.0.0/8,localhost"),
+        ] {
+            let err = Settings::load_from(env(&[(key, value)])).expect_err(value);
+            let named = key
+                .trim_start_matches("MAAS_")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(err.to_string().contains(&named), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_file_holds_the_built_in_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
+        let s = Settings::load_from(env(&[(CONFIG_PATH_VAR, path)])).expect("loads");
+        assert_eq!(s, Settings::load_from(env(&[])).expect("defaults"));
+    }
+
+    #[test]
+    fn the_limits_on_calls_tokens_and_model_series_load_and_are_checked() {
+        let defaults = Settings::load_from(env(&[])).expect("defaults");
+        assert_eq!(defaults.upstream.max_concurrent_calls, 1024);
+        assert_eq!(defaults.usage.max_tokens_per_call, 10_000_000);
+        assert_eq!(defaults.metrics.max_models, 1000);
+        let s = Settings::load_from(env(&[
+            ("MAAS_UPSTREAM__MAX_CONCURRENT_CALLS", "8"),
+            ("MAAS_USAGE__MAX_TOKENS_PER_CALL", "5000"),
+            ("MAAS_METRICS__MAX_MODELS", "0"),
+        ]))
+        .expect("loads");
+        assert_eq!(s.upstream.max_concurrent_calls, 8);
+        assert_eq!(s.usage.max_tokens_per_call, 5000);
+        assert_eq!(s.metrics.max_models, 0, "every model under `other`");
+        for key in [
+            "MAAS_UPSTREAM__MAX_CONCURRENT_CALLS",
+            "MAAS_USAGE__MAX_TOKENS_PER_CALL",
+        ] {
+            let err = Settings::load_from(env(&[(key, "0")])).expect_err(key);
+            let named = key
+                .trim_start_matches("MAAS_")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(err.to_string().contains(&named), "{err}");
+        }
+        let err = Settings::load_from(env(&[("MAAS_METRICS_MAX_MODELS", "3")])).expect_err("one _");
+        assert!(
+            err.to_string().contains("MAAS_METRICS__MAX_MODELS"),
+            "{err}"
+        );
     }
 
     #[test]

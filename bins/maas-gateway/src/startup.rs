@@ -129,8 +129,10 @@ impl Application {
         let limiter = RedisRateLimiter::from_settings(redis.clone(), &settings.redis)
             .with_leases(Duration::from_millis(settings.rate_limit.lease_ms))
             .with_logger(log.clone());
-        let upstream =
-            maas_api::proxy::Upstream::new(&settings.upstream).map_err(Error::Upstream)?;
+        let upstream = maas_api::proxy::Upstream::new(&settings.upstream)
+            .map_err(Error::Upstream)?
+            .with_max_tokens_per_call(settings.usage.max_tokens_per_call);
+        maas_api::meters::limit_models(settings.metrics.max_models);
         let (usage_queue, usage_receiver) =
             maas_api::usage::UsageQueue::new(settings.usage.queue_capacity);
         let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
@@ -154,7 +156,7 @@ impl Application {
         let state = AppState {
             registry,
             upstream,
-            upstream_settings: settings.upstream,
+            upstream_settings: settings.upstream.clone(),
             usage_queue,
             usage,
             accounts: accounts.clone(),

@@ -538,7 +538,13 @@ async fn operators_create_users_and_keys_from_the_command_line() {
 async fn inference_calls_leave_usage_events_that_survive_shutdown() {
     let db = TestDatabase::empty().await;
     let redis = TestRedis::start().await.expect("redis");
-    let gateway = Gateway::start(&db, &redis);
+    // The endpoint below is on loopback, which the gateway refuses unless allowed.
+    let gateway = Gateway::start_env(
+        &db,
+        &redis.settings.connection_url(),
+        &redis.prefix,
+        &[("MAAS_UPSTREAM__ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")],
+    );
     let client = admin_client();
     for (path, body) in [
         ("/api/v1/models", json!({"name": "offline"})),

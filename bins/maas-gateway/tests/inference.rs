@@ -715,3 +715,341 @@ async fn a_stream_of_bare_newlines_neither_freezes_a_worker_nor_loses_its_usage(
     stub.stop().await;
     app.stop().await;
 }
+
+/// The value of the series `series` (name and labels, as `/metrics` writes them), if present.
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The port of the stub's `base`.
+fn port_of(stub: &Stub) -> u16 {
+    url::Url::parse(&stub.base)
+        .ok()
+        .and_then(|u| u.port())
+        .expect("the stub's port")
+}
+
+/// An app that keeps the default address policy: no allowance for loopback.
+async fn spawn_without_loopback_allowance() -> TestApp {
+    spawn_with(Options {
+        loopback_upstreams: false,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_cannot_point_a_version_at_the_gateway_s_host_or_a_metadata_service() {
+    let app = spawn_without_loopback_allowance().await;
+    // Listens where the attacks point: it must hear nothing.
+    let stub = start_stub().await;
+    let port = port_of(&stub);
+    let (_, key) = app.user_with_key("mallory", "member").await;
+    let member = client_with_key(&key);
+    let res = member
+        .post(app.url("/api/v1/models"))
+        .json(&json!({"name": "probe"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 201);
+    let versions = app.url("/api/v1/models/probe/versions");
+
+    // Addresses written in the URL, in any spelling the URL parser reads: refused when written.
+    for endpoint in [
+        "http://127.0.0.1:6379".to_owned(),
+        "http://[::1]:5432".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://2130706433:6379".to_owned(),
+        "http://0:6379".to_owned(),
+        "http://[fe80::1]:8000/v1".to_owned(),
+        "http://[::ffff:a9fe:a9fe]/latest".to_owned(),
+        format!("http://127.0.0.1:{port}/v1"),
+        format!("http://0x7f.1:{port}/v1"),
+        format!("http://0177.0.0.1:{port}/v1"),
+        format!("http://[::ffff:127.0.0.1]:{port}/v1"),
+    ] {
+        let res = member
+            .post(&versions)
+            .json(&json!({"source_uri": "s3://m/1", "endpoint_url": endpoint}))
+            .send()
+            .await
+            .expect("POST");
+        let problem = common::assert_problem(res, 422, Some("endpoint_url")).await;
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("endpoint address not allowed"),
+            "{endpoint}: {problem}"
+        );
+    }
+
+    // A name is not resolved when written; the gateway refuses it when it connects.
+    let named = format!("http://localhost:{port}/v1");
+    let res = member
+        .post(&versions)
+        .json(&json!({"source_uri": "s3://m/1", "endpoint_url": named}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 201);
+    let res = member
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "probe", "messages": []}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(header(&res, "x-maas-version"), Some("1"));
+    let err = assert_openai_error(res, 502, "endpoint_not_allowed").await;
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("endpoint address not allowed"), "{err}");
+    assert!(
+        !message.contains("127.0.0.1"),
+        "addresses stay in the log: {err}"
+    );
+
+    // Nor can the version be moved onto an address afterwards.
+    let res = member
+        .patch(app.url("/api/v1/models/probe/versions/1"))
+        .json(&json!({"endpoint_url": format!("http://127.0.0.1:{port}/v1")}))
+        .send()
+        .await
+        .expect("PATCH");
+    common::assert_problem(res, 422, Some("endpoint_url")).await;
+
+    assert!(
+        stub.seen().is_empty(),
+        "nothing reached the loopback server"
+    );
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"maas_upstream_refused_total{reason="address_not_allowed"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_call_is_checked_where_it_connects_whoever_registered_the_endpoint() {
+    // One replica allows loopback, so versions on it can be written (as before the policy, or
+    // by an operator); a replica that does not refuses every call to them.
+    let permissive = spawn_app().await;
+    let stub = start_stub().await;
+    let port = port_of(&stub);
+    permissive.create_model("legacy").await;
+    let endpoints = [
+        stub.base.clone(),
+        format!("http://2130706433:{port}/v1"),
+        format!("http://0x7f.1:{port}/v1"),
+        format!("http://localhost:{port}/v1"),
+    ];
+    for endpoint in &endpoints {
+        let res = permissive
+            .post_json(
+                "/api/v1/models/legacy/versions",
+                &json!({"source_uri": "s3://m/1", "endpoint_url": endpoint}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "{endpoint}");
+    }
+    // Where loopback is allowed, the numeric spelling reaches the stub.
+    let res = chat(&permissive, json!({"model": "legacy:2", "messages": []})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(stub.seen().len(), 1);
+
+    let strict = spawn_with(Options {
+        loopback_upstreams: false,
+        db: Some(permissive.db.clone()),
+        redis: Some(permissive.redis.clone()),
+        admin_key: Some(permissive.admin_key.clone()),
+        ..Options::default()
+    })
+    .await;
+    for (n, endpoint) in endpoints.iter().enumerate() {
+        let model = format!("legacy:{}", n + 1);
+        let res = chat(&strict, json!({"model": model, "messages": []})).await;
+        let err = assert_openai_error(res, 502, "endpoint_not_allowed").await;
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("endpoint address not allowed")),
+            "{endpoint}: {err}"
+        );
+    }
+    assert_eq!(stub.seen().len(), 1, "the strict replica sent nothing");
+    strict.server.stop(true).await;
+    stub.stop().await;
+    permissive.stop().await;
+}
+
+#[tokio::test]
+async fn token_counts_a_model_server_forges_are_recorded_as_unknown_and_counted() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "forged").await;
+    for (stream, usage) in [
+        (false, r#"{"prompt_tokens":-1000000,"completion_tokens":3}"#),
+        (
+            false,
+            r#"{"prompt_tokens":1e400,"completion_tokens":99999999999999999999999}"#,
+        ),
+        (
+            true,
+            r#"{"prompt_tokens":2.5,"completion_tokens":10000001}"#,
+        ),
+        (false, r#"{"prompt_tokens":5,"completion_tokens":2}"#),
+    ] {
+        let res = chat(
+            &app,
+            json!({"model": "forged:1", "stream": stream, "stub_usage": usage}),
+        )
+        .await;
+        assert_eq!(res.status(), 200, "{usage}");
+        let body = res.bytes().await.expect("body");
+        assert!(
+            String::from_utf8_lossy(&body).contains(usage),
+            "the answer passes through untouched"
+        );
+    }
+    let report = usage_by_model(&app, |r| r["items"][0]["requests"] == 4).await;
+    let item = &report["items"][0];
+    assert_eq!(item["requests"], 4, "{report}");
+    assert_eq!(
+        item["prompt_tokens"], 5,
+        "only the believable count: {report}"
+    );
+    assert_eq!(item["completion_tokens"], 5, "3 + 2: {report}");
+    let db = &app.db;
+    let rows = |condition: &str| {
+        let sql =
+            format!("SELECT count(*) FROM usage_events WHERE model = 'forged' AND {condition}");
+        async move { db.scalar(&sql).await }
+    };
+    assert_eq!(rows("prompt_tokens IS NULL").await, 3);
+    assert_eq!(rows("completion_tokens IS NULL").await, 2);
+    assert_eq!(
+        rows("(prompt_tokens < 0 OR completion_tokens < 0)").await,
+        0
+    );
+
+    let metrics = app.metrics_text().await;
+    for (reason, n) in [
+        ("negative", 1.0),
+        ("not_an_integer", 2.0),
+        ("too_large", 2.0),
+    ] {
+        let series = format!(r#"maas_usage_rejected_total{{reason="{reason}"}}"#);
+        assert_eq!(metric(&metrics, &series), Some(n), "{series}: {metrics}");
+    }
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn past_max_concurrent_calls_a_call_is_refused_at_once_until_one_is_over() {
+    let app = spawn_with(Options {
+        upstream: UpstreamSettings {
+            // Long enough that the held stream never meets it.
+            timeout_seconds: 300,
+            max_concurrent_calls: 1,
+            ..UpstreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "busy").await;
+    let held = chat(
+        &app,
+        json!({"model": "busy:1", "stream": true, "stub_newlines": 1, "stub_hold": true}),
+    )
+    .await;
+    assert_eq!(held.status(), 200);
+    let mut body = held.bytes_stream();
+    let first = body.next().await.expect("a first chunk").expect("bytes");
+    assert_eq!(&first[..], b"\n");
+
+    // The one place is taken by the open stream: refused before the body is read or sent on.
+    let res = chat(&app, json!({"model": "busy:1", "messages": []})).await;
+    assert_eq!(header(&res, "retry-after"), Some("1"));
+    assert_openai_error(res, 503, "overloaded").await;
+    let res = app
+        .client
+        .post(app.url("/v1/models/busy/invoke/echo?version=1"))
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert!(header(&res, "retry-after").is_some());
+    assert_openai_error(res, 503, "overloaded").await;
+    assert_eq!(
+        stub.seen().len(),
+        1,
+        "the model server saw only the held call"
+    );
+
+    stub.release();
+    while let Some(chunk) = body.next().await {
+        chunk.expect("bytes");
+    }
+    let res = chat(&app, json!({"model": "busy:1", "messages": []})).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the place is free once the stream is over"
+    );
+    res.bytes().await.expect("body");
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"maas_upstream_refused_total{reason="concurrency_limit"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_server_status_that_is_no_http_status_is_a_502_under_one_label() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "odd").await;
+    for status in [777, 600, 999] {
+        let res = chat(&app, json!({"model": "odd:1", "stub_status": status})).await;
+        assert_eq!(header(&res, "x-maas-version"), Some("1"), "{status}");
+        assert_openai_error(res, 502, "upstream_invalid_response").await;
+    }
+    assert_eq!(stub.seen().len(), 3, "each call reached the model server");
+    let metrics = app.metrics_text().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"maas_upstream_requests_total{model="odd",status="invalid"}"#
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    for status in ["777", "600", "999"] {
+        assert!(
+            !metrics.contains(&format!("status=\"{status}\"")),
+            "{status}: {metrics}"
+        );
+    }
+    let report = usage_by_model(&app, |r| r["items"][0]["requests"] == 3).await;
+    assert_eq!(report["items"][0]["errors"], 3, "{report}");
+    stub.stop().await;
+    app.stop().await;
+}

@@ -77,6 +77,16 @@ pub enum ApiError {
     /// The body could not be read from the connection.
     #[error("could not read the request body: {0}")]
     BadRequest(String),
+    /// The version's endpoint has no address the gateway may connect to
+    /// (`upstream.allowed_networks`, `upstream.denied_networks`); the text is for the log.
+    #[error("{0}")]
+    UpstreamAddressNotAllowed(String),
+    /// The model server's answer has a status outside 100 to 599.
+    #[error("the model server answered with status {0}, which is not an HTTP status")]
+    UpstreamInvalidStatus(u16),
+    /// `upstream.max_concurrent_calls` inference calls are in flight on this replica.
+    #[error("the gateway is at its limit of concurrent inference calls; retry later")]
+    Overloaded,
 }
 
 impl From<ValidationError> for ApiError {
@@ -93,6 +103,9 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Timeout => Self::UpstreamTimeout,
             UpstreamError::Unreachable(reason) => Self::UpstreamUnreachable(reason),
             UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
+            UpstreamError::AddressNotAllowed(reason) => Self::UpstreamAddressNotAllowed(reason),
+            UpstreamError::Busy => Self::Overloaded,
+            UpstreamError::InvalidStatus(status) => Self::UpstreamInvalidStatus(status),
         }
     }
 }
@@ -119,8 +132,11 @@ impl ApiError {
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::BodyTimeout => ("request-timeout", "Request timeout"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
-            Self::UpstreamUnreachable(_) => ("bad-gateway", "Bad gateway"),
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamAddressNotAllowed(_)
+            | Self::UpstreamInvalidStatus(_) => ("bad-gateway", "Bad gateway"),
             Self::UpstreamTimeout => ("gateway-timeout", "Gateway timeout"),
+            Self::Overloaded => ("unavailable", "Service temporarily unavailable"),
         }
     }
 
@@ -141,6 +157,13 @@ impl ApiError {
             ),
             Self::UpstreamUnreachable(_) => (
                 "the model server could not be reached; retry later".to_owned(),
+                None,
+            ),
+            // Which address, and what the name resolved to, stay in the log.
+            Self::UpstreamAddressNotAllowed(_) => (
+                "endpoint address not allowed: the gateway does not connect to the address of \
+                 this version's endpoint_url (upstream.allowed_networks, upstream.denied_networks)"
+                    .to_owned(),
                 None,
             ),
             other => (other.to_string(), None),
@@ -175,7 +198,10 @@ impl ApiError {
             Self::Domain(DomainError::Conflict(_)) => ("invalid_request_error", "conflict"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::UpstreamUnreachable(_) => ("api_error", "upstream_unreachable"),
+            Self::UpstreamAddressNotAllowed(_) => ("api_error", "endpoint_not_allowed"),
+            Self::UpstreamInvalidStatus(_) => ("api_error", "upstream_invalid_response"),
             Self::UpstreamTimeout => ("api_error", "upstream_timeout"),
+            Self::Overloaded => ("api_error", "overloaded"),
             Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
                 ("api_error", "service_unavailable")
             }
@@ -322,8 +348,11 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamAddressNotAllowed(_)
+            | Self::UpstreamInvalidStatus(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -331,7 +360,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {
-            Self::Domain(DomainError::Unavailable(_)) | Self::RateLimiterUnavailable => {
+            Self::Domain(DomainError::Unavailable(_))
+            | Self::RateLimiterUnavailable
+            | Self::Overloaded => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited {
@@ -381,6 +412,19 @@ mod tests {
                 "invalid_value",
                 Some("path"),
             ),
+            (
+                UpstreamError::AddressNotAllowed("localhost resolves only to 127.0.0.1".into()),
+                502,
+                "endpoint_not_allowed",
+                None,
+            ),
+            (UpstreamError::Busy, 503, "overloaded", None),
+            (
+                UpstreamError::InvalidStatus(777),
+                502,
+                "upstream_invalid_response",
+                None,
+            ),
         ];
         for (upstream, status, code, field) in cases {
             let error = ApiError::from(upstream);
@@ -389,6 +433,7 @@ mod tests {
             let problem = error.problem();
             assert_eq!(problem.field.as_deref(), field, "{error}");
             assert!(!problem.detail.contains("os error"), "{}", problem.detail);
+            assert!(!problem.detail.contains("127.0.0.1"), "{}", problem.detail);
         }
     }
 }

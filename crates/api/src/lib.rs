@@ -42,8 +42,8 @@ use crate::extract::BodyLimit;
 use crate::handlers::{aliases, docs, grants, health, inference, keys, models, users, versions};
 
 pub use crate::settings::{
-    AuthSettings, RateLimitSettings, RegistrySettings, ServerSettings, UpstreamSettings,
-    UsageSettings,
+    AuthSettings, MetricsSettings, RateLimitSettings, RegistrySettings, ServerSettings,
+    UpstreamSettings, UsageSettings,
 };
 pub use crate::state::{AppState, Dependency, Draining};
 

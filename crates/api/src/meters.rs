@@ -13,12 +13,18 @@
 //!
 //! Label sets stay bounded: routes are the matched patterns, methods outside the standard ones
 //! are counted as `OTHER` (a client cannot mint new series with made-up methods), models are
-//! the registry's, statuses are three-digit numbers.
+//! the registry's and at most `metrics.max_models` of them get series of their own (the others
+//! share `model="other"`), statuses are 100 to 599 (a model server's status outside them is
+//! `invalid`).
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::Method;
-use maas_telemetry::metrics::{HandleList, HandleMap, with_mapped};
+use maas_telemetry::metrics::{HandleList, HandleMap, HandleMemo, memoised, with_mapped};
 use maas_telemetry::names;
 use metrics::{Counter, Gauge, Histogram};
 
@@ -67,13 +73,86 @@ impl ModelMeters {
     }
 }
 
+/// The `model` label of the models past `metrics.max_models`.
+pub const OTHER_MODELS: &str = "other";
+
+/// The `status` label of a model server's status outside 100 to 599.
+pub const INVALID_STATUS: &str = "invalid";
+
+/// This thread's meters of the models with series of their own, and those of the others.
+#[derive(Default)]
+struct ModelTable {
+    by_name: HashMap<String, ModelMeters>,
+    other: Option<ModelMeters>,
+}
+
 thread_local! {
     static IN_FLIGHT: Gauge = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
     static OVERHEAD: Histogram = metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS);
     /// By route pattern, then by method.
     static ROUTES: HandleMap<HandleList<&'static str, MethodMeters>> = HandleMap::new();
-    /// By model name.
-    static MODELS: HandleMap<ModelMeters> = HandleMap::new();
+    /// By model name, for the models [`MODEL_LABELS`] admitted.
+    static MODELS: RefCell<ModelTable> = RefCell::new(ModelTable::default());
+    /// `maas_usage_rejected_total` by reason.
+    static USAGE_REJECTED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
+    /// `maas_upstream_refused_total` by reason.
+    static UPSTREAM_REFUSED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
+}
+
+/// Which models have series of their own: the first `max` distinct ones seen by the process
+/// (the recorder is the process's, so is the bound). A thread asks only the first time it meets
+/// a model; once the set is full it is frozen and read without a lock.
+pub struct ModelLabels {
+    max: AtomicUsize,
+    /// Empty until the first model is admitted.
+    admitted: Mutex<Option<HashSet<String>>>,
+    frozen: OnceLock<HashSet<String>>,
+}
+
+impl ModelLabels {
+    /// Room for `max` models.
+    pub const fn new(max: usize) -> Self {
+        Self {
+            max: AtomicUsize::new(max),
+            admitted: Mutex::new(None),
+            frozen: OnceLock::new(),
+        }
+    }
+
+    /// Sets the bound (for the models not seen yet; once full, the set stays as it is).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether `model` has series of its own: already admitted, or admitted now while there is
+    /// room.
+    pub fn admit(&self, model: &str) -> bool {
+        if let Some(frozen) = self.frozen.get() {
+            return frozen.contains(model);
+        }
+        let mut guard = self
+            .admitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let admitted = guard.get_or_insert_with(HashSet::new);
+        if admitted.contains(model) {
+            return true;
+        }
+        if admitted.len() < self.max.load(Ordering::Relaxed) {
+            admitted.insert(model.to_owned());
+            return true;
+        }
+        let _ = self.frozen.set(admitted.clone());
+        false
+    }
+}
+
+/// The process's [`ModelLabels`], sized by [`limit_models`].
+static MODEL_LABELS: ModelLabels = ModelLabels::new(1000);
+
+/// Gives at most `max` models series of their own (`metrics.max_models`); call before serving.
+pub fn limit_models(max: usize) {
+    MODEL_LABELS.set_max(max);
 }
 
 /// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
@@ -116,27 +195,77 @@ pub fn record_overhead(overhead: Duration) {
     let _ = OVERHEAD.try_with(|histogram| histogram.record(overhead.as_secs_f64()));
 }
 
-/// Runs `f` on the meters of `model`, registering them the first time.
-fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters)) {
-    with_mapped(&MODELS, model, || ModelMeters::new(model), f);
+/// Runs `f` on the meters of `model` (registering them the first time), or on those of
+/// [`OTHER_MODELS`] when `model` has no series of its own; `f` gets the label too.
+fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters, &str)) {
+    let _ = MODELS.try_with(|table| {
+        let mut table = table.borrow_mut();
+        let table = &mut *table;
+        if let Some(meters) = table.by_name.get_mut(model) {
+            return f(meters, model);
+        }
+        if MODEL_LABELS.admit(model) {
+            let meters = table
+                .by_name
+                .entry(model.to_owned())
+                .or_insert_with(|| ModelMeters::new(model));
+            return f(meters, model);
+        }
+        let other = table
+            .other
+            .get_or_insert_with(|| ModelMeters::new(OTHER_MODELS));
+        f(other, OTHER_MODELS);
+    });
 }
 
 /// Counts a call forwarded to `model`'s server, by the status the caller got
-/// (`maas_upstream_requests_total{model,status}`).
+/// (`maas_upstream_requests_total{model,status}`); a status outside 100 to 599 (a model
+/// server's own) is counted as [`INVALID_STATUS`].
 pub fn count_upstream(model: &str, status: u16) {
-    with_model(model, |meters| {
+    let valid = (100..=599).contains(&status);
+    let key = if valid { status } else { 0 };
+    with_model(model, |meters, label| {
         meters
             .by_status
             .get_or_register(
-                |s| *s == status,
-                || status,
+                |s| *s == key,
+                || key,
                 || {
+                    let status = if valid {
+                        status.to_string()
+                    } else {
+                        INVALID_STATUS.to_owned()
+                    };
                     metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL,
-                        "model" => model.to_owned(), "status" => status.to_string())
+                        "model" => label.to_owned(), "status" => status)
                 },
             )
             .increment(1);
     });
+}
+
+/// Counts a token count of a model server's `usage` that was not believed
+/// (`maas_usage_rejected_total{reason}`, see `proxy::meter::rejected`).
+pub fn count_usage_rejected(reason: &'static str) {
+    memoised(
+        &USAGE_REJECTED,
+        |r| *r == reason,
+        || reason,
+        || metrics::counter!(names::USAGE_REJECTED_TOTAL, "reason" => reason),
+    )
+    .increment(1);
+}
+
+/// Counts a call the gateway refused to send to a model server
+/// (`maas_upstream_refused_total{reason}`).
+pub fn count_upstream_refused(reason: &'static str) {
+    memoised(
+        &UPSTREAM_REFUSED,
+        |r| *r == reason,
+        || reason,
+        || metrics::counter!(names::UPSTREAM_REFUSED_TOTAL, "reason" => reason),
+    )
+    .increment(1);
 }
 
 /// Records a completed upstream call of `model`: its duration and the tokens it reported
@@ -147,7 +276,7 @@ pub fn record_upstream(
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,
 ) {
-    with_model(model, |meters| {
+    with_model(model, |meters, _| {
         meters.upstream_duration.record(duration.as_secs_f64());
         if let Some(n) = prompt_tokens {
             meters.prompt_tokens.increment(n.max(0).unsigned_abs());
@@ -220,6 +349,8 @@ mod tests {
             count_upstream("m", 200);
             count_upstream("m", 502);
             count_upstream("n", 200);
+            count_upstream("m", 777);
+            count_upstream("m", 999);
             record_upstream("m", Duration::from_millis(2), Some(7), None);
             record_upstream("m", Duration::from_millis(2), Some(3), Some(-1));
             add_in_flight(1.0);
@@ -270,6 +401,14 @@ mod tests {
                 );
             }
             assert_eq!(
+                count(
+                    names::UPSTREAM_REQUESTS_TOTAL,
+                    &[("model", "m"), ("status", INVALID_STATUS)]
+                ),
+                vec![Seen::Counter(2)],
+                "statuses outside 100 to 599 share one label value"
+            );
+            assert_eq!(
                 count(names::TOKENS_TOTAL, &[("model", "m"), ("kind", "prompt")]),
                 vec![Seen::Counter(10)]
             );
@@ -296,6 +435,19 @@ mod tests {
         })
         .join()
         .expect("the test thread");
+    }
+
+    #[test]
+    fn models_past_the_bound_get_no_series_of_their_own_and_the_first_ones_keep_theirs() {
+        let labels = ModelLabels::new(2);
+        assert!(labels.admit("a"));
+        assert!(labels.admit("b"));
+        assert!(labels.admit("a"), "seen before");
+        assert!(!labels.admit("c"));
+        assert!(labels.admit("b"), "still, once full");
+        assert!(!labels.admit("d"));
+        let none = ModelLabels::new(0);
+        assert!(!none.admit("a"));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::policy::{
+    AddressPolicy, DEFAULT_DENIED_NETWORKS, IpNetwork, deserialize_networks,
+};
+
 /// How the HTTP server listens and behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -120,7 +124,7 @@ impl Default for RateLimitSettings {
 }
 
 /// The `upstream` section: calls to model servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// Longest wait for a model server's response headers, and between two chunks of its body
@@ -132,6 +136,17 @@ pub struct UpstreamSettings {
     pub max_body_bytes: usize,
     /// Idle keep-alive connections kept per model server.
     pub pool_max_idle_per_host: usize,
+    /// Addresses the gateway may connect to even inside `denied_networks` (none by default):
+    /// e.g. `127.0.0.1/32` for a model server on the gateway's own host.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub allowed_networks: Vec<IpNetwork>,
+    /// Addresses the gateway never connects to unless allowed (see [`DEFAULT_DENIED_NETWORKS`]:
+    /// loopback, unspecified, link-local, multicast, broadcast).
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub denied_networks: Vec<IpNetwork>,
+    /// Inference calls this replica serves at once; past it, new ones get 503 with
+    /// `Retry-After` before their body is read (each may hold up to `max_body_bytes`).
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for UpstreamSettings {
@@ -141,7 +156,17 @@ impl Default for UpstreamSettings {
             connect_timeout_seconds: 5,
             max_body_bytes: 16 * 1024 * 1024,
             pool_max_idle_per_host: 256,
+            allowed_networks: Vec::new(),
+            denied_networks: DEFAULT_DENIED_NETWORKS.to_vec(),
+            max_concurrent_calls: 1024,
         }
+    }
+}
+
+impl UpstreamSettings {
+    /// The rule `allowed_networks` and `denied_networks` make.
+    pub fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy::new(&self.allowed_networks, &self.denied_networks)
     }
 }
 
@@ -156,6 +181,10 @@ pub struct UsageSettings {
     /// runs the gateway (one `docker compose up`) a 500-event INSERT is a burst of several
     /// milliseconds on one core that the proxied calls meeting it wait behind.
     pub batch_size: usize,
+    /// Largest token count (prompt or completion) believed of one call's `usage`: a model server
+    /// reporting more, a negative count or anything but an integer has its count recorded as
+    /// unknown and counted in `maas_usage_rejected_total`.
+    pub max_tokens_per_call: u64,
 }
 
 impl Default for UsageSettings {
@@ -163,6 +192,7 @@ impl Default for UsageSettings {
         Self {
             queue_capacity: 10_000,
             batch_size: 50,
+            max_tokens_per_call: 10_000_000,
         }
     }
 }
@@ -201,4 +231,19 @@ where
         .map(|item| item.trim().to_owned())
         .filter(|item| !item.is_empty())
         .collect())
+}
+
+/// The `metrics` section: bounds on the series the gateway's metrics make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Distinct models with series of their own (`model` label); calls of models past that many
+    /// are counted under `model="other"`.
+    pub max_models: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { max_models: 1000 }
+    }
 }

@@ -38,6 +38,13 @@ pub const GATEWAY_OVERHEAD_SECONDS: &str = "maas_gateway_overhead_seconds";
 pub const USAGE_EVENTS_DROPPED_TOTAL: &str = "maas_usage_events_dropped_total";
 /// Counter of tokens reported by model servers, labelled `model` and `kind` (`prompt`, `completion`).
 pub const TOKENS_TOTAL: &str = "maas_tokens_total";
+/// Counter of token counts in a model server's `usage` that were not believed and recorded as
+/// unknown, labelled `reason` (`negative`, `too_large`, `not_an_integer`).
+pub const USAGE_REJECTED_TOTAL: &str = "maas_usage_rejected_total";
+/// Counter of inference calls the gateway refused to send to a model server, labelled `reason`
+/// (`address_not_allowed`: the endpoint's address is denied by `upstream.denied_networks`;
+/// `concurrency_limit`: `upstream.max_concurrent_calls` calls were already in flight).
+pub const UPSTREAM_REFUSED_TOTAL: &str = "maas_upstream_refused_total";
 
 /// Label values of [`CACHE_REQUESTS_TOTAL`].
 pub mod cache_result {

@@ -10,7 +10,8 @@ pub mod stub;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_api::{RateLimitSettings, UpstreamSettings};
+use maas_api::proxy::IpNetwork;
+use maas_api::{MetricsSettings, RateLimitSettings, UpstreamSettings};
 use maas_cache::test_util::TestRedis;
 use maas_domain::Accounts;
 use maas_domain::identity::PlaintextKey;
@@ -60,6 +61,12 @@ pub struct Options {
     pub admin_key: Option<String>,
     /// Calls to model servers.
     pub upstream: UpstreamSettings,
+    /// Let the gateway call model servers on loopback, where the tests' stubs listen (added to
+    /// `upstream.allowed_networks`, as an operator serving a model from the gateway's own host
+    /// does); `false` leaves the address policy as `upstream` has it.
+    pub loopback_upstreams: bool,
+    /// Bounds on metric series.
+    pub metrics: MetricsSettings,
     /// `/metrics` on a port of its own (`server.admin_port`, a free one).
     pub admin_port: bool,
     /// `server.body_read_timeout_seconds`.
@@ -94,6 +101,8 @@ impl Default for Options {
                 timeout_seconds: 5,
                 ..UpstreamSettings::default()
             },
+            loopback_upstreams: true,
+            metrics: MetricsSettings::default(),
             admin_port: false,
             body_read_timeout_seconds: 30,
             reserved_names: Vec::new(),
@@ -132,7 +141,14 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.cache.local_ttl_ms = if options.local_cache { 300_000 } else { 0 };
     settings.auth.bootstrap_admin_key = Some(admin_key.to_owned());
     settings.rate_limit = options.rate_limit;
-    settings.upstream = options.upstream;
+    settings.upstream = options.upstream.clone();
+    if options.loopback_upstreams {
+        settings.upstream.allowed_networks.extend([
+            IpNetwork::v4(127, 0, 0, 0, 8),
+            IpNetwork::v6(std::net::Ipv6Addr::LOCALHOST, 128),
+        ]);
+    }
+    settings.metrics = options.metrics;
     settings.usage.queue_capacity = 1_000;
     settings.usage.batch_size = 100;
     settings

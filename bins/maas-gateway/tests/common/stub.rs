@@ -3,7 +3,9 @@
 //! `stub_status`, `stub_drip` (an endless slow stream, to see cancellation) with `stub_drip_ms`
 //! between its chunks (50 by default), `stub_newlines` (a stream of that many bare `\n` bytes,
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
-//! test calls [`Stub::release`], for at most a minute).
+//! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
+//! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
+//! holds, such as `1e400`; in a stream, in its final chunk).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +79,7 @@ impl Drop for DripGuard {
     }
 }
 
-fn sse(chunks: Vec<Value>) -> HttpResponse {
+fn sse(chunks: Vec<String>) -> HttpResponse {
     let mut body = String::new();
     for chunk in chunks {
         body.push_str(&format!("data: {chunk}\n\n"));
@@ -160,6 +162,15 @@ async fn handle(
         }));
     }
     let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10});
+    let usage_text = request["stub_usage"]
+        .as_str()
+        .map_or_else(|| usage.to_string(), str::to_owned);
+    // `value` with its `usage` written as `usage_text`.
+    let with_usage = |value: Value| {
+        value
+            .to_string()
+            .replace(r#""usage":"USAGE""#, &format!(r#""usage":{usage_text}"#))
+    };
     if request["stub_drip"].as_bool() == Some(true) {
         let every = Duration::from_millis(request["stub_drip_ms"].as_u64().unwrap_or(50));
         let guard = DripGuard(shared.get_ref().clone());
@@ -192,23 +203,26 @@ async fn handle(
         }));
     }
     if request["stream"].as_bool() == Some(true) {
-        let mut chunks: Vec<Value> = ["Hel", "lo"]
+        let mut chunks: Vec<String> = ["Hel", "lo"]
             .iter()
-            .map(|t| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}))
+            .map(|t| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
             .collect();
-        chunks.push(json!({"object": "chat.completion.chunk", "choices": [], "usage": usage}));
+        chunks.push(with_usage(
+            json!({"object": "chat.completion.chunk", "choices": [], "usage": "USAGE"}),
+        ));
         return sse(chunks);
     }
     HttpResponse::Ok()
         // A hop-by-hop header that must not reach the client.
         .insert_header(("x-upstream", "stub"))
-        .json(json!({
+        .content_type("application/json")
+        .body(with_usage(json!({
             "id": "cmpl-1",
             "object": if path.ends_with("/chat/completions") { "chat.completion" } else { "text_completion" },
             "model": request["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "text": "Hello", "finish_reason": "stop"}],
-            "usage": usage,
-        }))
+            "usage": "USAGE",
+        })))
 }
 
 pub async fn start_stub() -> Stub {

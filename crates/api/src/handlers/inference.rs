@@ -21,8 +21,8 @@ use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::RequestStarted;
 use crate::proxy::{
-    self, Answer, Delivery, Outbound, millis, raw_call_path, raw_call_query, request_headers,
-    upstream_uri,
+    self, Answer, CallSlot, Delivery, Outbound, UpstreamError, millis, raw_call_path,
+    raw_call_query, request_headers, upstream_uri,
 };
 use crate::request_id::current_request_id;
 use crate::state::AppState;
@@ -51,7 +51,9 @@ pub struct OpenAiModelList {
 
 /// One inference call on its way through the gateway: the context each phase reads (as a
 /// Pingora `CTX`). The phases run in this order, one method each: the key was authenticated and
-/// its rate limit checked by the middleware, then [`Call::resolve`] picks the version,
+/// its rate limit checked by the middleware, the call took its place among
+/// `upstream.max_concurrent_calls` ([`take_slot`]) before its body was read, then
+/// [`Call::resolve`] picks the version,
 /// [`Call::forward`] sends the call to its model server and [`Call::meter`] streams the answer
 /// back, recording its usage. A call that fails on the way leaves a usage event too.
 struct Call<'a> {
@@ -106,10 +108,11 @@ impl<'a> Call<'a> {
         &self,
         target: &Target,
         forwarding: Forwarding<'_>,
+        slot: CallSlot,
     ) -> Result<HttpResponse, OpenAiError> {
         let version = self.resolve(target).await?;
         let answer = self.forward(&version, forwarding).await?;
-        Ok(self.meter(&version, answer))
+        Ok(self.meter(&version, answer, slot))
     }
 
     fn event(&self, version: Option<i32>, status: u16) -> UsageEvent {
@@ -165,7 +168,9 @@ impl<'a> Call<'a> {
     }
 
     /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
-    /// Counted by the status the caller gets (`maas_upstream_requests_total`).
+    /// Counted by the status the caller gets (`maas_upstream_requests_total`; a model server's
+    /// status that is no HTTP status as `invalid`). A call refused by the address policy is
+    /// counted (`maas_upstream_refused_total`) and logged with its model and version.
     async fn forward(
         &self,
         version: &ModelVersion,
@@ -185,8 +190,20 @@ impl<'a> Call<'a> {
                 Ok(answer)
             }
             Err(err) => {
+                if let UpstreamError::AddressNotAllowed(reason) = &err {
+                    meters::count_upstream_refused(REFUSED_ADDRESS);
+                    slog::warn!(self.state.logger, "inference call refused: endpoint address not allowed";
+                        "model" => model, "version" => version.version.get(),
+                        "reason" => reason.as_str(),
+                        "request_id" => current_request_id());
+                }
+                let invalid_status = match err {
+                    UpstreamError::InvalidStatus(status) => Some(status),
+                    _ => None,
+                };
                 let err = ApiError::from(err);
-                meters::count_upstream(model, err.status_code().as_u16());
+                let counted = invalid_status.unwrap_or_else(|| err.status_code().as_u16());
+                meters::count_upstream(model, counted);
                 Err(self.failed_at(version, err))
             }
         }
@@ -223,7 +240,7 @@ impl<'a> Call<'a> {
 
     /// Phase three: the answer streamed back to the client through its meter, which records the
     /// call's usage when the body is over.
-    fn meter(&self, version: &ModelVersion, answer: Answer) -> HttpResponse {
+    fn meter(&self, version: &ModelVersion, answer: Answer, slot: CallSlot) -> HttpResponse {
         let number = version.version.get();
         let event = self.event(Some(number), answer.status());
         answer.into_response(Delivery {
@@ -233,8 +250,24 @@ impl<'a> Call<'a> {
             started: self.started,
             queue: self.state.usage_queue.clone(),
             idle: self.state.upstream.timeout(),
+            max_tokens: self.state.upstream.max_tokens_per_call(),
+            slot,
         })
     }
+}
+
+/// `maas_upstream_refused_total{reason}` of a call whose endpoint has no allowed address.
+const REFUSED_ADDRESS: &str = "address_not_allowed";
+/// `maas_upstream_refused_total{reason}` of a call past `upstream.max_concurrent_calls`.
+const REFUSED_BUSY: &str = "concurrency_limit";
+
+/// The call's place among `upstream.max_concurrent_calls`, taken before its body is read: past
+/// the limit the call is refused at once (503, `Retry-After`), nothing read and nothing sent.
+fn take_slot(state: &AppState) -> Result<CallSlot, OpenAiError> {
+    state.upstream.try_slot().map_err(|e| {
+        meters::count_upstream_refused(REFUSED_BUSY);
+        ApiError::from(e).into()
+    })
 }
 
 fn started(req: &HttpRequest) -> Instant {
@@ -261,9 +294,11 @@ async fn openai(
     path: &'static str,
     route: &'static str,
 ) -> Result<HttpResponse, OpenAiError> {
+    let slot = take_slot(&state)?;
     let (target, body) = read_openai_request(&req, payload, &state).await?;
     let call = Call::new(&state, &req, &actor, route, &target);
-    call.run(&target, Forwarding::post(path, None, body)).await
+    call.run(&target, Forwarding::post(path, None, body), slot)
+        .await
 }
 
 /// An OpenAI request's target (its `model`) and its body, read within the body limit.
@@ -374,6 +409,7 @@ pub async fn invoke(
     actor: Actor,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, OpenAiError> {
+    let slot = take_slot(&state)?;
     let (name, _decoded_rest) = path.into_inner();
     let name = ModelName::parse(name)?;
     // As sent, not as actix decoded it: the model server gets the client's bytes.
@@ -401,7 +437,7 @@ pub async fn invoke(
         "/v1/models/{name}/invoke/{path}",
         &target,
     );
-    call.run(&target, Forwarding::post(rest, Some(&query), body))
+    call.run(&target, Forwarding::post(rest, Some(&query), body), slot)
         .await
 }
 

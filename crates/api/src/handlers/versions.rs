@@ -1,7 +1,12 @@
 //! `/api/v1/models/{name}/versions` and `/api/v1/models/{name}/versions/{version}`.
 
+use std::net::IpAddr;
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use maas_domain::ValidationError;
+use maas_domain::values::EndpointUrl;
+use url::Host;
 
 use super::{model_name, page_limit, version_number};
 use crate::auth::Actor;
@@ -26,10 +31,9 @@ pub async fn create(
     body: Json<CreateVersion>,
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
-    let version = state
-        .registry
-        .create_version(&actor.0, &name, body.0.into_domain()?)
-        .await?;
+    let new = body.0.into_domain()?;
+    check_endpoint(&state, new.endpoint_url.as_ref())?;
+    let version = state.registry.create_version(&actor.0, &name, new).await?;
     Ok(HttpResponse::Created()
         .insert_header((
             header::LOCATION,
@@ -99,9 +103,11 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (name, version) = path.into_inner();
     let (name, version) = (model_name(name)?, version_number(&version)?);
+    let patch = body.0.into_domain()?;
+    check_endpoint(&state, patch.endpoint_url.as_ref().and_then(Option::as_ref))?;
     let version = state
         .registry
-        .update_version(&actor.0, &name, version, body.0.into_domain()?)
+        .update_version(&actor.0, &name, version, patch)
         .await?;
     Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
 }
@@ -126,4 +132,31 @@ pub async fn delete(
         .delete_version(&actor.0, &name, version)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// An `endpoint_url` whose host is an address the gateway would not connect to
+/// (`upstream.allowed_networks`, `upstream.denied_networks`) is refused when it is written, in
+/// whatever spelling the URL parser reads as that address (`2130706433`, `0x7f.1`, `0177.0.0.1`,
+/// `0`, `[::ffff:127.0.0.1]`). A host name is not resolved here: it is checked, as every
+/// address is, when the gateway connects.
+fn check_endpoint(state: &AppState, endpoint: Option<&EndpointUrl>) -> Result<(), ApiError> {
+    let Some(url) = endpoint.and_then(|e| url::Url::parse(e.as_str()).ok()) else {
+        return Ok(());
+    };
+    let address = match url.host() {
+        Some(Host::Ipv4(address)) => IpAddr::V4(address),
+        Some(Host::Ipv6(address)) => IpAddr::V6(address),
+        Some(Host::Domain(_)) | None => return Ok(()),
+    };
+    if state.upstream.policy().allows(address) {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        "endpoint_url",
+        format!(
+            "endpoint address not allowed: the gateway does not connect to {address} \
+             (upstream.denied_networks)"
+        ),
+    )
+    .into())
 }

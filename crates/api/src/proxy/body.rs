@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::client::CallSlot;
 use super::meter::Meter;
 
 /// Status recorded for a call whose client went away before the body was complete (nginx's
@@ -30,6 +31,9 @@ pub struct MeteredBody<B> {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether a chunk came since the timer was last armed.
     progressed: bool,
+    /// The call's place among `upstream.max_concurrent_calls`: given back when the body is
+    /// over (dropped at the end, after the meter recorded the call).
+    slot: Option<CallSlot>,
 }
 
 impl<B: hyper::body::Body> MeteredBody<B> {
@@ -46,7 +50,15 @@ impl<B: hyper::body::Body> MeteredBody<B> {
             idle,
             idle_timer: None,
             progressed: false,
+            slot: None,
         }
+    }
+
+    /// The same body, holding `slot` until it is over or dropped.
+    #[must_use]
+    pub fn holding(mut self, slot: CallSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// The body's exact length, if the upstream sent one.
@@ -103,6 +115,7 @@ where
                 }
                 Poll::Ready(None) => {
                     this.meter.finish(None);
+                    this.slot = None;
                     Poll::Ready(None)
                 }
                 Poll::Pending if this.idle_expired(cx) => {

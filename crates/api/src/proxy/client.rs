@@ -1,4 +1,6 @@
-//! The pooled client for model servers: one hyper-util client per worker thread over rustls.
+//! The pooled client for model servers: one hyper-util client per worker thread over rustls,
+//! connecting only to addresses the [`AddressPolicy`] allows, and at most
+//! `upstream.max_concurrent_calls` calls at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +15,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use maas_telemetry::metrics::{HandleMemo, memoised};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::UpstreamError;
-use crate::settings::UpstreamSettings;
+use super::guard::{AddressRefused, Guarded, PolicyResolver};
+use super::policy::AddressPolicy;
+use crate::settings::{UpstreamSettings, UsageSettings};
 
-/// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls, over
+/// connections the address policy allows.
+type HttpClient = Client<HttpsConnector<Guarded<HttpConnector<PolicyResolver>>>, Full<Bytes>>;
 
 /// The upstream's answer: status, headers and a body that is read as it arrives.
 pub type UpstreamResponse = hyper::Response<Incoming>;
@@ -37,14 +43,33 @@ pub type UpstreamResponse = hyper::Response<Incoming>;
 /// connection, the response handed back), which on a busy machine is most of the proxy's tail
 /// latency. So each worker thread gets its own pool, built from the same settings on first use;
 /// `upstream.pool_max_idle_per_host` applies per worker thread.
+///
+/// Every connection goes only to addresses `upstream.allowed_networks` and
+/// `upstream.denied_networks` allow, checked after name resolution (each time a connection is
+/// opened, so a name that later resolves elsewhere is checked again) and on addresses written
+/// in the URL; a call whose endpoint has no allowed address fails with
+/// [`UpstreamError::AddressNotAllowed`], whoever registered it.
 #[derive(Clone)]
 pub struct Upstream {
-    settings: UpstreamSettings,
+    settings: Arc<UpstreamSettings>,
     /// Tells this `Upstream`'s per-thread clients from those of another one (tests run several).
     id: u64,
     /// TLS settings and the system's CA roots, loaded once and shared by every thread's client.
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
+    policy: Arc<AddressPolicy>,
+    /// One permit per call in flight, `upstream.max_concurrent_calls` in all.
+    slots: Arc<Semaphore>,
+    /// `usage.max_tokens_per_call`.
+    max_tokens_per_call: u64,
+}
+
+/// A call's place among `upstream.max_concurrent_calls`: held from before its body is read
+/// until its answer's body is over or dropped.
+#[derive(Debug)]
+pub struct CallSlot {
+    /// Given back to `upstream.max_concurrent_calls` when dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -88,8 +113,12 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
     .with_no_client_auth())
 }
 
-fn build_client(settings: &UpstreamSettings, tls: &rustls::ClientConfig) -> HttpClient {
-    let mut http = HttpConnector::new();
+fn build_client(
+    settings: &UpstreamSettings,
+    tls: &rustls::ClientConfig,
+    policy: &Arc<AddressPolicy>,
+) -> HttpClient {
+    let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(Arc::clone(policy)));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(settings.connect_timeout_seconds)));
@@ -98,7 +127,7 @@ fn build_client(settings: &UpstreamSettings, tls: &rustls::ClientConfig) -> Http
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(Guarded::new(http, Arc::clone(policy)));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
@@ -113,12 +142,44 @@ impl Upstream {
     /// # Errors
     /// When the system's CA certificates exist but none of them can be used.
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let slots = settings.max_concurrent_calls.min(Semaphore::MAX_PERMITS);
         Ok(Self {
             tls: Arc::new(tls_config()?),
-            settings: *settings,
+            settings: Arc::new(settings.clone()),
             id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             timeout: Duration::from_secs(settings.timeout_seconds),
+            policy: Arc::new(settings.address_policy()),
+            slots: Arc::new(Semaphore::new(slots)),
+            max_tokens_per_call: UsageSettings::default().max_tokens_per_call,
         })
+    }
+
+    /// The same client, believing token counts of at most `max` (`usage.max_tokens_per_call`).
+    #[must_use]
+    pub fn with_max_tokens_per_call(mut self, max: u64) -> Self {
+        self.max_tokens_per_call = max;
+        self
+    }
+
+    /// Largest token count of one call's `usage` that is believed.
+    pub fn max_tokens_per_call(&self) -> u64 {
+        self.max_tokens_per_call
+    }
+
+    /// Which addresses calls may go to (also checked when a version's endpoint is written).
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.policy
+    }
+
+    /// A place for one more call, unless `upstream.max_concurrent_calls` are in flight.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Busy`] when every place is taken.
+    pub fn try_slot(&self) -> Result<CallSlot, UpstreamError> {
+        Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map(|permit| CallSlot { _permit: permit })
+            .map_err(|_| UpstreamError::Busy)
     }
 
     /// Longest wait for the response headers, and between two chunks of the body.
@@ -133,14 +194,15 @@ impl Upstream {
             &THREAD_CLIENTS,
             |id| *id == self.id,
             || self.id,
-            || build_client(&self.settings, &self.tls),
+            || build_client(&self.settings, &self.tls, &self.policy),
         )
     }
 
     /// Sends a request and waits for the response headers, within `upstream.timeout_seconds`.
     ///
     /// # Errors
-    /// [`UpstreamError::Timeout`] past the timeout, [`UpstreamError::Unreachable`] when no
+    /// [`UpstreamError::Timeout`] past the timeout, [`UpstreamError::AddressNotAllowed`] when
+    /// the endpoint has no address the policy allows, [`UpstreamError::Unreachable`] when no
     /// connection could be made or it broke before the headers.
     pub async fn send(
         &self,
@@ -155,10 +217,25 @@ impl Upstream {
         *request.headers_mut() = headers;
         match tokio::time::timeout(self.timeout, self.client().request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(match refusal(&e) {
+                Some(refused) => UpstreamError::AddressNotAllowed(refused.to_string()),
+                None => UpstreamError::Unreachable(error_chain(&e)),
+            }),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// The policy's refusal among an error's sources, if that is why the call failed.
+fn refusal<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e AddressRefused> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(refused) = e.downcast_ref::<AddressRefused>() {
+            return Some(refused);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// An error and its sources, one after the other (hyper-util's own message is only the kind).

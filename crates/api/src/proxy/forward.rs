@@ -12,7 +12,7 @@ use maas_domain::inference::UsageEvent;
 
 use super::UpstreamError;
 use super::body::MeteredBody;
-use super::client::{Upstream, UpstreamResponse};
+use super::client::{CallSlot, Upstream, UpstreamResponse};
 use super::headers::response_headers;
 use super::meter::Meter;
 use crate::meters;
@@ -45,7 +45,9 @@ pub struct Answer {
 /// from `started`, when the gateway received the request.
 ///
 /// # Errors
-/// [`UpstreamError::Timeout`] or [`UpstreamError::Unreachable`] (see [`Upstream::send`]).
+/// [`UpstreamError::Timeout`], [`UpstreamError::AddressNotAllowed`] or
+/// [`UpstreamError::Unreachable`] (see [`Upstream::send`]); [`UpstreamError::InvalidStatus`]
+/// for an answer whose status is outside 100 to 599 (its body is dropped unread).
 pub async fn send(
     upstream: &Upstream,
     started: Instant,
@@ -57,6 +59,10 @@ pub async fn send(
         .await?;
     let overhead = started.elapsed().saturating_sub(upstream_started.elapsed());
     meters::record_overhead(overhead);
+    let status = response.status().as_u16();
+    if !(100..=599).contains(&status) {
+        return Err(UpstreamError::InvalidStatus(status));
+    }
     Ok(Answer {
         response,
         upstream_started,
@@ -79,6 +85,11 @@ pub struct Delivery<'a> {
     pub queue: UsageQueue,
     /// Longest quiet allowed between two chunks of the body.
     pub idle: Duration,
+    /// Largest token count believed (`usage.max_tokens_per_call`).
+    pub max_tokens: u64,
+    /// The call's place among `upstream.max_concurrent_calls`, given back when the body is over
+    /// or dropped.
+    pub slot: CallSlot,
 }
 
 impl Answer {
@@ -121,8 +132,10 @@ impl Answer {
             self.upstream_started,
             sse,
             delivery.queue,
+            delivery.max_tokens,
         );
-        let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle);
+        let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle)
+            .holding(delivery.slot);
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
         // framing, and the answer usually leaves in one write. Still streamed, never buffered.
         match body.exact_length().filter(|_| !sse) {

@@ -2,6 +2,9 @@
 //! passes chunks through as they arrive while it watches for the upstream's `usage`.
 //!
 //! - [`client`]: the pooled [`Upstream`] client, one per worker thread, and its TLS settings;
+//!   the places of calls in flight ([`CallSlot`], `upstream.max_concurrent_calls`);
+//! - [`policy`]: which addresses model servers may have ([`AddressPolicy`], CIDR networks);
+//! - [`guard`]: the policy where connections are made (a resolver, a connector layer);
 //! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
 //! - [`target`]: the upstream URL, and the checks on a raw call's path and query;
 //! - [`meter`]: the [`Meter`] that reads an answer's `usage` and records the call;
@@ -15,15 +18,18 @@
 pub mod body;
 pub mod client;
 pub mod forward;
+pub mod guard;
 pub mod headers;
 pub mod meter;
+pub mod policy;
 pub mod target;
 
 pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
-pub use client::{Upstream, UpstreamResponse};
+pub use client::{CallSlot, Upstream, UpstreamResponse};
 pub use forward::{Answer, Delivery, Outbound, send};
 pub use headers::{request_headers, response_headers};
 pub use meter::{Meter, millis};
+pub use policy::{AddressPolicy, IpNetwork};
 pub use target::{raw_call_path, raw_call_query, upstream_uri, upstream_url};
 
 /// Why a call could not be sent to its model server, or got no answer from it.
@@ -39,4 +45,14 @@ pub enum UpstreamError {
     /// The call's path would leave the version's endpoint, or makes no URL; says why.
     #[error("path {0}")]
     InvalidPath(&'static str),
+    /// The endpoint's host has no address `upstream.allowed_networks` and
+    /// `upstream.denied_networks` allow; the text (host and addresses) is for the log.
+    #[error("{0}")]
+    AddressNotAllowed(String),
+    /// `upstream.max_concurrent_calls` calls are already in flight.
+    #[error("upstream.max_concurrent_calls calls are in flight")]
+    Busy,
+    /// The model server answered with a status outside 100 to 599.
+    #[error("the model server answered with status {0}, which is not an HTTP status")]
+    InvalidStatus(u16),
 }

@@ -5,10 +5,16 @@
 //! memory bounded: a JSON body is held up to [`USAGE_SCAN_LIMIT`], then only its last
 //! [`USAGE_TAIL`] bytes (each byte moved at most once); server-sent events are read line by
 //! line as they pass, each byte looked at a bounded number of times (see `sse.rs`).
+//!
+//! The counts are the model server's word, so only believable ones are kept: a count must be a
+//! non-negative integer of at most `usage.max_tokens_per_call`. Anything else (negative, too
+//! large, a fraction, a string, a number too long for any integer type) is recorded as unknown
+//! and counted in `maas_usage_rejected_total{reason}`.
 
 use std::time::{Duration, Instant};
 
 use maas_domain::inference::UsageEvent;
+use serde_json::value::RawValue;
 
 use crate::meters;
 use crate::usage::UsageQueue;
@@ -42,6 +48,25 @@ pub struct Meter {
     tail_only: bool,
     /// Where the lines of server-sent events stand.
     lines: SseLines,
+    /// How counts are judged, and the ones refused so far.
+    tokens: Tokens,
+}
+
+/// Why a count was refused (the `reason` of `maas_usage_rejected_total`).
+pub mod rejected {
+    /// Below zero.
+    pub const NEGATIVE: &str = "negative";
+    /// Above `usage.max_tokens_per_call`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// A fraction, an exponent, a string or any other JSON value but an integer.
+    pub const NOT_AN_INTEGER: &str = "not_an_integer";
+}
+
+/// The bound on a count, and why the last count of each kind was refused, if it was.
+struct Tokens {
+    max: u64,
+    /// Prompt, completion.
+    refused: [Option<&'static str>; 2],
 }
 
 impl Meter {
@@ -52,6 +77,7 @@ impl Meter {
         upstream_started: Instant,
         sse: bool,
         queue: UsageQueue,
+        max_tokens: u64,
     ) -> Self {
         Self {
             event: Some(event),
@@ -62,6 +88,10 @@ impl Meter {
             buffer: Vec::new(),
             tail_only: false,
             lines: SseLines::default(),
+            tokens: Tokens {
+                max: max_tokens,
+                refused: [None; 2],
+            },
         }
     }
 
@@ -74,10 +104,10 @@ impl Meter {
     pub(super) fn observe(&mut self, chunk: &[u8]) {
         if self.sse {
             // Every event with usage counts, a later one's counts over an earlier one's.
-            let event = &mut self.event;
+            let (event, tokens) = (&mut self.event, &mut self.tokens);
             self.lines.feed(chunk, |json| {
                 if let Some(usage) = usage_of(json) {
-                    count(event, usage);
+                    count(event, tokens, &usage);
                 }
             });
         } else if !self.tail_only && self.buffer.len() + chunk.len() <= USAGE_SCAN_LIMIT {
@@ -118,19 +148,19 @@ impl Meter {
         if let Some(value) = found {
             let mut values = serde_json::Deserializer::from_slice(value).into_iter::<UsageCounts>();
             if let Some(Ok(usage)) = values.next() {
-                self.count(usage);
+                self.count(&usage);
             }
         }
     }
 
     fn take_usage(&mut self, json: &[u8]) {
         if let Some(usage) = usage_of(json) {
-            self.count(usage);
+            self.count(&usage);
         }
     }
 
-    fn count(&mut self, usage: UsageCounts) {
-        count(&mut self.event, usage);
+    fn count(&mut self, usage: &UsageCounts<'_>) {
+        count(&mut self.event, &mut self.tokens, usage);
     }
 
     /// Records the call once; `status` overrides the event's when the body broke off.
@@ -145,6 +175,9 @@ impl Meter {
         if let Some(status) = status {
             event.status = status;
         }
+        for reason in self.tokens.refused.iter().flatten() {
+            meters::count_usage_rejected(reason);
+        }
         let upstream = self.upstream_started.elapsed();
         event.upstream_ms = Some(millis(upstream));
         event.latency_ms = millis(self.started.elapsed());
@@ -158,52 +191,81 @@ impl Meter {
     }
 }
 
-/// The `usage` of a JSON answer or event. Only `usage` is kept; the rest (the completion
-/// itself) is skipped over without building a tree of it.
-fn usage_of(json: &[u8]) -> Option<UsageCounts> {
-    serde_json::from_slice::<WithUsage>(json).ok()?.usage
+/// The `usage` of a JSON answer or event. Only `usage` is kept, its counts as written; the rest
+/// (the completion itself) is skipped over without building a tree of it.
+fn usage_of(json: &[u8]) -> Option<UsageCounts<'_>> {
+    serde_json::from_slice::<WithUsage<'_>>(json).ok()?.usage
 }
 
-/// Sets the counts `usage` has on the event, until it is recorded.
-fn count(event: &mut Option<UsageEvent>, usage: UsageCounts) {
+/// Sets the counts `usage` has on the event, until it is recorded: a believable count replaces
+/// the one before, a refused one leaves the count unknown (and is remembered for the metric).
+fn count(event: &mut Option<UsageEvent>, tokens: &mut Tokens, usage: &UsageCounts<'_>) {
     let Some(event) = event else {
         return;
     };
-    if let Some(n) = usage.prompt_tokens.0 {
-        event.prompt_tokens = Some(n);
+    let fields = [
+        (usage.prompt_tokens, &mut event.prompt_tokens),
+        (usage.completion_tokens, &mut event.completion_tokens),
+    ];
+    for ((given, slot), refused) in fields.into_iter().zip(&mut tokens.refused) {
+        let Some(given) = given else {
+            continue;
+        };
+        match judge(given, tokens.max) {
+            Ok(n) => {
+                *slot = Some(n);
+                *refused = None;
+            }
+            Err(reason) => {
+                *slot = None;
+                *refused = Some(reason);
+            }
+        }
     }
-    if let Some(n) = usage.completion_tokens.0 {
-        event.completion_tokens = Some(n);
+}
+
+/// A count as the model server wrote it, believed if it is a plain non-negative integer of at
+/// most `max`. Read from its text, so a number no integer type holds (`1e400`,
+/// `99999999999999999999`) is refused like any other, in time linear in its length.
+fn judge(given: &RawValue, max: u64) -> Result<i64, &'static str> {
+    let text = given.get().trim_ascii();
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(rejected::NOT_AN_INTEGER);
     }
+    if negative {
+        return if digits.bytes().all(|b| b == b'0') {
+            Ok(0)
+        } else {
+            Err(rejected::NEGATIVE)
+        };
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or(rejected::TOO_LARGE)
 }
 
 /// The part of an upstream answer the meter reads; everything else is skipped unread.
 #[derive(serde::Deserialize)]
-struct WithUsage {
-    #[serde(default)]
-    usage: Option<UsageCounts>,
+struct WithUsage<'a> {
+    #[serde(default, borrow)]
+    usage: Option<UsageCounts<'a>>,
 }
 
-/// OpenAI's `usage` object, the two counts the gateway keeps (its other fields are skipped).
+/// OpenAI's `usage` object: the two counts the gateway keeps, as the model server wrote them
+/// (its other fields are skipped); `null` is the same as absent.
 #[derive(serde::Deserialize)]
-struct UsageCounts {
-    #[serde(default)]
-    prompt_tokens: Count,
-    #[serde(default)]
-    completion_tokens: Count,
-}
-
-/// A token count, or `None` when the field holds anything but an integer: a field of an
-/// unexpected type must not cost the other one.
-#[derive(Default)]
-struct Count(Option<i64>);
-
-impl<'de> serde::Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // A number deserialises into a `Value` without allocating; anything else is dropped.
-        let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
-        Ok(Self(value.as_i64()))
-    }
+struct UsageCounts<'a> {
+    #[serde(default, borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    completion_tokens: Option<&'a RawValue>,
 }
 
 /// Milliseconds, saturating at `i32::MAX`.
@@ -219,7 +281,14 @@ mod tests {
     fn tokens_of(body: &[u8]) -> (Option<i64>, Option<i64>) {
         let (queue, _receiver) = UsageQueue::new(1);
         let event = crate::usage::tests::event();
-        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        let mut meter = Meter::new(
+            event,
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000_000,
+        );
         meter.take_usage(body);
         let event = meter.event().expect("not recorded yet");
         (event.prompt_tokens, event.completion_tokens)
@@ -230,7 +299,14 @@ mod tests {
     fn tokens_of_chunked(body: &[u8], chunk: usize) -> (Option<i64>, Option<i64>) {
         let (queue, _receiver) = UsageQueue::new(1);
         let event = crate::usage::tests::event();
-        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        let mut meter = Meter::new(
+            event,
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000_000,
+        );
         for piece in body.chunks(chunk) {
             meter.observe(piece);
         }
@@ -280,7 +356,14 @@ mod tests {
         let body = large_answer(10 * USAGE_SCAN_LIMIT, "");
         let (queue, _receiver) = UsageQueue::new(1);
         let event = crate::usage::tests::event();
-        let mut meter = Meter::new(event, Instant::now(), Instant::now(), false, queue);
+        let mut meter = Meter::new(
+            event,
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000_000,
+        );
         for piece in body.chunks(1000) {
             meter.observe(piece);
             assert!(
@@ -311,6 +394,88 @@ mod tests {
         let detailed = br#"{"usage":{"prompt_tokens_details":{"cached_tokens":2},"prompt_tokens":7,
             "total_tokens":9,"completion_tokens":2,"completion_tokens_details":null}}"#;
         assert_eq!(tokens_of(detailed), (Some(7), Some(2)));
+    }
+
+    /// The reasons a meter refused the counts of `body` for, prompt then completion.
+    fn refused_in(body: &[u8]) -> [Option<&'static str>; 2] {
+        let (queue, _receiver) = UsageQueue::new(1);
+        let event = crate::usage::tests::event();
+        let mut meter = Meter::new(
+            event,
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000_000,
+        );
+        meter.take_usage(body);
+        meter.tokens.refused
+    }
+
+    #[test]
+    fn only_non_negative_integers_up_to_the_bound_are_believed() {
+        use rejected::{NEGATIVE, NOT_AN_INTEGER, TOO_LARGE};
+        for (usage, tokens, refused) in [
+            (
+                r#"{"prompt_tokens":-1000000,"completion_tokens":3}"#,
+                (None, Some(3)),
+                [Some(NEGATIVE), None],
+            ),
+            (
+                r#"{"prompt_tokens":1000000,"completion_tokens":1000001}"#,
+                (Some(1_000_000), None),
+                [None, Some(TOO_LARGE)],
+            ),
+            (
+                r#"{"prompt_tokens":99999999999999999999999,"completion_tokens":18446744073709551616}"#,
+                (None, None),
+                [Some(TOO_LARGE), Some(TOO_LARGE)],
+            ),
+            (
+                r#"{"prompt_tokens":1e400,"completion_tokens":2.5}"#,
+                (None, None),
+                [Some(NOT_AN_INTEGER), Some(NOT_AN_INTEGER)],
+            ),
+            (
+                r#"{"prompt_tokens":1e3,"completion_tokens":-2.5}"#,
+                (None, None),
+                [Some(NOT_AN_INTEGER), Some(NOT_AN_INTEGER)],
+            ),
+            (
+                r#"{"prompt_tokens":"7","completion_tokens":true}"#,
+                (None, None),
+                [Some(NOT_AN_INTEGER), Some(NOT_AN_INTEGER)],
+            ),
+            (
+                r#"{"prompt_tokens":0,"completion_tokens":-0}"#,
+                (Some(0), Some(0)),
+                [None, None],
+            ),
+            (
+                r#"{"prompt_tokens":null,"total_tokens":-5}"#,
+                (None, None),
+                [None, None],
+            ),
+        ] {
+            let body = format!(r#"{{"usage":{usage}}}"#);
+            assert_eq!(tokens_of(body.as_bytes()), tokens, "{usage}");
+            assert_eq!(refused_in(body.as_bytes()), refused, "{usage}");
+        }
+    }
+
+    #[test]
+    fn a_refused_count_replaces_a_believed_one_and_the_other_way_round() {
+        let (queue, _receiver) = UsageQueue::new(1);
+        let event = crate::usage::tests::event();
+        let mut meter = Meter::new(event, Instant::now(), Instant::now(), true, queue, 100);
+        meter.observe(b"data: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":-1}}\n\n");
+        meter.observe(b"data: {\"usage\":{\"prompt_tokens\":500,\"completion_tokens\":4}}\n\n");
+        let event = meter.event().expect("not recorded yet");
+        assert_eq!(
+            (event.prompt_tokens, event.completion_tokens),
+            (None, Some(4))
+        );
+        assert_eq!(meter.tokens.refused, [Some(rejected::TOO_LARGE), None]);
     }
 
     #[test]

@@ -214,7 +214,14 @@ mod tests {
     fn meter<P: AsRef<[u8]>>(pieces: impl IntoIterator<Item = P>) -> Read {
         let (queue, _receiver) = UsageQueue::new(1);
         let event = crate::usage::tests::event();
-        let mut meter = Meter::new(event, Instant::now(), Instant::now(), true, queue);
+        let mut meter = Meter::new(
+            event,
+            Instant::now(),
+            Instant::now(),
+            true,
+            queue,
+            1_000_000,
+        );
         let before = EXAMINED.with(Cell::get);
         let mut held = (0, 0);
         for piece in pieces {
