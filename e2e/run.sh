@@ -28,6 +28,8 @@ run_id="$(date +%Y%m%d%H%M%S)_$$_$(random_hex 3)"
 db_name="maas_e2e_$run_id"
 key_prefix="maas:e2e:$run_id:"
 admin_key="maas_e2eadmin$(random_hex 20)"
+# The versions below carry upstream credentials, which are stored encrypted under this key.
+secrets_key=$(head -c 32 /dev/urandom | base64)
 work_dir=$(mktemp -d "${TMPDIR:-/tmp}/maas-e2e.XXXXXX")
 gateway_log="$work_dir/gateway.log"
 stub_log="$work_dir/stub.log"
@@ -150,6 +152,7 @@ env -i PATH="$PATH" HOME="${HOME:-/root}" \
     MAAS_RATE_LIMIT__DEFAULT_RPM=100000 \
     MAAS_RATE_LIMIT__BURST=10000 \
     MAAS_UPSTREAM__ALLOWED_NETWORKS=127.0.0.0/8,::1/128 \
+    MAAS_SECRETS__ENCRYPTION_KEY="$secrets_key" \
     MAAS_LOG__LEVEL=info \
     MAAS_LOG__FORMAT=json \
     "$binary" serve >"$gateway_log" 2>&1 &
@@ -187,7 +190,7 @@ model="e2e-model"
 upstream_key_1="upstream-secret-one-$(random_hex 8)"
 upstream_key_2="upstream-secret-two-$(random_hex 8)"
 echo "e2e: seeding $model: versions 1 (production) and 2 (canary) on $stub_url/v1" >&2
-api POST /api/v1/models "{\"name\":\"$model\",\"description\":\"served by the e2e stub\"}" >/dev/null
+api POST /api/v1/models "{\"name\":\"$model\",\"description\":\"served by the e2e stub\",\"visibility\":\"public\"}" >/dev/null
 api POST "/api/v1/models/$model/versions" \
     "{\"source_uri\":\"s3://e2e/v1.bin\",\"endpoint_url\":\"$stub_url/v1\",\"upstream_api_key\":\"$upstream_key_1\"}" >/dev/null
 api POST "/api/v1/models/$model/versions" \
@@ -195,7 +198,7 @@ api POST "/api/v1/models/$model/versions" \
 api PUT "/api/v1/models/$model/aliases/production" '{"version":1}' >/dev/null
 api PUT "/api/v1/models/$model/aliases/canary" '{"version":2}' >/dev/null
 usage_model="e2e-usage"
-api POST /api/v1/models "{\"name\":\"$usage_model\"}" >/dev/null
+api POST /api/v1/models "{\"name\":\"$usage_model\",\"visibility\":\"public\"}" >/dev/null
 api POST "/api/v1/models/$usage_model/versions" \
     "{\"source_uri\":\"s3://e2e/u.bin\",\"endpoint_url\":\"$stub_url/v1\"}" >/dev/null
 # The SDK calls with a member's own key, as a platform user would.

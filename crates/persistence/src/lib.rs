@@ -43,6 +43,7 @@
 //! `Internal`, never a panic. Tests of this and other crates get a database of
 //! their own from [`test_util::TestDatabase`] (feature `test-util`).
 
+mod aliases;
 mod error;
 mod grants;
 mod health;
@@ -57,6 +58,7 @@ mod settings;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 mod usage;
+mod versions;
 
 pub use error::PersistenceError;
 pub use health::PgHealth;

@@ -2,11 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use diesel::dsl::{max, now};
+use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::Text;
-use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
 use maas_domain::inference::{ServableModel, UpstreamSecret};
@@ -20,10 +18,8 @@ use uuid::Uuid;
 
 use crate::error::{Failure, corrupt, observe};
 use crate::pool::{PgPool, PooledConnection};
-use crate::rows::{
-    ModelChanges, ModelRow, NewModelRow, NewVersionRow, VersionChanges, VersionRow, rows_for,
-};
-use crate::schema::{model_aliases, model_grants, model_versions, models, users};
+use crate::rows::{ModelChanges, ModelRow, NewModelRow, VersionChanges, VersionRow, rows_for};
+use crate::schema::{model_grants, model_versions, models, users};
 use crate::secrets::SecretKeys;
 
 /// The model registry in PostgreSQL. Cheap to clone (the pool is shared).
@@ -148,12 +144,8 @@ pub(crate) fn model_not_found(model: &ModelName) -> RepoError {
     RepoError::NotFound(format!("model '{model}' not found"))
 }
 
-fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
+pub(crate) fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
     RepoError::NotFound(format!("version {version} of model '{model}' not found"))
-}
-
-fn alias_not_found(model: &ModelName, alias: &AliasName) -> RepoError {
-    RepoError::NotFound(format!("alias '{alias}' of model '{model}' not found"))
 }
 
 async fn model_exists(conn: &mut AsyncPgConnection, model: &ModelName) -> Result<bool, Failure> {
@@ -166,7 +158,11 @@ async fn model_exists(conn: &mut AsyncPgConnection, model: &ModelName) -> Result
 
 /// The error for something of `model` that was not found: the model itself when it is missing,
 /// else `otherwise`. Costs a query, but only on the not-found path.
-async fn missing(conn: &mut AsyncPgConnection, model: &ModelName, otherwise: RepoError) -> Failure {
+pub(crate) async fn missing(
+    conn: &mut AsyncPgConnection,
+    model: &ModelName,
+    otherwise: RepoError,
+) -> Failure {
     match model_exists(conn, model).await {
         Ok(true) => otherwise.into(),
         Ok(false) => model_not_found(model).into(),
@@ -316,31 +312,7 @@ impl RegistryRepository for PgRegistryRepository {
                 .map(|k| self.secrets.seal(k))
                 .transpose()?;
             let mut conn = self.conn().await?;
-            let created = conn
-                .transaction::<_, DieselError, _>(async |conn| {
-                    // Takes the model's row lock until commit, so concurrent creates queue up
-                    // here; a rollback undoes the increment, so numbers stay gapless.
-                    let (model_id, number): (Uuid, i32) =
-                        diesel::update(models::table.filter(models::name.eq(model.as_str())))
-                            .set((
-                                models::next_version.eq(models::next_version + 1),
-                                models::latest_version.eq(models::next_version.nullable()),
-                                models::updated_at.eq(now),
-                            ))
-                            .returning((models::id, models::next_version - 1))
-                            .get_result(conn)
-                            .await?;
-                    diesel::insert_into(model_versions::table)
-                        .values(NewVersionRow::new(model_id, number, new, sealed))
-                        .returning(VersionRow::as_returning())
-                        .get_result(conn)
-                        .await
-                })
-                .await;
-            match created {
-                Err(DieselError::NotFound) => Err(model_not_found(model).into()),
-                other => Ok(other?.into_domain(model)?),
-            }
+            crate::versions::create(&mut conn, model, new, sealed).await
         })
         .await
     }
@@ -512,27 +484,9 @@ impl RegistryRepository for PgRegistryRepository {
         patch: VersionPatch,
     ) -> Result<ModelVersion, RepoError> {
         observe("update_version", async {
+            let changes = VersionChanges::new(patch, &self.secrets)?;
             let mut conn = self.conn().await?;
-            let model_id = models::table
-                .filter(models::name.eq(model.as_str()))
-                .select(models::id);
-            let row = diesel::update(
-                model_versions::table
-                    .filter(model_versions::model_id.eq_any(model_id))
-                    .filter(model_versions::version.eq(version.get())),
-            )
-            .set((
-                VersionChanges::new(patch, &self.secrets)?,
-                model_versions::updated_at.eq(now),
-            ))
-            .returning(VersionRow::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()?;
-            match row {
-                Some(row) => Ok(row.into_domain(model)?),
-                None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
-            }
+            crate::versions::update(&mut conn, model, version, changes).await
         })
         .await
     }
@@ -544,43 +498,7 @@ impl RegistryRepository for PgRegistryRepository {
     ) -> Result<(), RepoError> {
         observe("delete_version", async {
             let mut conn = self.conn().await?;
-            conn.transaction::<_, Failure, _>(async |conn| {
-                // Lock the model first, as create_version does, so the two never interleave and
-                // latest_version is computed over a settled set of versions.
-                let model_id: Uuid = models::table
-                    .filter(models::name.eq(model.as_str()))
-                    .select(models::id)
-                    .for_update()
-                    .first(conn)
-                    .await
-                    .optional()?
-                    .ok_or_else(|| model_not_found(model))?;
-                // Aliases on the version go with it through ON DELETE CASCADE.
-                let deleted = diesel::delete(
-                    model_versions::table
-                        .filter(model_versions::model_id.eq(model_id))
-                        .filter(model_versions::version.eq(version.get())),
-                )
-                .execute(conn)
-                .await?;
-                if deleted == 0 {
-                    return Err(version_not_found(model, version).into());
-                }
-                // next_version stays as it is: a deleted number is never handed out again.
-                let highest_left = model_versions::table
-                    .filter(model_versions::model_id.eq(model_id))
-                    .select(max(model_versions::version))
-                    .single_value();
-                diesel::update(models::table.find(model_id))
-                    .set((
-                        models::latest_version.eq(highest_left),
-                        models::updated_at.eq(now),
-                    ))
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-            .await
+            crate::versions::delete(&mut conn, model, version).await
         })
         .await
     }
@@ -593,48 +511,7 @@ impl RegistryRepository for PgRegistryRepository {
     ) -> Result<Alias, RepoError> {
         observe("set_alias", async {
             let mut conn = self.conn().await?;
-            // One statement: insert or move the alias to the version found by name and number;
-            // no row when either is missing.
-            let target = model_versions::table
-                .inner_join(models::table)
-                .filter(models::name.eq(model.as_str()))
-                .filter(model_versions::version.eq(version.get()))
-                .select((
-                    model_versions::model_id,
-                    alias.as_str().into_sql::<Text>(),
-                    model_versions::id,
-                ));
-            let upserted = diesel::insert_into(model_aliases::table)
-                .values(target)
-                .into_columns((
-                    model_aliases::model_id,
-                    model_aliases::alias,
-                    model_aliases::version_id,
-                ))
-                .on_conflict((model_aliases::model_id, model_aliases::alias))
-                .do_update()
-                .set((
-                    model_aliases::version_id.eq(excluded(model_aliases::version_id)),
-                    model_aliases::updated_at.eq(now),
-                ))
-                .returning(model_aliases::updated_at)
-                .get_result::<DateTime<Utc>>(&mut conn)
-                .await
-                .optional();
-            match upserted {
-                Ok(Some(updated_at)) => Ok(Alias {
-                    model: model.clone(),
-                    alias: alias.clone(),
-                    version,
-                    updated_at,
-                }),
-                // The version was deleted between finding it and inserting the alias.
-                Err(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)) => {
-                    Err(version_not_found(model, version).into())
-                }
-                Ok(None) => Err(missing(&mut conn, model, version_not_found(model, version)).await),
-                Err(e) => Err(e.into()),
-            }
+            crate::aliases::set(&mut conn, model, alias, version).await
         })
         .await
     }
@@ -646,19 +523,7 @@ impl RegistryRepository for PgRegistryRepository {
     ) -> Result<ModelVersion, RepoError> {
         observe("resolve_alias", async {
             let mut conn = self.conn().await?;
-            let row = model_aliases::table
-                .inner_join(model_versions::table.inner_join(models::table))
-                .filter(models::name.eq(model.as_str()))
-                .filter(model_aliases::model_id.eq(models::id))
-                .filter(model_aliases::alias.eq(alias.as_str()))
-                .select(VersionRow::as_select())
-                .first(&mut conn)
-                .await
-                .optional()?;
-            match row {
-                Some(row) => Ok(row.into_domain(model)?),
-                None => Err(missing(&mut conn, model, alias_not_found(model, alias)).await),
-            }
+            crate::aliases::resolve(&mut conn, model, alias).await
         })
         .await
     }
@@ -666,20 +531,7 @@ impl RegistryRepository for PgRegistryRepository {
     async fn delete_alias(&self, model: &ModelName, alias: &AliasName) -> Result<(), RepoError> {
         observe("delete_alias", async {
             let mut conn = self.conn().await?;
-            let model_id = models::table
-                .filter(models::name.eq(model.as_str()))
-                .select(models::id);
-            let deleted = diesel::delete(
-                model_aliases::table
-                    .filter(model_aliases::model_id.eq_any(model_id))
-                    .filter(model_aliases::alias.eq(alias.as_str())),
-            )
-            .execute(&mut conn)
-            .await?;
-            if deleted == 0 {
-                return Err(missing(&mut conn, model, alias_not_found(model, alias)).await);
-            }
-            Ok(())
+            crate::aliases::delete(&mut conn, model, alias).await
         })
         .await
     }
