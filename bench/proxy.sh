@@ -28,10 +28,13 @@ fi
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
+log_tag=bench
 host=127.0.0.1
 pg_port=${BENCH_PG_PORT:-5432}
 pg_user=${BENCH_PG_USER:-postgres}
 redis_port=${BENCH_REDIS_PORT:-6379}
+# shellcheck source=scripts/local-gateway.sh
+source "$repo_root/scripts/local-gateway.sh"
 # wrk's closed-loop throughput runs.
 threads=${BENCH_THREADS:-2}
 connections=${BENCH_CONNECTIONS:-64}
@@ -73,45 +76,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 
-random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 run_id="proxy-$(date +%Y%m%d-%H%M%S)-$$"
 results_dir="$repo_root/bench/results/$run_id"
 mkdir -p "$results_dir"
-db_name="maas_bench_proxy_$$_$(random_hex 3)"
-key_prefix="maas:bench:$(random_hex 6):"
-admin_key="maas_benchadmin$(random_hex 20)"
+local_run_init bench_proxy
 gateway_log="$results_dir/gateway.log"
 gateway_b_log="$results_dir/gateway-b.log"
 nginx_dir=$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-nginx.XXXXXX")
-
-psql_admin() {
-    PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" \
-        -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"
-}
-
-stop_process() { # PID NAME: SIGTERM, up to 10 s, then SIGKILL
-    local pid=$1 name=$2 i
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "bench: $name ignored SIGTERM for 10 s: killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 nginx_pid=""
 nginx_proxy_pid=""
 gateway_pid=""
 gateway_b_pid=""
 hold_pid=""
-db_created=false
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -121,11 +98,7 @@ cleanup() {
     # nginx in the foreground (daemon off): its master stops its workers on SIGTERM.
     stop_process "$nginx_proxy_pid" "the reference nginx proxy"
     stop_process "$nginx_pid" "nginx"
-    if [ "$db_created" = true ]; then
-        psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
-    fi
-    redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" 2>/dev/null \
-        | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null 2>&1 || true
+    drop_run_data
     for log in error proxy-error; do
         if [ -s "$nginx_dir/$log.log" ]; then cp "$nginx_dir/$log.log" "$results_dir/nginx-$log.log"; fi
     done
@@ -141,33 +114,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# wait_http URL PID NAME SECONDS: until URL answers (any status), failing when PID exits first.
-wait_http() {
-    local url=$1 pid=$2 name=$3 seconds=$4 i
-    for ((i = 0; i < seconds * 10; i++)); do
-        if curl -sS --max-time 1 -o /dev/null "$url" 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "bench: $name exited during start-up" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "bench: $name did not answer within ${seconds}s" >&2
-    return 1
-}
-
 # ---------------------------------------------------------------------------------------------
 echo "bench: building the release binary" >&2
-cargo build --release --package maas-gateway --bin maas-gateway
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/release/maas-gateway"
+binary=$(gateway_binary release)
 
 # The model server: nginx answering every chat completion at once with a fixed body.
 nginx_port=$(free_port)
@@ -246,48 +195,7 @@ nginx_proxy_pid=$!
 wait_http "http://$host:$nginx_proxy_port/v1/chat/completions" "$nginx_proxy_pid" "the reference proxy" 10
 
 echo "bench: creating database $db_name" >&2
-psql_admin -c "CREATE DATABASE \"$db_name\""
-db_created=true
-
-# start_gateway BINARY LOG VAR=value...: starts a gateway with the common settings plus the given
-# ones; sets started_pid and started_port.
-start_gateway() {
-    local bin=$1 log=$2 i
-    shift 2
-    env -i PATH="$PATH" HOME="${HOME:-/root}" \
-        MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
-        MAAS_SERVER__HOST="$host" \
-        MAAS_SERVER__PORT=0 \
-        MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
-        MAAS_REDIS__URL="redis://$host:$redis_port/0" \
-        MAAS_REDIS__KEY_PREFIX="$key_prefix" \
-        MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
-        MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
-        MAAS_RATE_LIMIT__BURST=1000000 \
-        MAAS_LOG__LEVEL=info \
-        MAAS_LOG__FORMAT=json \
-        "$@" \
-        "$bin" serve >"$log" 2>&1 &
-    started_pid=$!
-    for ((i = 0; i < 900; i++)); do
-        grep -q '"msg":"listening"' "$log" 2>/dev/null && break
-        kill -0 "$started_pid" 2>/dev/null || { echo "bench: the gateway exited:" >&2; tail -n 20 "$log" >&2; exit 1; }
-        sleep 0.1
-    done
-    started_port=$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        continue
-    if entry.get("msg") == "listening":
-        print(entry["port"])
-        break
-' "$log")
-    [ -n "$started_port" ] || { echo "bench: the gateway did not log its port within 90 s" >&2; exit 1; }
-    wait_http "http://$host:$started_port/health" "$started_pid" "the gateway" 10
-}
+create_run_database
 
 echo "bench: starting the gateway (release, access log: $gateway_log)" >&2
 start_gateway "$binary" "$gateway_log" "${gateway_env[@]}"
@@ -300,14 +208,10 @@ if [ ${#compare_env[@]} -gt 0 ] || [ -n "$compare_binary" ]; then
     gateway_b="http://$host:$started_port"
 fi
 
-api() { # METHOD PATH BODY, as the admin; fails unless 2xx
-    curl -fsS --max-time 10 -X "$1" -H "authorization: Bearer $admin_key" \
-        -H 'content-type: application/json' --data "$3" "$gateway$2"
-}
-json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+api() { admin_api "$@"; }
 
 echo "bench: seeding $model (version 1 on nginx, alias production) and a member's key" >&2
-api POST /api/v1/models "{\"name\":\"$model\"}" >/dev/null
+api POST /api/v1/models "{\"name\":\"$model\",\"visibility\":\"public\"}" >/dev/null
 api POST "/api/v1/models/$model/versions" \
     "{\"source_uri\":\"s3://bench/m.bin\",\"endpoint_url\":\"$upstream\",\"upstream_api_key\":\"bench-upstream-key\"}" >/dev/null
 api PUT "/api/v1/models/$model/aliases/production" '{"version":1}' >/dev/null

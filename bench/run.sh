@@ -14,11 +14,13 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
 # Settings (environment overrides). Everything targets the loopback interface only.
+log_tag=bench
 host=127.0.0.1
 pg_port=${BENCH_PG_PORT:-5432}
 pg_user=${BENCH_PG_USER:-postgres}
 redis_port=${BENCH_REDIS_PORT:-6379}
-db_name=${BENCH_DATABASE:-maas_bench}
+# shellcheck source=scripts/local-gateway.sh
+source "$repo_root/scripts/local-gateway.sh"
 threads=${BENCH_THREADS:-2}
 connections=${BENCH_CONNECTIONS:-64}
 duration=${BENCH_DURATION:-10s}
@@ -32,31 +34,18 @@ run_id="$(date +%Y%m%d-%H%M%S)-$$"
 results_dir="$repo_root/bench/results/$run_id"
 mkdir -p "$results_dir"
 gateway_log="$results_dir/gateway.log"
-key_prefix="maas:bench:$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
-# The bootstrap admin's key: every /api/v1 request of the benchmark is authenticated with it.
-admin_key="maas_bench$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
-
-psql_admin() { PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"; }
+# Its own database and Redis prefix; the bootstrap admin's key authenticates every /api/v1
+# request of the benchmark.
+local_run_init bench
 
 gateway_pid=""
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    if [ -n "$gateway_pid" ] && kill -0 "$gateway_pid" 2>/dev/null; then
-        kill -TERM "$gateway_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$gateway_pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$gateway_pid" 2>/dev/null || true
-        wait "$gateway_pid" 2>/dev/null || true
-    fi
-    psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
+    stop_process "$gateway_pid" "the gateway"
+    drop_run_data
     # One access line per request makes hundreds of MB per run; JSON lines compress about tenfold.
     if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
-    # Only this run's keys: the prefix is unique to it.
-    redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" \
-        | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null || true
     echo "bench: cleaned up (gateway stopped, database $db_name dropped, keys ${key_prefix}* deleted)" >&2
     exit "$status"
 }
@@ -65,47 +54,15 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 echo "bench: building the release binary" >&2
-cargo build --release --locked --package maas-gateway --bin maas-gateway
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/release/maas-gateway"
+binary=$(gateway_binary release)
 
 echo "bench: creating database $db_name" >&2
-psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)"
-psql_admin -c "CREATE DATABASE \"$db_name\""
+create_run_database
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-base="http://$host:$port"
-
-echo "bench: starting the gateway on $base (log: $gateway_log, gzipped at the end)" >&2
-MAAS_SERVER__HOST="$host" \
-MAAS_SERVER__PORT="$port" \
-MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
-MAAS_REDIS__URL="redis://$host:$redis_port/0" \
-MAAS_REDIS__KEY_PREFIX="$key_prefix" \
-MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
-MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
-MAAS_RATE_LIMIT__BURST=1000000 \
-MAAS_LOG__LEVEL=info \
-MAAS_LOG__FORMAT=json \
-    "$binary" serve >"$gateway_log" 2>&1 &
-gateway_pid=$!
-
-for i in $(seq 1 120); do
-    if curl -fsS --max-time 1 "$base/health" >/dev/null 2>&1; then
-        break
-    fi
-    if ! kill -0 "$gateway_pid" 2>/dev/null; then
-        echo "bench: the gateway exited during start-up; its log:" >&2
-        tail -n 20 "$gateway_log" >&2
-        exit 1
-    fi
-    if [ "$i" -eq 120 ]; then
-        echo "bench: the gateway did not answer /health within 60 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+echo "bench: starting the gateway (log: $gateway_log, gzipped at the end)" >&2
+start_gateway "$binary" "$gateway_log"
+gateway_pid=$started_pid
+base="http://$host:$started_port"
 
 post_json() { # PATH BODY: fails unless the gateway answers 2xx
     curl -fsS --max-time 5 -o /dev/null -H "authorization: Bearer $admin_key" \

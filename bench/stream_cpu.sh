@@ -22,10 +22,13 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
+log_tag=bench
 host=127.0.0.1
 pg_port=${BENCH_PG_PORT:-5432}
 pg_user=${BENCH_PG_USER:-postgres}
 redis_port=${BENCH_REDIS_PORT:-6379}
+# shellcheck source=scripts/local-gateway.sh
+source "$repo_root/scripts/local-gateway.sh"
 stream_bytes=${BENCH_STREAM_BYTES:-16777216}
 repeat=${BENCH_REPEAT:-60}
 max_ratio=${BENCH_MAX_RATIO:-2}
@@ -41,50 +44,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 
-random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 run_id="stream-cpu-$(date +%Y%m%d-%H%M%S)-$$"
 results_dir="$repo_root/bench/results/$run_id"
 mkdir -p "$results_dir"
-db_name="maas_bench_stream_$$_$(random_hex 3)"
-key_prefix="maas:bench:$(random_hex 6):"
-admin_key="maas_benchadmin$(random_hex 20)"
+local_run_init bench_stream
 gateway_log="$results_dir/gateway.log"
-
-psql_admin() {
-    PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" \
-        -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"
-}
-
-stop_process() { # PID NAME: SIGTERM, up to 10 s, then SIGKILL
-    local pid=$1 name=$2 i
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "bench: $name ignored SIGTERM for 10 s: killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 stub_pid=""
 gateway_pid=""
-db_created=false
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_process "$gateway_pid" "the gateway"
     stop_process "$stub_pid" "the stub"
-    if [ "$db_created" = true ]; then
-        psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
-    fi
-    redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" 2>/dev/null \
-        | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null 2>&1 || true
+    drop_run_data
     if [ -s "$gateway_log" ]; then gzip -1 -f "$gateway_log" || true; fi
     echo "bench: cleaned up (gateway and stub stopped, database dropped, keys ${key_prefix}* deleted)" >&2
     exit "$status"
@@ -93,29 +66,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_http URL PID NAME SECONDS: until URL answers (any status), failing when PID exits first.
-wait_http() {
-    local url=$1 pid=$2 name=$3 seconds=$4 i
-    for ((i = 0; i < seconds * 10; i++)); do
-        if curl -sS --max-time 1 -o /dev/null "$url" 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "bench: $name exited during start-up" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "bench: $name did not answer within ${seconds}s" >&2
-    return 1
-}
-
 # ---------------------------------------------------------------------------------------------
 echo "bench: building the release binary" >&2
-cargo build --release --package maas-gateway --bin maas-gateway
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/release/maas-gateway"
+binary=$(gateway_binary release)
 
 echo "bench: starting the stub model server ($stream_bytes bytes per answer)" >&2
 python3 -u bench/stream_stub.py "$stream_bytes" >"$results_dir/stub.port" 2>"$results_dir/stub.log" &
@@ -130,51 +83,16 @@ stub_port=$(head -n 1 "$results_dir/stub.port")
 upstream="http://$host:$stub_port/v1"
 
 echo "bench: creating database $db_name" >&2
-psql_admin -c "CREATE DATABASE \"$db_name\""
-db_created=true
+create_run_database
 
 echo "bench: starting the gateway (release, access log: $gateway_log)" >&2
-env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
-    MAAS_SERVER__HOST="$host" \
-    MAAS_SERVER__PORT=0 \
-    MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
-    MAAS_REDIS__URL="redis://$host:$redis_port/0" \
-    MAAS_REDIS__KEY_PREFIX="$key_prefix" \
-    MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
-    MAAS_RATE_LIMIT__DEFAULT_RPM=1000000000 \
-    MAAS_RATE_LIMIT__BURST=1000000 \
-    MAAS_LOG__LEVEL=info \
-    MAAS_LOG__FORMAT=json \
-    "$binary" serve >"$gateway_log" 2>&1 &
-gateway_pid=$!
-for ((i = 0; i < 900; i++)); do
-    grep -q '"msg":"listening"' "$gateway_log" 2>/dev/null && break
-    kill -0 "$gateway_pid" 2>/dev/null || { echo "bench: the gateway exited:" >&2; tail -n 20 "$gateway_log" >&2; exit 1; }
-    sleep 0.1
-done
-gateway_port=$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        continue
-    if entry.get("msg") == "listening":
-        print(entry["port"])
-        break
-' "$gateway_log")
-[ -n "$gateway_port" ] || { echo "bench: the gateway did not log its port within 90 s" >&2; exit 1; }
-gateway="http://$host:$gateway_port"
-wait_http "$gateway/health" "$gateway_pid" "the gateway" 10
+start_gateway "$binary" "$gateway_log"
+gateway_pid=$started_pid
+gateway="http://$host:$started_port"
 
-api() { # METHOD PATH BODY, as the admin; fails unless 2xx
-    curl -fsS --max-time 10 -X "$1" -H "authorization: Bearer $admin_key" \
-        -H 'content-type: application/json' --data "$3" "$gateway$2"
-}
 echo "bench: seeding $model (version 1 on the stub)" >&2
-api POST /api/v1/models "{\"name\":\"$model\"}" >/dev/null
-api POST "/api/v1/models/$model/versions" \
+admin_api POST /api/v1/models "{\"name\":\"$model\"}" >/dev/null
+admin_api POST "/api/v1/models/$model/versions" \
     "{\"source_uri\":\"s3://bench/m.bin\",\"endpoint_url\":\"$upstream\"}" >/dev/null
 
 # call KIND: one streamed chat completion through the gateway, its body read and thrown away;

@@ -14,62 +14,31 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
+log_tag=e2e
 host=127.0.0.1
 pg_port=${E2E_PG_PORT:-5432}
 pg_user=${E2E_PG_USER:-postgres}
 redis_port=${E2E_REDIS_PORT:-6379}
+# shellcheck source=scripts/local-gateway.sh
+source "$repo_root/scripts/local-gateway.sh"
 
 for tool in cargo curl psql redis-cli python3; do
     command -v "$tool" >/dev/null || { echo "e2e: $tool is required" >&2; exit 1; }
 done
 
-random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
-run_id="$(date +%Y%m%d%H%M%S)_$$_$(random_hex 3)"
-db_name="maas_e2e_$run_id"
-key_prefix="maas:e2e:$run_id:"
-admin_key="maas_e2eadmin$(random_hex 20)"
-# The versions below carry upstream credentials, which are stored encrypted under this key.
-secrets_key=$(head -c 32 /dev/urandom | base64)
+local_run_init e2e
 work_dir=$(mktemp -d "${TMPDIR:-/tmp}/maas-e2e.XXXXXX")
 gateway_log="$work_dir/gateway.log"
 stub_log="$work_dir/stub.log"
 
-psql_admin() {
-    PGOPTIONS='-c client_min_messages=warning' psql -h "$host" -p "$pg_port" -U "$pg_user" \
-        -d postgres -w -v ON_ERROR_STOP=1 -qAt "$@"
-}
-
-# stop_process PID NAME: SIGTERM, up to 10 s for it to exit, then SIGKILL.
-stop_process() {
-    local pid=$1 name=$2 i
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "e2e: $name did not stop within 10 s of SIGTERM: killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
 stub_pid=""
 gateway_pid=""
-db_created=false
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     stop_process "$gateway_pid" "the gateway"
     stop_process "$stub_pid" "the stub upstream"
-    if [ "$db_created" = true ]; then
-        psql_admin -c "DROP DATABASE IF EXISTS \"$db_name\" WITH (FORCE)" || true
-    fi
-    # Only this run's keys: the prefix is unique to it.
-    redis-cli -h "$host" -p "$redis_port" --scan --pattern "${key_prefix}*" 2>/dev/null \
-        | xargs -r -n 500 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null 2>&1 || true
+    drop_run_data
     if [ "$status" -ne 0 ]; then
         echo "e2e: FAILED (exit $status); last lines of the logs (all kept in $work_dir):" >&2
         for log in "$gateway_log" "$stub_log"; do
@@ -87,30 +56,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_for_line FILE PID SECONDS NAME PATTERN: waits until FILE has a line matching PATTERN
-# (grep -E), failing when PID exits first or SECONDS pass.
-wait_for_line() {
-    local file=$1 pid=$2 seconds=$3 name=$4 pattern=$5 i
-    for ((i = 0; i < seconds * 10; i++)); do
-        if grep -qE "$pattern" "$file" 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "e2e: $name exited during start-up" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "e2e: $name did not start within ${seconds}s" >&2
-    return 1
-}
-
 # ---------------------------------------------------------------------------------------------
 echo "e2e: building the gateway (debug)" >&2
-cargo build --package maas-gateway --bin maas-gateway
-target_dir=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/debug/maas-gateway"
+binary=$(gateway_binary debug)
+target_dir=$(dirname "$(dirname "$binary")")
 
 # The virtualenv is kept between runs and rebuilt only when the requirements change.
 venv="$target_dir/e2e-venv"
@@ -129,8 +78,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
 fi
 
 echo "e2e: creating database $db_name" >&2
-psql_admin -c "CREATE DATABASE \"$db_name\""
-db_created=true
+create_run_database
 
 echo "e2e: starting the stub upstream" >&2
 python3 -u e2e/stub_upstream.py 0 >"$work_dir/stub.port" 2>"$stub_log" &
@@ -140,51 +88,13 @@ stub_port=$(head -n 1 "$work_dir/stub.port")
 stub_url="http://$host:$stub_port"
 
 echo "e2e: starting the gateway (log: $gateway_log)" >&2
-# env -i: only the settings below reach it (no stray MAAS_* variable of the caller's shell).
-env -i PATH="$PATH" HOME="${HOME:-/root}" \
-    MAAS_CONFIG="$repo_root/bins/maas-gateway/tests/empty.toml" \
-    MAAS_SERVER__HOST="$host" \
-    MAAS_SERVER__PORT=0 \
-    MAAS_DATABASE__URL="postgres://$pg_user@$host:$pg_port/$db_name" \
-    MAAS_REDIS__URL="redis://$host:$redis_port/0" \
-    MAAS_REDIS__KEY_PREFIX="$key_prefix" \
-    MAAS_AUTH__BOOTSTRAP_ADMIN_KEY="$admin_key" \
+start_gateway "$binary" "$gateway_log" \
     MAAS_RATE_LIMIT__DEFAULT_RPM=100000 \
-    MAAS_RATE_LIMIT__BURST=10000 \
-    MAAS_UPSTREAM__ALLOWED_NETWORKS=127.0.0.0/8,::1/128 \
-    MAAS_SECRETS__ENCRYPTION_KEY="$secrets_key" \
-    MAAS_LOG__LEVEL=info \
-    MAAS_LOG__FORMAT=json \
-    "$binary" serve >"$gateway_log" 2>&1 &
-gateway_pid=$!
-wait_for_line "$gateway_log" "$gateway_pid" 90 "the gateway" '"msg":"listening"'
-gateway_port=$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        continue
-    if entry.get("msg") == "listening" and entry.get("port"):
-        print(entry["port"])
-        break
-' "$gateway_log")
-if [ -z "$gateway_port" ]; then
-    echo "e2e: the gateway's \"listening\" log line has no port" >&2
-    exit 1
-fi
-gateway_url="http://$host:$gateway_port"
-curl -fsS --max-time 5 -o /dev/null "$gateway_url/health"
-
-# api METHOD PATH [BODY]: the gateway's answer as admin; fails unless it is 2xx.
-api() {
-    local args=(-fsS --max-time 10 -X "$1" -H "authorization: Bearer $admin_key")
-    if [ $# -ge 3 ]; then
-        args+=(-H 'content-type: application/json' --data "$3")
-    fi
-    curl "${args[@]}" "$gateway_url$2"
-}
-json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+    MAAS_RATE_LIMIT__BURST=10000
+gateway_pid=$started_pid
+gateway="http://$host:$started_port"
+gateway_url=$gateway
+api() { admin_api "$@"; }
 
 model="e2e-model"
 upstream_key_1="upstream-secret-one-$(random_hex 8)"
