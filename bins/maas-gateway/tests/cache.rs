@@ -29,7 +29,7 @@ async fn reads_fill_the_cache_and_writes_invalidate_it_before_responding() {
     app.get("/api/v1/models/c/aliases/latest").await;
     assert_eq!(
         cached_fields(&app, "c").await,
-        ["a:latest", "a:prod", "m", "v:1"]
+        ["m", "s:latest", "s:prod", "v:1"]
     );
 
     let res = app

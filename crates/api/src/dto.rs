@@ -1,12 +1,19 @@
 //! Wire types: request bodies (raw, validated into domain types by `into_domain`) and responses.
 
+mod aliases;
+
+pub use aliases::{
+    AliasResponse, AliasVersionResponse, ResolvedAliasResponse, SetAlias, SetAliasVersion,
+    WeightedVersionResponse,
+};
+
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
 use maas_domain::identity::{ApiKey, NewUser, RateLimitRpm, Role, User, UserPatch};
 use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
-    Alias, Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage,
-    VersionPatch, Visibility,
+    Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage, VersionPatch,
+    Visibility,
 };
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, Username,
@@ -312,38 +319,6 @@ impl From<ModelVersion> for VersionResponse {
             metadata: v.metadata.into_inner(),
             created_at: v.created_at,
             updated_at: v.updated_at,
-        }
-    }
-}
-
-/// Body of `PUT /api/v1/models/{name}/aliases/{alias}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SetAlias {
-    /// The version the alias points to.
-    pub version: i64,
-}
-
-/// An alias and the version it points to.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AliasResponse {
-    /// The model's name.
-    pub model: String,
-    /// The alias.
-    pub alias: String,
-    /// The version it points to.
-    pub version: i32,
-    /// When it was last moved.
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Alias> for AliasResponse {
-    fn from(a: Alias) -> Self {
-        Self {
-            model: a.model.into_inner(),
-            alias: a.alias.into_inner(),
-            version: a.version.get(),
-            updated_at: a.updated_at,
         }
     }
 }

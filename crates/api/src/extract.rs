@@ -103,10 +103,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let message = strip_position(&inner.to_string());
-                let field = if path == "." {
-                    quoted_field(&message).unwrap_or_else(|| "body".to_owned())
-                } else {
-                    path
+                let field = match (path.as_str(), quoted_field(&message)) {
+                    (".", quoted) => quoted.unwrap_or_else(|| "body".to_owned()),
+                    // A field missing from a nested object: the path names the object.
+                    (_, Some(missing)) if message.starts_with("missing field") => {
+                        format!("{path}.{missing}")
+                    }
+                    _ => path,
                 };
                 ApiError::from(ValidationError::new(field, message))
             }
@@ -195,6 +198,10 @@ mod tests {
         );
         assert_eq!(
             field_of(parse_json::<Body>(br#"{"name":"a","inner":{"n":300}}"#).expect_err("range")),
+            "inner.n"
+        );
+        assert_eq!(
+            field_of(parse_json::<Body>(br#"{"name":"a","inner":{}}"#).expect_err("missing")),
             "inner.n"
         );
         assert_eq!(

@@ -28,7 +28,8 @@ use crate::handlers::{aliases, grants, health, inference, keys, models, usage, u
     components(schemas(
         Problem, dto::CreateModel, dto::UpdateModel, dto::ModelResponse, dto::Page<dto::ModelResponse>,
         dto::CreateVersion, dto::UpdateVersion, dto::VersionResponse, dto::Page<dto::VersionResponse>,
-        dto::SetAlias, dto::AliasResponse, health::Liveness, health::Readiness, health::CheckReport,
+        dto::SetAlias, dto::SetAliasVersion, dto::AliasResponse, dto::AliasVersionResponse,
+        dto::ResolvedAliasResponse, dto::WeightedVersionResponse, health::Liveness, health::Readiness, health::CheckReport,
         dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::Page<dto::UserResponse>,
         dto::CreateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
         dto::CreateGrant, dto::GrantResponse, dto::GrantList,
@@ -37,7 +38,7 @@ use crate::handlers::{aliases, grants, health, inference, keys, models, usage, u
     tags(
         (name = "models", description = "The model registry"),
         (name = "versions", description = "Versions of a model"),
-        (name = "aliases", description = "Named pointers to versions"),
+        (name = "aliases", description = "Named pointers to one version, or to several sharing the calls by weight"),
         (name = "identity", description = "Users and API keys"),
         (name = "inference", description = "OpenAI-compatible and raw calls to model servers, and their usage"),
         (name = "operations", description = "Health and metrics (no API key needed)"),

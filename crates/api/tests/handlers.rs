@@ -336,3 +336,103 @@ async fn members_see_usage_of_their_own_keys_only() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[actix_web::test]
+async fn an_alias_split_is_set_whole_and_read_back_and_bad_splits_name_the_field() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = world.key("owner", Role::Member).await;
+    let send = |method: TestRequest, uri: &str, body: Value| {
+        as_key(method.uri(uri), &key).set_json(body).to_request()
+    };
+    let created = send(TestRequest::post(), "/api/v1/models", json!({"name": "m"}));
+    assert_eq!(test::call_service(&app, created).await.status(), 201);
+    for _ in 0..2 {
+        let body = json!({"source_uri": "s3://b/m"});
+        let req = send(TestRequest::post(), "/api/v1/models/m/versions", body);
+        assert_eq!(test::call_service(&app, req).await.status(), 201);
+    }
+    let put = |body: Value| {
+        send(
+            TestRequest::put(),
+            "/api/v1/models/m/aliases/production",
+            body,
+        )
+    };
+
+    let split = json!({"versions": [{"version": 2, "weight": 10}, {"version": 1, "weight": 90}]});
+    let (status, _, body) = answer(test::call_service(&app, put(split)).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["versions"],
+        json!([{"version": 1, "weight": 90}, {"version": 2, "weight": 10}])
+    );
+    assert!(body.get("version").is_none(), "no single version: {body}");
+    let get = as_key(
+        TestRequest::get().uri("/api/v1/models/m/aliases/production"),
+        &key,
+    );
+    let (_, _, read) = answer(test::call_service(&app, get.to_request()).await).await;
+    assert_eq!(
+        (read["version"].clone(), read["alias"].clone()),
+        (json!(1), json!("production"))
+    );
+    assert_eq!(read["versions"][1]["weight"], 10);
+    assert_eq!(read["versions"][1]["version"], 2);
+    assert_eq!(read["versions"][1]["source_uri"], "s3://b/m");
+
+    let (status, _, body) =
+        answer(test::call_service(&app, put(json!({"version": 2}))).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["version"].clone(), body["versions"].clone()),
+        (json!(2), json!([{"version": 2, "weight": 1}]))
+    );
+
+    let seventeen: Vec<Value> = (1..=17).map(|v| json!({"version": v})).collect();
+    for (bad, field) in [
+        (
+            json!({"versions": [{"version": 1}, {"version": 2, "weight": 0}]}),
+            "versions[1].weight",
+        ),
+        (
+            json!({"versions": [{"version": 1, "weight": 10_001}]}),
+            "versions[0].weight",
+        ),
+        (
+            json!({"versions": [{"version": 1, "weight": 1.5}]}),
+            "versions[0].weight",
+        ),
+        (
+            json!({"versions": [{"version": 1}, {"version": 0}]}),
+            "versions[1].version",
+        ),
+        (
+            json!({"versions": [{"version": 2}, {"version": 1}, {"version": 2}]}),
+            "versions[2].version",
+        ),
+        (json!({"versions": []}), "versions"),
+        (json!({"versions": seventeen}), "versions"),
+        (
+            json!({"version": 1, "versions": [{"version": 1}]}),
+            "versions",
+        ),
+        (json!({}), "version"),
+        (json!({"versions": [{"weight": 1}]}), "versions[0].version"),
+    ] {
+        let (status, content_type, body) = answer(test::call_service(&app, put(bad)).await).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let missing = json!({"versions": [{"version": 1}, {"version": 7}]});
+    let (status, _, body) = answer(test::call_service(&app, put(missing)).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("version 7"),
+        "{body}"
+    );
+}

@@ -157,18 +157,21 @@ pub enum UsageGrouping {
     Key,
     /// One row per UTC day.
     Day,
+    /// One row per model and version (to compare a canary with the version beside it).
+    Version,
 }
 
 impl UsageGrouping {
-    /// Parses `model`, `key` or `day`.
+    /// Parses `model`, `key`, `day` or `version`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         match raw {
             "model" => Ok(Self::Model),
             "key" => Ok(Self::Key),
             "day" => Ok(Self::Day),
+            "version" => Ok(Self::Version),
             _ => Err(ValidationError::new(
                 "group_by",
-                "must be 'model', 'key' or 'day'",
+                "must be 'model', 'key', 'day' or 'version'",
             )),
         }
     }
@@ -192,8 +195,14 @@ pub struct UsageQuery {
 /// One row of a usage report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRow {
-    /// The model name, key id or day (`YYYY-MM-DD`), per the grouping.
+    /// The model name, key id or day (`YYYY-MM-DD`), per the grouping; grouped by version,
+    /// `model:version` as a call names it (just `model` for calls that failed before a version
+    /// was chosen).
     pub group: String,
+    /// Grouped by version: the model.
+    pub model: Option<String>,
+    /// Grouped by version: the version (`None` for calls that failed before one was chosen).
+    pub version: Option<i32>,
     /// Calls.
     pub requests: i64,
     /// Calls that ended with a status of 400 or above.
@@ -204,6 +213,10 @@ pub struct UsageRow {
     pub completion_tokens: i64,
     /// Mean total latency in milliseconds.
     pub avg_latency_ms: f64,
+    /// Median total latency in milliseconds (interpolated, as PostgreSQL's `percentile_cont`).
+    pub p50_latency_ms: f64,
+    /// 95th percentile of the total latency in milliseconds (interpolated likewise).
+    pub p95_latency_ms: f64,
 }
 
 #[cfg(test)]

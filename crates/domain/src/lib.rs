@@ -2,7 +2,8 @@
 //!
 //! The core of maas-gateway, free of I/O: the registry's entities ([`model`]), validated value
 //! types ([`values`]: parse once, trust afterwards), errors ([`error`]), the ports that storage,
-//! cache and health adapters implement ([`ports`]), and the registry use-cases ([`Registry`]).
+//! cache and health adapters implement ([`ports`]), aliases that split calls between versions
+//! ([`alias`]), and the registry use-cases ([`Registry`]).
 //!
 //! Another service embeds it by implementing the ports (or taking `maas-persistence` and
 //! `maas-cache`) and calling the use-cases:
@@ -20,6 +21,7 @@
 //! tests of the use-cases (here and in the crates above) need no database and no Redis.
 
 pub mod accounts;
+pub mod alias;
 pub mod cursor;
 pub mod error;
 pub mod identity;

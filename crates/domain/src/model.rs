@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::alias::AliasSplit;
 use crate::inference::UpstreamSecret;
 use crate::values::{
     AliasName, Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags,
@@ -191,16 +192,17 @@ impl VersionPatch {
     }
 }
 
-/// A named pointer to a version.
+/// A named pointer to one or more versions, which share its calls by weight (see
+/// [`crate::alias`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alias {
     /// The model.
     pub model: ModelName,
     /// The alias.
     pub alias: AliasName,
-    /// The version it points to.
-    pub version: VersionNumber,
-    /// When it was last moved.
+    /// The versions it points to, with their weights.
+    pub versions: AliasSplit,
+    /// When it was last set.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::alias::{AliasSplit, ResolvedAlias};
 use crate::error::{RepoError, ValidationError};
 use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
 use crate::inference::{ServableModel, UpstreamSecret, UsageEvent, UsageQuery, UsageRow};
@@ -84,26 +85,30 @@ pub trait RegistryRepository: Send + Sync {
         version: VersionNumber,
         patch: VersionPatch,
     ) -> Result<ModelVersion, RepoError>;
-    /// Deletes a version and the aliases pointing at it. Its number is never reused.
+    /// Deletes a version and takes it out of the aliases pointing at it (their other versions
+    /// keep their weights); an alias left without versions is deleted. Its number is never
+    /// reused.
     async fn delete_version(
         &self,
         model: &ModelName,
         version: VersionNumber,
     ) -> Result<(), RepoError>;
 
-    /// Creates or moves an alias.
+    /// Creates an alias or replaces its whole split, atomically: every version of `split` must
+    /// exist ([`RepoError::NotFound`] naming the first that does not, and nothing changes).
     async fn set_alias(
         &self,
         model: &ModelName,
         alias: &AliasName,
-        version: VersionNumber,
+        split: &AliasSplit,
     ) -> Result<Alias, RepoError>;
-    /// The version an alias points to (`latest` is handled by the caller).
+    /// The versions an alias points to, with their weights, in ascending version order
+    /// (`latest` is handled by the caller).
     async fn resolve_alias(
         &self,
         model: &ModelName,
         alias: &AliasName,
-    ) -> Result<ModelVersion, RepoError>;
+    ) -> Result<ResolvedAlias, RepoError>;
     /// Removes an alias.
     async fn delete_alias(&self, model: &ModelName, alias: &AliasName) -> Result<(), RepoError>;
 
@@ -268,17 +273,22 @@ impl fmt::Display for Scope {
 
 /// Which value of a [`Scope`] is meant.
 ///
-/// Its [`Display`](fmt::Display) form (`m`, `v:{n}`, `a:{alias}`, `d`, `k`) is the field's name
-/// in the stored scope and, like the scope's, never changes.
+/// Its [`Display`](fmt::Display) form (`m`, `v:{n}`, `s:{alias}`, `ds`, `g`, `k`) is the field's
+/// name in the stored scope and, like the scope's, never changes for a value of the same shape.
+/// A field whose value changes shape gets a new name instead: builds before alias splits cached
+/// one version under `a:{alias}` and `d`; the splits ([`ResolvedAlias`]) live under `s:{alias}`
+/// and `ds`, so that during a rolling upgrade neither build reads the other's entries (an old
+/// replica, which routes a split alias wholly to its primary version, cannot make a new one do
+/// the same), and both are dropped by the same invalidation of the scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Field {
     /// The model itself (in a [`Scope::Model`]): `m`.
     Model,
     /// One version of the model: `v:{n}`.
     Version(VersionNumber),
-    /// The version an alias resolves to, `latest` included: `a:{alias}`.
+    /// The versions an alias resolves to with their weights, `latest` included: `s:{alias}`.
     Alias(AliasName),
-    /// The version a bare model name is served by: `d`.
+    /// The versions a bare model name is served by: `ds`.
     DefaultTarget,
     /// The users a private model is granted to: `g`.
     Grantees,
@@ -291,8 +301,8 @@ impl fmt::Display for Field {
         match self {
             Self::Model => f.write_str("m"),
             Self::Version(version) => write!(f, "v:{version}"),
-            Self::Alias(alias) => write!(f, "a:{alias}"),
-            Self::DefaultTarget => f.write_str("d"),
+            Self::Alias(alias) => write!(f, "s:{alias}"),
+            Self::DefaultTarget => f.write_str("ds"),
             Self::Grantees => f.write_str("g"),
             Self::Key => f.write_str("k"),
         }
@@ -492,11 +502,13 @@ mod tests {
         );
         let version = VersionNumber::new(12).expect("valid");
         let alias = AliasName::parse("production").expect("valid");
+        // `s:` and `ds` replaced `a:` and `d` when aliases became splits (see `Field`).
         let fields = [
             (Field::Model, "m"),
             (Field::Version(version), "v:12"),
-            (Field::Alias(alias), "a:production"),
-            (Field::DefaultTarget, "d"),
+            (Field::Alias(alias), "s:production"),
+            (Field::DefaultTarget, "ds"),
+            (Field::Grantees, "g"),
             (Field::Key, "k"),
         ];
         for (field, spelled) in fields {

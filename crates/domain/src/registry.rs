@@ -21,16 +21,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+mod aliases;
+
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
 use crate::inference::{Selector, ServableModel, Target, UpstreamSecret};
 use crate::model::{
-    Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page,
-    ReservedNames, VersionPatch, Visibility,
+    Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, ReservedNames,
+    VersionPatch, Visibility,
 };
 use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
-use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+use crate::values::{ModelName, PageLimit, Username, VersionNumber};
 
 /// The model registry's use-cases.
 #[derive(Clone)]
@@ -384,61 +386,6 @@ impl Registry {
         self.invalidate(model).await;
         Ok(result?)
     }
-
-    /// Points `alias` at `version`, creating or moving it. `latest` is reserved.
-    pub async fn set_alias(
-        &self,
-        actor: &Principal,
-        model: &ModelName,
-        alias: &AliasName,
-        version: VersionNumber,
-    ) -> Result<Alias, DomainError> {
-        reject_latest(alias)?;
-        self.authorize(actor, model).await?;
-        let result = self.repo.set_alias(model, alias, version).await;
-        self.invalidate(model).await;
-        Ok(result?)
-    }
-
-    /// The version an alias points to (cached); `latest` is the highest version.
-    pub async fn resolve_alias(
-        &self,
-        actor: &Principal,
-        model: &ModelName,
-        alias: &AliasName,
-    ) -> Result<ModelVersion, DomainError> {
-        self.usable(actor, model).await?;
-        self.alias(model, alias).await
-    }
-
-    async fn alias(
-        &self,
-        model: &ModelName,
-        alias: &AliasName,
-    ) -> Result<ModelVersion, DomainError> {
-        self.cached(model, Field::Alias(alias.clone()), async {
-            if alias.is_latest() {
-                Ok(self.repo.latest_version(model).await?)
-            } else {
-                Ok(self.repo.resolve_alias(model, alias).await?)
-            }
-        })
-        .await
-    }
-
-    /// Removes an alias. `latest` is reserved.
-    pub async fn delete_alias(
-        &self,
-        actor: &Principal,
-        model: &ModelName,
-        alias: &AliasName,
-    ) -> Result<(), DomainError> {
-        reject_latest(alias)?;
-        self.authorize(actor, model).await?;
-        let result = self.repo.delete_alias(model, alias).await;
-        self.invalidate(model).await;
-        Ok(result?)
-    }
 }
 
 /// Grants: admins only.
@@ -495,7 +442,9 @@ impl Registry {
 impl Registry {
     /// The version an inference call of `actor` goes to (cached): `name@alias`,
     /// `name:version`, or for a bare name the `production` alias when set, else the highest
-    /// version with an endpoint. A model `actor` may not use is not found.
+    /// version with an endpoint. An alias that splits calls between versions sends all of
+    /// `actor`'s key's calls to one of them ([`crate::alias`]). A model `actor` may not use is
+    /// not found.
     pub async fn resolve_target(
         &self,
         actor: &Principal,
@@ -503,23 +452,13 @@ impl Registry {
     ) -> Result<ModelVersion, DomainError> {
         let model = &target.model;
         self.usable(actor, model).await?;
+        // An alias's split is sticky per API key: the key's calls all go to one version.
         let version = match &target.selector {
-            Selector::Alias(alias) => self.alias(model, alias).await?,
-            Selector::Version(v) => self.version(model, *v).await?,
-            Selector::Default => {
-                self.cached(model, Field::DefaultTarget, async {
-                    let production = AliasName::parse(Target::DEFAULT_ALIAS)?;
-                    match self.repo.resolve_alias(model, &production).await {
-                        Ok(version) => Ok(version),
-                        Err(crate::RepoError::NotFound(_)) => {
-                            Ok(self.repo.latest_servable_version(model).await?)
-                        }
-                        Err(e) => Err(e.into()),
-                    }
-                })
-                .await?
-            }
-        };
+            Selector::Alias(alias) => self.alias(model, alias).await?.pick(actor.key_id),
+            Selector::Version(v) => Some(self.version(model, *v).await?),
+            Selector::Default => self.default_target(model).await?.pick(actor.key_id),
+        }
+        .ok_or_else(|| model_not_found(model))?;
         if version.endpoint_url.is_none() {
             return Err(DomainError::NotFound(format!(
                 "version {} of model '{model}' has no endpoint_url to serve it",
@@ -537,17 +476,6 @@ impl Registry {
         let filter = Self::scoped(actor, &ModelFilter::default());
         Ok(self.repo.list_servable_models(&filter).await?)
     }
-}
-
-fn reject_latest(alias: &AliasName) -> Result<(), DomainError> {
-    if alias.is_latest() {
-        return Err(crate::error::ValidationError::new(
-            "alias",
-            "'latest' is reserved: it always resolves to the highest version",
-        )
-        .into());
-    }
-    Ok(())
 }
 
 /// Cuts the `limit + 1` rows a repository returns into a page and its next cursor.
@@ -577,12 +505,5 @@ mod tests {
         assert_eq!(full.next_cursor.as_deref(), Some("2"));
         let last = paginate(vec![1, 2], limit, |n| n.to_string());
         assert_eq!(last.next_cursor, None);
-    }
-
-    #[test]
-    fn latest_cannot_be_set_or_deleted() {
-        let latest = AliasName::parse("latest").expect("valid");
-        let err = reject_latest(&latest).expect_err("reserved");
-        assert!(matches!(err, DomainError::Validation(v) if v.field == "alias"));
     }
 }

@@ -15,7 +15,7 @@ use maas_domain::ports::{
 use maas_domain::test_util::{
     InMemoryCache, InMemoryIdentity, InMemoryRateLimiter, InMemoryRegistry, InMemoryUsage,
     alias_name, at, described_model, model_name, new_key, new_model, new_user, new_version,
-    owned_model, servable_version, usage_event, username, version,
+    owned_model, servable_version, targets, usage_event, username, version,
 };
 use maas_domain::values::PageLimit;
 use uuid::Uuid;
@@ -77,10 +77,10 @@ async fn a_deleted_version_takes_its_aliases_with_it_and_errors_name_what_is_mis
             .await
             .expect("created");
     }
-    repo.set_alias(&name, &alias_name("old"), version(1))
+    repo.set_alias(&name, &alias_name("old"), &version(1).into())
         .await
         .expect("set");
-    repo.set_alias(&name, &alias_name("new"), version(2))
+    repo.set_alias(&name, &alias_name("new"), &version(2).into())
         .await
         .expect("set");
     repo.delete_version(&name, version(1))
@@ -96,8 +96,8 @@ async fn a_deleted_version_takes_its_aliases_with_it_and_errors_name_what_is_mis
     assert_eq!(
         repo.resolve_alias(&name, &alias_name("new"))
             .await
-            .map(|v| v.version),
-        Ok(version(2))
+            .map(|a| a.split()),
+        Ok(targets(&[(2, 1)]))
     );
     assert_eq!(
         repo.get_version(&name, version(1)).await,
@@ -106,7 +106,7 @@ async fn a_deleted_version_takes_its_aliases_with_it_and_errors_name_what_is_mis
         ))
     );
     assert_eq!(
-        repo.set_alias(&model_name("ghost"), &alias_name("a"), version(1))
+        repo.set_alias(&model_name("ghost"), &alias_name("a"), &version(1).into())
             .await,
         Err(RepoError::NotFound("model 'ghost' not found".into()))
     );

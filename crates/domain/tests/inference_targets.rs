@@ -8,7 +8,7 @@ use maas_domain::inference::Target;
 use maas_domain::model::{ModelVersion, VersionPatch};
 use maas_domain::test_util::{
     InMemory, admin_reader, alias_name, model_name, new_model, new_version, servable_version,
-    version,
+    targets, version,
 };
 use maas_domain::values::VersionNumber;
 
@@ -166,8 +166,8 @@ async fn latest_always_resolves_to_the_highest_version() {
             .registry
             .resolve_alias(&admin_reader(), &name, &latest)
             .await
-            .map(|v| v.version),
-        Ok(version(3))
+            .map(|a| a.split()),
+        Ok(targets(&[(3, 1)]))
     );
 
     world

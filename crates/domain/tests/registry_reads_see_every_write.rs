@@ -9,7 +9,7 @@ use maas_domain::model::{ModelPatch, VersionPatch};
 use maas_domain::ports::{Field, Scope};
 use maas_domain::test_util::{
     InMemory, admin_reader, alias_name, description, endpoint, model_name, new_model,
-    servable_version, version,
+    servable_version, targets, version,
 };
 
 /// A world holding model `llama` with versions 1 and 2 (both servable), and its admin.
@@ -131,7 +131,7 @@ async fn an_alias_resolved_after_it_moved_is_its_new_version() {
         .resolve_alias(&admin_reader(), &llama, &canary)
         .await
         .expect("cached");
-    assert_eq!(before.version, version(1));
+    assert_eq!(before.split(), targets(&[(1, 1)]));
 
     world
         .registry
@@ -144,7 +144,7 @@ async fn an_alias_resolved_after_it_moved_is_its_new_version() {
         .resolve_alias(&admin_reader(), &llama, &canary)
         .await
         .expect("found");
-    assert_eq!(after.version, version(2));
+    assert_eq!(after.split(), targets(&[(2, 1)]));
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn latest_resolved_after_a_new_version_is_the_new_version() {
         .resolve_alias(&admin_reader(), &llama, &latest)
         .await
         .expect("cached");
-    assert_eq!(before.version, version(2));
+    assert_eq!(before.split(), targets(&[(2, 1)]));
 
     world
         .registry
@@ -173,7 +173,7 @@ async fn latest_resolved_after_a_new_version_is_the_new_version() {
         .resolve_alias(&admin_reader(), &llama, &latest)
         .await
         .expect("found");
-    assert_eq!(after.version, version(3));
+    assert_eq!(after.split(), targets(&[(3, 1)]));
 }
 
 #[tokio::test]

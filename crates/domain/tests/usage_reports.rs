@@ -136,3 +136,96 @@ async fn a_batch_of_events_is_stored_in_one_write_and_an_empty_one_in_none() {
     assert_eq!(world.usage_store.controls().calls("insert_usage"), 1);
     assert_eq!(world.usage_store.events().len(), 3);
 }
+
+/// A call of `model` version `version` (none: failed before one was chosen) by `who`.
+fn call(
+    who: &Principal,
+    model: &str,
+    version: Option<i32>,
+    status: u16,
+    latency_ms: i32,
+) -> maas_domain::inference::UsageEvent {
+    maas_domain::inference::UsageEvent {
+        version,
+        status,
+        latency_ms,
+        prompt_tokens: Some(3),
+        completion_tokens: Some(4),
+        ..usage_event(who.key_id, who.user_id, model, at(1_000))
+    }
+}
+
+#[tokio::test]
+async fn grouped_by_version_a_canary_is_compared_with_the_version_beside_it() {
+    let world = InMemory::new();
+    let alice = principal_of(&world.user("alice", Role::Member).await);
+    let bob = principal_of(&world.user("bob", Role::Member).await);
+    let mut events = vec![
+        call(&alice, "llama", None, 404, 1),
+        call(&bob, "llama", Some(10), 200, 1_000),
+    ];
+    for latency_ms in [10, 20, 30, 40] {
+        events.push(call(&alice, "llama", Some(3), 200, latency_ms));
+    }
+    events.push(call(&alice, "llama", Some(10), 500, 100));
+    events.push(call(&alice, "llama", Some(10), 200, 300));
+    events.push(call(&alice, "alpaca", Some(1), 200, 5));
+    world.usage.record(&events).await.expect("recorded");
+
+    let report = world
+        .usage
+        .report(
+            &alice,
+            UsageQuery {
+                group_by: UsageGrouping::Version,
+                ..per_model(None)
+            },
+        )
+        .await
+        .expect("report");
+
+    // By model in byte order, then by version as a number (10 after 3), no version first;
+    // bob's call is not alice's to see.
+    let rows: Vec<_> = report
+        .iter()
+        .map(|r| {
+            (
+                r.group.as_str(),
+                r.model.as_deref(),
+                r.version,
+                r.requests,
+                r.errors,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("alpaca:1", Some("alpaca"), Some(1), 1, 0),
+            ("llama", Some("llama"), None, 1, 1),
+            ("llama:3", Some("llama"), Some(3), 4, 0),
+            ("llama:10", Some("llama"), Some(10), 2, 1),
+        ]
+    );
+    let stable = &report[2];
+    assert_eq!((stable.prompt_tokens, stable.completion_tokens), (12, 16));
+    assert_eq!(stable.avg_latency_ms, 25.0);
+    // percentile_cont: 0.5 · 3 = 1.5 → between 20 and 30; 0.95 · 3 = 2.85 → 30 + 0.85 · 10.
+    assert_eq!(stable.p50_latency_ms, 25.0);
+    assert!(
+        (stable.p95_latency_ms - 38.5).abs() < 1e-9,
+        "{}",
+        stable.p95_latency_ms
+    );
+    // Other groupings name no model or version of their own.
+    let by_model = world
+        .usage
+        .report(&alice, per_model(None))
+        .await
+        .expect("report");
+    assert!(
+        by_model
+            .iter()
+            .all(|r| r.model.is_none() && r.version.is_none())
+    );
+}

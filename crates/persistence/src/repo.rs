@@ -7,6 +7,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use maas_domain::RepoError;
+use maas_domain::alias::{AliasSplit, ResolvedAlias};
 use maas_domain::inference::{ServableModel, UpstreamSecret};
 use maas_domain::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
@@ -507,11 +508,11 @@ impl RegistryRepository for PgRegistryRepository {
         &self,
         model: &ModelName,
         alias: &AliasName,
-        version: VersionNumber,
+        split: &AliasSplit,
     ) -> Result<Alias, RepoError> {
         observe("set_alias", async {
             let mut conn = self.conn().await?;
-            crate::aliases::set(&mut conn, model, alias, version).await
+            crate::aliases::set(&mut conn, model, alias, split).await
         })
         .await
     }
@@ -520,7 +521,7 @@ impl RegistryRepository for PgRegistryRepository {
         &self,
         model: &ModelName,
         alias: &AliasName,
-    ) -> Result<ModelVersion, RepoError> {
+    ) -> Result<ResolvedAlias, RepoError> {
         observe("resolve_alias", async {
             let mut conn = self.conn().await?;
             crate::aliases::resolve(&mut conn, model, alias).await

@@ -69,16 +69,32 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Named pointers to versions.
+    /// Named pointers to versions; the versions and their weights are in
+    /// `model_alias_versions`.
     model_aliases (model_id, alias) {
         /// The model.
         model_id -> Uuid,
         /// The alias name.
         alias -> Text,
-        /// The version it points to.
-        version_id -> Uuid,
-        /// When it was last moved.
+        /// The split's primary version (the heaviest), for replicas of builds before splits.
+        version_id -> Nullable<Uuid>,
+        /// When it was last set.
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The versions an alias splits its calls between, with their weights; the alias is
+    /// deleted with its last row (a trigger).
+    model_alias_versions (model_id, alias, version_id) {
+        /// The model.
+        model_id -> Uuid,
+        /// The alias name.
+        alias -> Text,
+        /// One version of the split.
+        version_id -> Uuid,
+        /// Its weight, 1 to 10,000.
+        weight -> Int4,
     }
 }
 
@@ -155,7 +171,7 @@ diesel::table! {
 }
 
 diesel::joinable!(model_versions -> models (model_id));
-diesel::joinable!(model_aliases -> model_versions (version_id));
+diesel::joinable!(model_alias_versions -> model_versions (version_id));
 diesel::joinable!(models -> users (owner_id));
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(model_grants -> models (model_id));
@@ -166,6 +182,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     model_grants,
     model_versions,
     model_aliases,
+    model_alias_versions,
     users,
     api_keys,
     usage_events

@@ -40,16 +40,39 @@ impl PgUsageRepository {
     }
 }
 
-/// The grouping expression of a report, `COLLATE "C"` so that groups sort in byte order, as Rust
-/// sorts strings, whatever the server's locale. Days are UTC days: diesel sets every session to
-/// UTC, but the expression does not depend on it.
-fn group_expression(grouping: UsageGrouping) -> &'static str {
+/// How a report groups and orders its rows: the group's text, the `model` and `version`
+/// columns, and the GROUP BY and ORDER BY lists.
+struct Grouping {
+    key: &'static str,
+    columns: &'static str,
+    group_by: &'static str,
+    order_by: &'static str,
+}
+
+/// The grouping of a report, `COLLATE "C"` so that groups sort in byte order, as Rust sorts
+/// strings, whatever the server's locale. Days are UTC days: diesel sets every session to UTC,
+/// but the expression does not depend on it. By version, the text is `model:version` (`model`
+/// for calls without a version), ordered by model, then version as a number, none first.
+fn grouping(grouping: UsageGrouping) -> Grouping {
+    const NO_COLUMNS: &str = "NULL::text AS model, NULL::int4 AS version";
+    let by_text = |key| Grouping {
+        key,
+        columns: NO_COLUMNS,
+        group_by: "1",
+        order_by: "1",
+    };
     match grouping {
-        UsageGrouping::Model => r#"model COLLATE "C""#,
-        UsageGrouping::Key => r#"key_id::text COLLATE "C""#,
-        UsageGrouping::Day => {
-            r#"to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') COLLATE "C""#
-        }
+        UsageGrouping::Model => by_text(r#"model COLLATE "C""#),
+        UsageGrouping::Key => by_text(r#"key_id::text COLLATE "C""#),
+        UsageGrouping::Day => by_text(
+            r#"to_char(date_trunc('day', created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') COLLATE "C""#,
+        ),
+        UsageGrouping::Version => Grouping {
+            key: r#"(model || COALESCE(':' || version, '')) COLLATE "C""#,
+            columns: "model, version",
+            group_by: "model, version",
+            order_by: r#"model COLLATE "C", version NULLS FIRST"#,
+        },
     }
 }
 
@@ -58,13 +81,19 @@ const AGGREGATES: &str = "count(*) AS requests, \
      count(*) FILTER (WHERE status >= 400) AS errors, \
      COALESCE(sum(prompt_tokens), 0)::int8 AS prompt_tokens, \
      COALESCE(sum(completion_tokens), 0)::int8 AS completion_tokens, \
-     avg(latency_ms)::float8 AS avg_latency_ms";
+     avg(latency_ms)::float8 AS avg_latency_ms, \
+     percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_latency_ms, \
+     percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_latency_ms";
 
 /// One row of the report query.
 #[derive(diesel::QueryableByName)]
 struct AggregateRow {
     #[diesel(sql_type = Text)]
     group_key: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    model: Option<String>,
+    #[diesel(sql_type = Nullable<Int4>)]
+    version: Option<i32>,
     #[diesel(sql_type = BigInt)]
     requests: i64,
     #[diesel(sql_type = BigInt)]
@@ -75,17 +104,25 @@ struct AggregateRow {
     completion_tokens: i64,
     #[diesel(sql_type = Double)]
     avg_latency_ms: f64,
+    #[diesel(sql_type = Double)]
+    p50_latency_ms: f64,
+    #[diesel(sql_type = Double)]
+    p95_latency_ms: f64,
 }
 
 impl From<AggregateRow> for UsageRow {
     fn from(row: AggregateRow) -> Self {
         Self {
             group: row.group_key,
+            model: row.model,
+            version: row.version,
             requests: row.requests,
             errors: row.errors,
             prompt_tokens: row.prompt_tokens,
             completion_tokens: row.completion_tokens,
             avg_latency_ms: row.avg_latency_ms,
+            p50_latency_ms: row.p50_latency_ms,
+            p95_latency_ms: row.p95_latency_ms,
         }
     }
 }
@@ -152,9 +189,10 @@ impl UsageRepository for PgUsageRepository {
 
     async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError> {
         observe("aggregate_usage", async {
+            let grouping = grouping(query.group_by);
             let select = format!(
-                "SELECT {} AS group_key, {AGGREGATES} FROM usage_events WHERE TRUE",
-                group_expression(query.group_by)
+                "SELECT {} AS group_key, {}, {AGGREGATES} FROM usage_events WHERE TRUE",
+                grouping.key, grouping.columns
             );
             let mut filters = Filters::new(select);
             if let Some(from) = query.from {
@@ -169,7 +207,10 @@ impl UsageRepository for PgUsageRepository {
             if let Some(user_id) = query.user_id {
                 filters = filters.and::<diesel::sql_types::Uuid, _>("user_id =", user_id);
             }
-            let report = filters.query.sql(" GROUP BY 1 ORDER BY 1");
+            let report = filters.query.sql(format!(
+                " GROUP BY {} ORDER BY {}",
+                grouping.group_by, grouping.order_by
+            ));
             let mut conn = self.conn().await?;
             let rows: Vec<AggregateRow> = report.load(&mut conn).await?;
             Ok(rows.into_iter().map(UsageRow::from).collect())

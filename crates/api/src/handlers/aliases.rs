@@ -1,24 +1,27 @@
 //! `/api/v1/models/{name}/aliases/{alias}`.
 
 use actix_web::{HttpResponse, web};
-use maas_domain::values::VersionNumber;
+use maas_domain::DomainError;
 
 use super::{alias_name, model_name};
 use crate::auth::Actor;
-use crate::dto::{AliasResponse, SetAlias, VersionResponse};
+use crate::dto::{AliasResponse, ResolvedAliasResponse, SetAlias};
 use crate::error::{ApiError, Problem};
 use crate::extract::Json;
 use crate::state::AppState;
 
-/// Creates or moves an alias (`latest` is reserved).
+/// Creates an alias, or replaces its whole split: `{"version": 3}` (one version) or
+/// `{"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}` (a canary:
+/// each API key's calls all go to one version, chosen by weight). Every replica uses the new
+/// split from its next call on. `latest` is reserved.
 #[utoipa::path(put, path = "/api/v1/models/{name}/aliases/{alias}", tag = "aliases",
     request_body = SetAlias,
     params(("name" = String, Path, description = "Model name"),
            ("alias" = String, Path, description = "Alias, e.g. `production`")),
     responses(
         (status = 200, description = "The alias", body = AliasResponse),
-        (status = 404, description = "No such model or version", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid alias or version, or `latest`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such model or version (nothing changed)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid alias, version, versions or weight, or `latest`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put(
     state: web::Data<AppState>,
@@ -28,20 +31,21 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let (name, alias) = path.into_inner();
     let (name, alias) = (model_name(name)?, alias_name(alias)?);
-    let version = VersionNumber::new(body.0.version)?;
+    let split = body.0.into_domain()?;
     let alias = state
         .registry
-        .set_alias(&actor.0, &name, &alias, version)
+        .set_alias(&actor.0, &name, &alias, split)
         .await?;
     Ok(HttpResponse::Ok().json(AliasResponse::from(alias)))
 }
 
-/// The version an alias points to; `latest` is always the highest version.
+/// The versions an alias points to with their weights, its primary version's fields at the top
+/// level (as before splits); `latest` is always the highest version.
 #[utoipa::path(get, path = "/api/v1/models/{name}/aliases/{alias}", tag = "aliases",
     params(("name" = String, Path, description = "Model name"),
            ("alias" = String, Path, description = "Alias, or `latest`")),
     responses(
-        (status = 200, description = "The version it points to", body = VersionResponse),
+        (status = 200, description = "The versions it points to", body = ResolvedAliasResponse),
         (status = 404, description = "No such model or alias", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
@@ -51,11 +55,14 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let (name, alias) = path.into_inner();
     let (name, alias) = (model_name(name)?, alias_name(alias)?);
-    let version = state
+    let resolved = state
         .registry
         .resolve_alias(&actor.0, &name, &alias)
         .await?;
-    Ok(HttpResponse::Ok().json(VersionResponse::from(version)))
+    let body = ResolvedAliasResponse::new(resolved).ok_or_else(|| {
+        DomainError::NotFound(format!("alias '{alias}' of model '{name}' not found"))
+    })?;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// Removes an alias (`latest` is reserved).

@@ -24,7 +24,7 @@ pub struct UsageParams {
     pub to: Option<String>,
     /// Only this model.
     pub model: Option<String>,
-    /// `model` (default), `key` or `day`.
+    /// `model` (default), `key`, `day` or `version` (per model and version).
     pub group_by: Option<String>,
     /// Admins only: one user's keys.
     #[param(value_type = Option<uuid::Uuid>)]
@@ -34,8 +34,15 @@ pub struct UsageParams {
 /// One row of the report.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageItem {
-    /// Model name, key id or day (`YYYY-MM-DD`).
+    /// Model name, key id, day (`YYYY-MM-DD`), or `model:version` (`model` alone for calls
+    /// that failed before a version was chosen).
     pub group: String,
+    /// Grouped by version: the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Grouped by version: the version (absent for calls without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
     /// Calls.
     pub requests: i64,
     /// Calls answered with a status of 400 or more.
@@ -46,17 +53,25 @@ pub struct UsageItem {
     pub completion_tokens: i64,
     /// Mean total latency, in milliseconds.
     pub avg_latency_ms: f64,
+    /// Median total latency, in milliseconds (interpolated between the two nearest calls).
+    pub p50_latency_ms: f64,
+    /// 95th percentile of the total latency, in milliseconds (interpolated likewise).
+    pub p95_latency_ms: f64,
 }
 
 impl From<UsageRow> for UsageItem {
     fn from(r: UsageRow) -> Self {
         Self {
             group: r.group,
+            model: r.model,
+            version: r.version,
             requests: r.requests,
             errors: r.errors,
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
             avg_latency_ms: r.avg_latency_ms,
+            p50_latency_ms: r.p50_latency_ms,
+            p95_latency_ms: r.p95_latency_ms,
         }
     }
 }

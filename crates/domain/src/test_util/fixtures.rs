@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::alias::{AliasSplit, AliasTarget, Weight};
 use crate::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Principal, Role, User};
 use crate::inference::{UpstreamSecret, UsageEvent};
 use crate::model::{NewModel, NewVersion, Visibility};
@@ -25,6 +26,23 @@ pub fn alias_name(raw: &str) -> AliasName {
 /// A valid version number.
 pub fn version(n: i64) -> VersionNumber {
     VersionNumber::new(n).unwrap_or_else(|e| panic!("fixture version {n}: {e}"))
+}
+
+/// Alias targets from `(version, weight)` pairs, in the order given.
+pub fn targets(pairs: &[(i64, i64)]) -> Vec<AliasTarget> {
+    pairs
+        .iter()
+        .map(|(v, w)| AliasTarget {
+            version: version(*v),
+            weight: Weight::parse_as("weight", *w)
+                .unwrap_or_else(|e| panic!("fixture weight {w}: {e}")),
+        })
+        .collect()
+}
+
+/// A valid alias split from `(version, weight)` pairs.
+pub fn split(pairs: &[(i64, i64)]) -> AliasSplit {
+    AliasSplit::new(targets(pairs)).unwrap_or_else(|e| panic!("fixture split {pairs:?}: {e}"))
 }
 
 /// A valid username.

@@ -8,8 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod aliases;
+
+use aliases::alias_not_found;
+
 use super::identity::{Directory, InMemoryIdentity};
 use super::support::{Clock, Controls};
+use crate::alias::{AliasSplit, ResolvedAlias};
 use crate::error::RepoError;
 use crate::inference::{ServableModel, UpstreamSecret};
 use crate::model::{
@@ -23,7 +28,8 @@ use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 ///
 /// As in Postgres: versions are numbered 1, 2, 3… per model without gaps, a deleted number is
 /// never handed out again (a model deleted and created again starts at 1), deleting a version
-/// deletes the aliases on it and moves `latest_version` to the highest one left, names sort
+/// takes it out of the aliases on it (deleting those it was the last version of; see
+/// [`aliases`]) and moves `latest_version` to the highest one left, names sort
 /// bytewise, the `q` filter matches name or description ignoring case with no wildcards, the
 /// `tag` filter matches whole tags, and a page holds up to `limit + 1` rows. Timestamps come
 /// from the system clock in whole microseconds, each later than the one before.
@@ -46,7 +52,8 @@ struct Entry {
     /// The number the next version gets; never goes down.
     next_version: i32,
     versions: BTreeMap<VersionNumber, ModelVersion>,
-    aliases: BTreeMap<AliasName, (VersionNumber, DateTime<Utc>)>,
+    /// Each alias's split and when it was set.
+    aliases: BTreeMap<AliasName, (AliasSplit, DateTime<Utc>)>,
     /// Users granted the model, and when.
     grants: BTreeMap<Uuid, DateTime<Utc>>,
     /// Versions' upstream credentials, apart from the versions (as Postgres keeps them in a
@@ -64,10 +71,6 @@ fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
 
 fn not_granted(model: &ModelName, username: &Username) -> RepoError {
     RepoError::NotFound(format!("model '{model}' is not granted to '{username}'"))
-}
-
-fn alias_not_found(model: &ModelName, alias: &AliasName) -> RepoError {
-    RepoError::NotFound(format!("alias '{alias}' of model '{model}' not found"))
 }
 
 fn entry<'a>(
@@ -456,7 +459,7 @@ impl RegistryRepository for InMemoryRegistry {
                 .versions
                 .remove(&version)
                 .ok_or_else(|| version_not_found(model, version))?;
-            entry.aliases.retain(|_, (target, _)| *target != version);
+            aliases::drop_version(entry, version);
             entry.secrets.remove(&version);
             // next_version stays: a deleted number is never handed out again.
             entry.model.latest_version = entry.versions.keys().next_back().copied();
@@ -470,20 +473,10 @@ impl RegistryRepository for InMemoryRegistry {
         &self,
         model: &ModelName,
         alias: &AliasName,
-        version: VersionNumber,
+        split: &AliasSplit,
     ) -> Result<Alias, RepoError> {
         self.run("set_alias", |models, now| {
-            let entry = entry(models, model)?;
-            if !entry.versions.contains_key(&version) {
-                return Err(version_not_found(model, version));
-            }
-            entry.aliases.insert(alias.clone(), (version, now));
-            Ok(Alias {
-                model: model.clone(),
-                alias: alias.clone(),
-                version,
-                updated_at: now,
-            })
+            aliases::set(entry(models, model)?, alias, split, now)
         })
         .await
     }
@@ -492,18 +485,9 @@ impl RegistryRepository for InMemoryRegistry {
         &self,
         model: &ModelName,
         alias: &AliasName,
-    ) -> Result<ModelVersion, RepoError> {
+    ) -> Result<ResolvedAlias, RepoError> {
         self.run("resolve_alias", |models, _| {
-            let entry = entry(models, model)?;
-            let (version, _) = entry
-                .aliases
-                .get(alias)
-                .ok_or_else(|| alias_not_found(model, alias))?;
-            entry
-                .versions
-                .get(version)
-                .cloned()
-                .ok_or_else(|| RepoError::Internal(format!("alias '{alias}' points at nothing")))
+            aliases::resolve(entry(models, model)?, alias)
         })
         .await
     }

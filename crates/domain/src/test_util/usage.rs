@@ -14,8 +14,11 @@ use crate::ports::UsageRepository;
 ///
 /// Reports as in Postgres: `from` inclusive, `to` exclusive, `model` and `user_id` exact; one row
 /// per model name, key id (hyphenated lower-case UUID) or UTC day (`YYYY-MM-DD`), in byte order
-/// of the group; `errors` counts statuses of 400 and above; missing token counts add nothing;
-/// `avg_latency_ms` is the mean of `latency_ms`. A batch is stored whole.
+/// of the group, or per model and version (`model:version`, `model` alone for no version),
+/// ordered by model in byte order, then version, no version first; `errors` counts statuses of
+/// 400 and above; missing token counts add nothing; `avg_latency_ms` is the mean of
+/// `latency_ms`, and the percentiles interpolate between the two nearest of the sorted
+/// latencies, as `percentile_cont` does. A batch is stored whole.
 #[derive(Debug, Default)]
 pub struct InMemoryUsage {
     events: Mutex<Vec<UsageEvent>>,
@@ -28,15 +31,26 @@ struct Sums {
     errors: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
-    latency_ms: i64,
+    latencies_ms: Vec<i32>,
 }
 
-fn group_of(event: &UsageEvent, grouping: UsageGrouping) -> String {
+/// A group's sort key: its text, or the model and version when grouped by version.
+fn group_of(event: &UsageEvent, grouping: UsageGrouping) -> (String, Option<i32>) {
     match grouping {
-        UsageGrouping::Model => event.model.clone(),
-        UsageGrouping::Key => event.key_id.to_string(),
-        UsageGrouping::Day => event.created_at.format("%Y-%m-%d").to_string(),
+        UsageGrouping::Model => (event.model.clone(), None),
+        UsageGrouping::Key => (event.key_id.to_string(), None),
+        UsageGrouping::Day => (event.created_at.format("%Y-%m-%d").to_string(), None),
+        UsageGrouping::Version => (event.model.clone(), event.version),
     }
+}
+
+/// `percentile_cont(fraction)` over `sorted`, which is not empty.
+fn percentile(sorted: &[i32], fraction: f64) -> f64 {
+    let position = fraction * (sorted.len() - 1) as f64;
+    let (below, above) = (position.floor(), position.ceil());
+    let low = f64::from(sorted[below as usize]);
+    let high = f64::from(sorted[above as usize]);
+    low + (position - below) * (high - low)
 }
 
 fn selected(event: &UsageEvent, query: &UsageQuery) -> bool {
@@ -83,7 +97,7 @@ impl UsageRepository for InMemoryUsage {
 
     async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError> {
         self.controls.enter("aggregate_usage")?;
-        let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, Option<i32>), Sums> = BTreeMap::new();
         for event in self
             .events
             .lock()
@@ -96,19 +110,31 @@ impl UsageRepository for InMemoryUsage {
             sums.errors += i64::from(event.status >= 400);
             sums.prompt_tokens += event.prompt_tokens.unwrap_or(0);
             sums.completion_tokens += event.completion_tokens.unwrap_or(0);
-            sums.latency_ms += i64::from(event.latency_ms);
+            sums.latencies_ms.push(event.latency_ms);
         }
         self.controls.leave("aggregate_usage").await;
         Ok(groups
             .into_iter()
-            .map(|(group, sums)| UsageRow {
-                group,
-                requests: sums.requests,
-                errors: sums.errors,
-                prompt_tokens: sums.prompt_tokens,
-                completion_tokens: sums.completion_tokens,
-                // Exact for any number of calls a test makes.
-                avg_latency_ms: sums.latency_ms as f64 / sums.requests as f64,
+            .map(|((group, version), mut sums)| {
+                sums.latencies_ms.sort_unstable();
+                let total: i64 = sums.latencies_ms.iter().map(|l| i64::from(*l)).sum();
+                let by_version = query.group_by == UsageGrouping::Version;
+                UsageRow {
+                    group: match version {
+                        Some(version) => format!("{group}:{version}"),
+                        None => group.clone(),
+                    },
+                    model: by_version.then_some(group),
+                    version,
+                    requests: sums.requests,
+                    errors: sums.errors,
+                    prompt_tokens: sums.prompt_tokens,
+                    completion_tokens: sums.completion_tokens,
+                    // Exact for any number of calls a test makes.
+                    avg_latency_ms: total as f64 / sums.requests as f64,
+                    p50_latency_ms: percentile(&sums.latencies_ms, 0.5),
+                    p95_latency_ms: percentile(&sums.latencies_ms, 0.95),
+                }
             })
             .collect())
     }

@@ -1,14 +1,15 @@
-//! Aliases: set, move, resolve, delete, and their fate when their version goes.
+//! Aliases: set, move, resolve, delete, and their fate when their version goes. Splits between
+//! several versions are in `alias_splits`.
 
 use maas_domain::RepoError;
 use maas_domain::ports::RegistryRepository;
 use maas_persistence::PgRegistryRepository;
 use maas_persistence::test_util::{alias_name, model_name, new_model, new_version, version};
 
-use crate::repository;
+use crate::{repository, split};
 
 /// A model `llama` with versions 1 to `count`.
-async fn llama_with_versions(repo: &PgRegistryRepository, count: usize) {
+pub(crate) async fn llama_with_versions(repo: &PgRegistryRepository, count: usize) {
     repo.create_model(new_model("llama"))
         .await
         .expect("created");
@@ -25,16 +26,21 @@ async fn an_alias_resolves_to_the_version_it_was_set_to() {
     llama_with_versions(&repo, 2).await;
     let (name, prod) = (model_name("llama"), alias_name("prod"));
 
-    let alias = repo.set_alias(&name, &prod, version(1)).await.expect("set");
+    let alias = repo
+        .set_alias(&name, &prod, &version(1).into())
+        .await
+        .expect("set");
     assert_eq!(
-        (alias.model.as_str(), alias.alias.as_str(), alias.version),
-        ("llama", "prod", version(1))
+        (alias.model.as_str(), alias.alias.as_str(), &alias.versions),
+        ("llama", "prod", &split(&[(1, 1)]))
     );
     let resolved = repo.resolve_alias(&name, &prod).await.expect("resolved");
+    assert_eq!(resolved.versions.len(), 1);
     assert_eq!(
-        resolved,
+        resolved.versions[0].version,
         repo.get_version(&name, version(1)).await.expect("found")
     );
+    assert_eq!(resolved.updated_at, Some(alias.updated_at));
 }
 
 #[tokio::test]
@@ -43,19 +49,22 @@ async fn setting_an_alias_again_moves_it() {
     llama_with_versions(&repo, 2).await;
     let (name, prod) = (model_name("llama"), alias_name("prod"));
 
-    let first = repo.set_alias(&name, &prod, version(1)).await.expect("set");
+    let first = repo
+        .set_alias(&name, &prod, &version(1).into())
+        .await
+        .expect("set");
     let moved = repo
-        .set_alias(&name, &prod, version(2))
+        .set_alias(&name, &prod, &version(2).into())
         .await
         .expect("moved");
-    assert_eq!(moved.version, version(2));
+    assert_eq!(moved.versions, split(&[(2, 1)]));
     assert!(moved.updated_at > first.updated_at);
     assert_eq!(
         repo.resolve_alias(&name, &prod)
             .await
             .expect("resolved")
-            .version,
-        version(2)
+            .split(),
+        split(&[(2, 1)]).targets()
     );
     assert_eq!(db.scalar("SELECT count(*) FROM model_aliases").await, 1);
 }
@@ -71,10 +80,10 @@ async fn aliases_are_per_model() {
         .await
         .expect("created");
     let prod = alias_name("prod");
-    repo.set_alias(&model_name("llama"), &prod, version(2))
+    repo.set_alias(&model_name("llama"), &prod, &version(2).into())
         .await
         .expect("set");
-    repo.set_alias(&model_name("other"), &prod, version(1))
+    repo.set_alias(&model_name("other"), &prod, &version(1).into())
         .await
         .expect("set");
 
@@ -82,11 +91,13 @@ async fn aliases_are_per_model() {
         .resolve_alias(&model_name("llama"), &prod)
         .await
         .expect("resolved");
+    let llama = &llama.versions[0].version;
     assert_eq!((llama.model.as_str(), llama.version), ("llama", version(2)));
     let other = repo
         .resolve_alias(&model_name("other"), &prod)
         .await
         .expect("resolved");
+    let other = &other.versions[0].version;
     assert_eq!(
         (other.model.as_str(), other.source_uri.as_str()),
         ("other", "s3://o")
@@ -100,7 +111,7 @@ async fn setting_an_alias_to_a_missing_version_or_model_is_not_found() {
     let prod = alias_name("prod");
 
     let err = repo
-        .set_alias(&model_name("llama"), &prod, version(7))
+        .set_alias(&model_name("llama"), &prod, &version(7).into())
         .await
         .expect_err("no version 7");
     assert_eq!(
@@ -108,7 +119,7 @@ async fn setting_an_alias_to_a_missing_version_or_model_is_not_found() {
         RepoError::NotFound("version 7 of model 'llama' not found".into())
     );
     let err = repo
-        .set_alias(&model_name("ghost"), &prod, version(1))
+        .set_alias(&model_name("ghost"), &prod, &version(1).into())
         .await
         .expect_err("no model");
     assert_eq!(err, RepoError::NotFound("model 'ghost' not found".into()));
@@ -139,7 +150,7 @@ async fn deleting_an_alias_removes_only_it() {
     llama_with_versions(&repo, 1).await;
     let name = model_name("llama");
     for alias in ["prod", "staging"] {
-        repo.set_alias(&name, &alias_name(alias), version(1))
+        repo.set_alias(&name, &alias_name(alias), &version(1).into())
             .await
             .expect("set");
     }
@@ -183,10 +194,10 @@ async fn deleting_a_version_deletes_the_aliases_on_it_and_no_others() {
     let (_db, repo) = repository().await;
     llama_with_versions(&repo, 2).await;
     let name = model_name("llama");
-    repo.set_alias(&name, &alias_name("old"), version(1))
+    repo.set_alias(&name, &alias_name("old"), &version(1).into())
         .await
         .expect("set");
-    repo.set_alias(&name, &alias_name("new"), version(2))
+    repo.set_alias(&name, &alias_name("new"), &version(2).into())
         .await
         .expect("set");
 
@@ -206,7 +217,7 @@ async fn deleting_a_version_deletes_the_aliases_on_it_and_no_others() {
         repo.resolve_alias(&name, &alias_name("new"))
             .await
             .expect("kept")
-            .version,
-        version(2)
+            .split(),
+        split(&[(2, 1)]).targets()
     );
 }

@@ -1,5 +1,6 @@
 //! [`PgRegistryRepository`] against a real PostgreSQL, one fresh database per test.
 
+mod alias_splits;
 mod aliases;
 mod inference;
 mod models;
@@ -7,6 +8,7 @@ mod secrets;
 mod versions;
 mod visibility;
 
+use maas_domain::alias::{AliasSplit, AliasTarget, Weight};
 use maas_persistence::PgRegistryRepository;
 use maas_persistence::test_util::TestDatabase;
 
@@ -25,4 +27,16 @@ async fn repository() -> (TestDatabase, PgRegistryRepository) {
     let db = TestDatabase::new().await;
     let repo = PgRegistryRepository::new(db.pool()).with_secrets(test_keys());
     (db, repo)
+}
+
+/// A valid alias split from `(version, weight)` pairs.
+fn split(pairs: &[(i64, i64)]) -> AliasSplit {
+    let targets = pairs
+        .iter()
+        .map(|(v, w)| AliasTarget {
+            version: maas_persistence::test_util::version(*v),
+            weight: Weight::parse_as("weight", *w).expect("a valid weight"),
+        })
+        .collect();
+    AliasSplit::new(targets).expect("a valid split")
 }

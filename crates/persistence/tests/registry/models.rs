@@ -360,7 +360,7 @@ async fn deleting_a_model_deletes_its_versions_and_aliases() {
     repo.create_version(&model_name("other"), new_version("s3://b/o"))
         .await
         .expect("version");
-    repo.set_alias(&name, &alias_name("prod"), version(1))
+    repo.set_alias(&name, &alias_name("prod"), &version(1).into())
         .await
         .expect("alias");
 

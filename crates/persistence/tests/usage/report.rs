@@ -1,4 +1,5 @@
-//! Usage reports: sums per model, key or UTC day, within a time range, for one model or user.
+//! Usage reports: sums per model, key, UTC day or model version, within a time range, for one
+//! model or user, with mean and percentile latencies.
 
 use chrono::{DateTime, Utc};
 use maas_domain::inference::{UsageEvent, UsageGrouping, UsageQuery, UsageRow};
@@ -106,15 +107,20 @@ fn calls(who: &Callers) -> Vec<UsageEvent> {
     ]
 }
 
-fn row(group: &str, requests: i64, errors: i64, tokens: (i64, i64), avg: f64) -> UsageRow {
-    UsageRow {
-        group: group.to_owned(),
-        requests,
-        errors,
-        prompt_tokens: tokens.0,
-        completion_tokens: tokens.1,
-        avg_latency_ms: avg,
-    }
+/// A row's group, calls, errors, tokens and mean latency.
+type Summary = (String, i64, i64, (i64, i64), f64);
+
+fn row(group: &str, requests: i64, errors: i64, tokens: (i64, i64), avg: f64) -> Summary {
+    (group.to_owned(), requests, errors, tokens, avg)
+}
+
+fn summary(rows: &[UsageRow]) -> Vec<Summary> {
+    rows.iter()
+        .map(|r| {
+            let tokens = (r.prompt_tokens, r.completion_tokens);
+            row(&r.group, r.requests, r.errors, tokens, r.avg_latency_ms)
+        })
+        .collect()
 }
 
 fn all(group_by: UsageGrouping) -> UsageQuery {
@@ -145,7 +151,7 @@ async fn per_model_the_report_sums_calls_errors_and_tokens_in_byte_order_of_name
         .expect("aggregated");
 
     assert_eq!(
-        report,
+        summary(&report),
         [
             // Calls without token counts add nothing to the sums.
             row("llama-3", 1, 1, (0, 0), 2.0),
@@ -166,7 +172,7 @@ async fn per_day_the_report_groups_by_utc_day() {
         .expect("aggregated");
 
     assert_eq!(
-        report,
+        summary(&report),
         [
             row("2026-01-01", 2, 1, (5, 7), 20.0),
             row("2026-01-02", 2, 1, (100, 50), 11.0),
@@ -191,8 +197,8 @@ async fn per_key_the_user_filter_keeps_only_that_users_keys() {
         row(&who.a.to_string(), 2, 1, (5, 7), 20.0),
         row(&who.b.to_string(), 1, 1, (0, 0), 2.0),
     ];
-    expected.sort_by(|x, y| x.group.cmp(&y.group));
-    assert_eq!(report, expected);
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(summary(&report), expected);
 }
 
 #[tokio::test]
@@ -209,7 +215,7 @@ async fn the_time_range_includes_from_and_excludes_to() {
         .expect("aggregated");
 
     assert_eq!(
-        report,
+        summary(&report),
         [
             row("llama-3", 1, 1, (0, 0), 2.0),
             row("llama2", 1, 1, (0, 0), 30.0),
@@ -233,8 +239,8 @@ async fn the_model_filter_keeps_only_that_models_calls() {
         row(&who.a.to_string(), 2, 1, (5, 7), 20.0),
         row(&who.c.to_string(), 1, 0, (100, 50), 20.0),
     ];
-    expected.sort_by(|x, y| x.group.cmp(&y.group));
-    assert_eq!(report, expected);
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(summary(&report), expected);
 }
 
 #[tokio::test]
@@ -251,7 +257,10 @@ async fn filters_combine_and_nothing_matching_is_an_empty_report() {
         })
         .await
         .expect("aggregated");
-    assert_eq!(combined, [row("2026-01-02", 1, 0, (100, 50), 20.0)]);
+    assert_eq!(
+        summary(&combined),
+        [row("2026-01-02", 1, 0, (100, 50), 20.0)]
+    );
 
     let none = repo
         .aggregate_usage(&UsageQuery {
@@ -262,4 +271,81 @@ async fn filters_combine_and_nothing_matching_is_an_empty_report() {
         .await
         .expect("aggregated");
     assert!(none.is_empty(), "{none:?}");
+}
+
+#[tokio::test]
+async fn per_version_the_report_compares_versions_of_a_model_with_latency_percentiles() {
+    let (_db, repo) = repository().await;
+    let who = Callers::new();
+    let at = utc(2026, 1, 1, 0, 0, 0);
+    let on = |version: Option<i32>, status: u16, latency_ms: i32| UsageEvent {
+        version,
+        ..call(
+            who.a,
+            who.alice,
+            "llama",
+            at,
+            status,
+            latency_ms,
+            Some((1, 2)),
+        )
+    };
+    let mut events = vec![
+        on(None, 404, 1),
+        on(Some(10), 500, 100),
+        on(Some(10), 200, 300),
+    ];
+    events.extend([10, 20, 30, 40].map(|latency| on(Some(3), 200, latency)));
+    events.push(UsageEvent {
+        version: Some(1),
+        ..call(who.c, who.bob, "alpaca", at, 200, 5, None)
+    });
+    repo.insert_usage(&events).await.expect("stored");
+
+    let report = repo
+        .aggregate_usage(&all(UsageGrouping::Version))
+        .await
+        .expect("aggregated");
+
+    // By model in byte order, then version as a number (10 after 3), no version first.
+    let groups: Vec<_> = report
+        .iter()
+        .map(|r| (r.group.as_str(), r.model.as_deref(), r.version))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("alpaca:1", Some("alpaca"), Some(1)),
+            ("llama", Some("llama"), None),
+            ("llama:3", Some("llama"), Some(3)),
+            ("llama:10", Some("llama"), Some(10)),
+        ]
+    );
+    assert_eq!(
+        summary(&report)[2..],
+        [
+            row("llama:3", 4, 0, (4, 8), 25.0),
+            row("llama:10", 2, 1, (2, 4), 200.0),
+        ]
+    );
+    let (stable, canary) = (&report[2], &report[3]);
+    // percentile_cont interpolates: the median of 10, 20, 30, 40 is 25, the 95th percentile
+    // 30 + 0.85 · 10.
+    assert_eq!(stable.p50_latency_ms, 25.0);
+    assert!((stable.p95_latency_ms - 38.5).abs() < 1e-9, "{stable:?}");
+    assert_eq!(canary.p50_latency_ms, 200.0);
+    assert!((canary.p95_latency_ms - 290.0).abs() < 1e-9, "{canary:?}");
+
+    // Other groupings name no model or version of their own.
+    let by_model = repo
+        .aggregate_usage(&all(UsageGrouping::Model))
+        .await
+        .expect("aggregated");
+    assert!(
+        by_model
+            .iter()
+            .all(|r| r.model.is_none() && r.version.is_none())
+    );
+    // All of llama's seven calls: 1, 10, 20, 30, 40, 100, 300.
+    assert_eq!(by_model[1].p50_latency_ms, 30.0);
 }
