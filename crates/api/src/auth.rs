@@ -1,6 +1,7 @@
-//! Authentication and rate limiting of `/api/v1` (and later `/v1`): one middleware that turns the
-//! request's API key into a [`Principal`], spends one unit of the key's rate limit, and stamps
-//! the `RateLimit-*` headers on the response.
+//! Authentication and rate limiting of `/api/v1` and `/v1`: one middleware that turns the
+//! request's API key into a [`Principal`] (refusing, before any lookup, a client address that
+//! failed too often), spends one unit of the key's rate limit, and stamps the `RateLimit-*`
+//! headers on the response.
 
 use std::future::{Ready, ready};
 
@@ -72,8 +73,9 @@ fn refuse<B>(
 /// Authenticates the request and spends one unit of its key's rate limit.
 ///
 /// Refusals: 401 (no usable key; the same answer whatever the reason, which goes to
-/// `maas_auth_failures_total{reason}`), 429 with `Retry-After`, 503 when the key store is down or
-/// the limiter is down and `rate_limit.fail_open` is false.
+/// `maas_auth_failures_total{reason}`), 429 with `Retry-After` (rate limited, or too many failed
+/// authentications from the client's address, `reason="throttled"`), 503 when the key store is
+/// down or the limiter is down and `rate_limit.fail_open` is false.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -82,15 +84,27 @@ pub async fn authenticate(
         return Ok(refuse(req, ApiError::Unauthorized, None));
     };
     let now = chrono::Utc::now();
+    let client = state
+        .client_address
+        .of(req.peer_addr().map(|peer| peer.ip()), req.headers());
     let principal = match state
         .accounts
-        .authenticate(presented_key(req.headers()), now)
+        .authenticate_from(client, presented_key(req.headers()), now)
         .await
     {
         Ok(principal) => principal,
         Err(AuthError::Refused(reason)) => {
             metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => reason.as_str()).increment(1);
             return Ok(refuse(req, ApiError::Unauthorized, None));
+        }
+        Err(AuthError::Throttled {
+            retry_after_seconds,
+        }) => {
+            metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => "throttled").increment(1);
+            let err = ApiError::TooManyFailedAuthentications {
+                retry_after_seconds,
+            };
+            return Ok(refuse(req, err, None));
         }
         Err(AuthError::Unavailable(e)) => {
             metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => "unavailable").increment(1);

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod auth;
+pub mod client_address;
 pub mod deadline;
 pub mod dto;
 pub mod error;

@@ -60,6 +60,14 @@ pub struct AuthSettings {
     pub key_cache_ttl_seconds: u64,
     /// How often `last_used_at` of used keys is written (in one batch).
     pub usage_flush_seconds: u64,
+    /// Failed authentications a client address may have per minute, in each replica's memory;
+    /// past it, its requests get 429 with `Retry-After` before anything is looked up. 0: off.
+    pub failed_per_ip_per_minute: u32,
+    /// Proxies in front of the gateway (CIDR networks) whose `X-Forwarded-For` is believed when
+    /// finding a request's client address. Empty (the default): the client address is the TCP
+    /// peer, and `X-Forwarded-For` is never believed.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub trusted_proxies: Vec<IpNetwork>,
 }
 
 impl Default for AuthSettings {
@@ -68,6 +76,8 @@ impl Default for AuthSettings {
             bootstrap_admin_key: None,
             key_cache_ttl_seconds: 60,
             usage_flush_seconds: 10,
+            failed_per_ip_per_minute: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -81,6 +91,8 @@ impl std::fmt::Debug for AuthSettings {
             )
             .field("key_cache_ttl_seconds", &self.key_cache_ttl_seconds)
             .field("usage_flush_seconds", &self.usage_flush_seconds)
+            .field("failed_per_ip_per_minute", &self.failed_per_ip_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -1,7 +1,14 @@
 //! Identity use-cases: authentication (cached), users and API keys, and the batched
 //! `last_used_at` bookkeeping that keeps writes off the request path.
+//!
+//! # What a made-up key costs
+//! Nothing before [`PlaintextKey::read`]: a key in the gateway's checked format whose checksum
+//! fails is refused without any lookup; so is every key from an address past
+//! [`FailedAuthLimit`]. A well-formed unknown key costs one lookup in the store, and is then
+//! remembered as unknown in this process only ([`UnknownKeys`]), never in the shared cache.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -16,14 +23,33 @@ use crate::model::Page;
 use crate::ports::{Cache, CacheLookup, Field, IdentityRepository, Scope};
 use crate::values::{PageLimit, Username};
 
-/// Why authentication failed: the client sees one 401 either way.
+mod failures;
+mod unknown;
+
+pub use failures::FailedAuthLimit;
+use unknown::UnknownKeys;
+
+/// Why authentication failed: the client sees one 401 either way, or 429 when throttled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// The key is not acceptable; the reason is for logs and metrics only.
     Refused(AuthFailure),
+    /// The client's address failed too often lately ([`FailedAuthLimit`]); nothing was looked
+    /// at.
+    Throttled {
+        /// Seconds until one more attempt would be looked at.
+        retry_after_seconds: u64,
+    },
     /// The key could not be checked (database down).
     Unavailable(String),
 }
+
+/// How long a key the store does not know is remembered as unknown, unless
+/// [`Accounts::with_unknown_keys`] says otherwise.
+pub const DEFAULT_UNKNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many unknown keys are remembered at most, unless [`Accounts::with_unknown_keys`] says
+/// otherwise.
+pub const DEFAULT_UNKNOWN_KEYS: usize = 10_000;
 
 /// Keys used since the last flush, with the latest use of each. Recording is a map insert;
 /// [`Accounts::flush_key_usage`] writes them all in one statement.
@@ -72,6 +98,8 @@ pub struct Accounts {
     repo: Arc<dyn IdentityRepository>,
     cache: Arc<dyn Cache>,
     usage: Arc<KeyUsage>,
+    unknown: Arc<UnknownKeys>,
+    failures: Arc<FailedAuthLimit>,
 }
 
 fn admin_only(actor: &Principal) -> Result<(), DomainError> {
@@ -86,27 +114,93 @@ fn admin_only(actor: &Principal) -> Result<(), DomainError> {
 
 impl Accounts {
     /// Identity use-cases over a store and a cache of key lookups (use a short TTL).
+    ///
+    /// Unknown keys are remembered in process for [`DEFAULT_UNKNOWN_KEY_TTL`] (at most
+    /// [`DEFAULT_UNKNOWN_KEYS`]); failed authentications are not limited until
+    /// [`with_failed_auth_limit`](Self::with_failed_auth_limit) says otherwise.
     pub fn new(repo: Arc<dyn IdentityRepository>, cache: Arc<dyn Cache>) -> Self {
         Self {
             repo,
             cache,
             usage: Arc::new(KeyUsage::default()),
+            unknown: Arc::new(UnknownKeys::new(
+                DEFAULT_UNKNOWN_KEY_TTL,
+                DEFAULT_UNKNOWN_KEYS,
+            )),
+            failures: Arc::new(FailedAuthLimit::off()),
         }
     }
 
-    /// Checks a key and returns who it acts as. The lookup is cached; revocation, disabling and
-    /// role changes invalidate it, so a refused key is refused on every replica at once.
+    /// Remembers keys the store does not know for `ttl`, at most `max_entries` of them, in this
+    /// process (zero for either: not at all).
+    #[must_use]
+    pub fn with_unknown_keys(mut self, ttl: std::time::Duration, max_entries: usize) -> Self {
+        self.unknown = Arc::new(UnknownKeys::new(ttl, max_entries));
+        self
+    }
+
+    /// Limits failed authentications per client address (see [`FailedAuthLimit`]).
+    #[must_use]
+    pub fn with_failed_auth_limit(mut self, limit: FailedAuthLimit) -> Self {
+        self.failures = Arc::new(limit);
+        self
+    }
+
+    /// [`authenticate_from`](Self::authenticate_from) without a client address: no limit of
+    /// failures applies.
     pub async fn authenticate(
         &self,
         raw: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_from(None, raw, now).await
+    }
+
+    /// Checks a key sent from `client` and returns who it acts as.
+    ///
+    /// In order, each step only if the one before passed: the client's failures
+    /// ([`AuthError::Throttled`], nothing looked up); the key's shape and checksum (no lookup);
+    /// the unknown keys remembered in process (no lookup); the cached lookup (revocation,
+    /// disabling and role changes invalidate it, so a refused key is refused on every replica
+    /// at once); the store. Every refusal but a missing key counts as a failure of `client`.
+    pub async fn authenticate_from(
+        &self,
+        client: Option<IpAddr>,
+        raw: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(client) = client
+            && let Err(retry_after_seconds) = self.failures.check(client, now)
+        {
+            return Err(AuthError::Throttled {
+                retry_after_seconds,
+            });
+        }
+        let result = self.authenticate_key(raw, now).await;
+        if let (Some(client), Err(AuthError::Refused(reason))) = (client, &result)
+            && *reason != AuthFailure::Missing
+        {
+            self.failures.record(client, now);
+        }
+        result
+    }
+
+    async fn authenticate_key(
+        &self,
+        raw: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
         let raw = raw.ok_or(AuthError::Refused(AuthFailure::Missing))?;
-        let key =
-            PlaintextKey::parse(raw).map_err(|_| AuthError::Refused(AuthFailure::Malformed))?;
+        let key = PlaintextKey::read(raw).map_err(AuthError::Refused)?;
         let hash = key.hash();
+        if self.unknown.contains(&hash, now) {
+            return Err(AuthError::Refused(AuthFailure::Unknown));
+        }
         let record = self.lookup(&hash).await?;
-        let record = record.ok_or(AuthError::Refused(AuthFailure::Unknown))?;
+        let Some(record) = record else {
+            self.unknown.insert(hash, now);
+            return Err(AuthError::Refused(AuthFailure::Unknown));
+        };
         if record.key.revoked_at.is_some() {
             return Err(AuthError::Refused(AuthFailure::Revoked));
         }
@@ -120,9 +214,10 @@ impl Accounts {
         Ok(Principal::from(&record))
     }
 
-    /// The key with this hash, cached: usable keys and unknown ones (so that a flood of made-up
-    /// keys does not become a flood of database queries). Revoked keys and disabled users are
-    /// not cached; creating a key drops a cached "unknown" for its hash.
+    /// The key with this hash, cached when usable. Unknown keys are not cached here (the caller
+    /// remembers them in process: anyone can make up keys, and each would be an entry in the
+    /// shared cache), nor are revoked keys and disabled users. An "unknown" cached by an older
+    /// build is still read as such (creating a key drops it).
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
         let scope = Scope::Key(*hash);
         let token = match self.cache.lookup(&scope, &Field::Key).await {
@@ -143,7 +238,7 @@ impl Accounts {
         })?;
         let cacheable = found
             .as_ref()
-            .is_none_or(|r| r.key.revoked_at.is_none() && !r.user.disabled);
+            .is_some_and(|r| r.key.revoked_at.is_none() && !r.user.disabled);
         if let Some(token) = token
             && cacheable
             && let Ok(bytes) = serde_json::to_vec(&found)
@@ -282,6 +377,7 @@ impl Accounts {
                 rate_limit_rpm,
             })
             .await?;
+        self.unknown.forget(&plaintext.hash());
         self.cache.invalidate(&Scope::Key(plaintext.hash())).await;
         Ok(CreatedKey { key, plaintext })
     }
@@ -326,6 +422,7 @@ impl Accounts {
         };
         let created = self.repo.bootstrap_admin(&username, new).await?;
         if created.is_some() {
+            self.unknown.forget(&key.hash());
             self.cache.invalidate(&Scope::Key(key.hash())).await;
         }
         Ok(created)
