@@ -331,7 +331,7 @@ impl Caches<'_> {
 
 /// The identity use-cases: key lookups cached for `auth.key_cache_ttl_seconds` (and keys the
 /// store does not know remembered in process as long, at most `cache.local_max_entries` of
-/// them, when the cache is on), `auth.failed_per_ip_per_minute`.
+/// them, when the cache is on), `auth.failed_per_ip_per_minute`, `auth.max_keys_per_user`.
 fn accounts(settings: &Settings, pg: &PgPool, caches: &Caches<'_>) -> Accounts {
     let key_ttl = Duration::from_secs(settings.auth.key_cache_ttl_seconds);
     let (unknown_ttl, unknown_entries) = if settings.cache.enabled {
@@ -347,6 +347,7 @@ fn accounts(settings: &Settings, pg: &PgPool, caches: &Caches<'_>) -> Accounts {
     .with_failed_auth_limit(FailedAuthLimit::per_minute(
         settings.auth.failed_per_ip_per_minute,
     ))
+    .with_max_keys_per_user(settings.auth.max_keys_per_user)
 }
 
 /// Creates user `admin` with `auth.bootstrap_admin_key` unless an admin exists.

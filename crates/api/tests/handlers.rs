@@ -253,6 +253,39 @@ async fn past_its_burst_a_key_is_429_with_retry_after_and_ratelimit_headers() {
 }
 
 #[actix_web::test]
+async fn a_members_keys_share_its_limit_and_the_headers_speak_of_the_tighter_one() {
+    let world = World::new();
+    let limits = RateLimitSettings {
+        default_rpm: 1_000,
+        user_rpm: Some(1),
+        burst: 2,
+        ..RateLimitSettings::default()
+    };
+    let app = service(&world, limits).await;
+    let user = world.ports.user("alice", Role::Member).await;
+    let first = world.ports.key_of(&user).await;
+    let second = world.ports.key_of(&user).await;
+    let me = |key: &str| as_key(TestRequest::get().uri("/api/v1/users/me"), key).to_request();
+
+    for (key, remaining) in [(&first, "1"), (&second, "0")] {
+        let res = test::call_service(&app, me(key.expose())).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "ratelimit-limit").as_deref(),
+            Some("1"),
+            "hers"
+        );
+        assert_eq!(
+            header(&res, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+    }
+    let res = test::call_service(&app, me(first.expose())).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("1"));
+}
+
+#[actix_web::test]
 async fn an_address_failing_too_often_is_429_and_its_requests_are_not_looked_up() {
     let world = World::new();
     let mut state = world.state(generous());

@@ -1,6 +1,13 @@
 //! Identity use-cases: authentication (cached), users and API keys, and the batched
 //! `last_used_at` bookkeeping that keeps writes off the request path.
 //!
+//! # Who may do what
+//! - Admins alone manage users (and set a user's `rate_limit_rpm`) and other users' keys.
+//! - Everyone creates, lists and revokes their own keys, at most
+//!   [`with_max_keys_per_user`](Accounts::with_max_keys_per_user) active ones (409 beyond).
+//! - A key with a models allowlist creates and changes keys only within that allowlist: a
+//!   restricted key cannot mint a less restricted one.
+//!
 //! # What a made-up key costs
 //! Nothing before [`PlaintextKey::read`]: a key in the gateway's checked format whose checksum
 //! fails is refused without any lookup; so is every key from an address past
@@ -16,8 +23,8 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, ValidationError};
 use crate::identity::{
-    ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, NewApiKey, NewUser, PlaintextKey, Principal,
-    RateLimitRpm, User, UserPatch,
+    ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, ModelAllowlist, NewApiKey, NewUser,
+    PlaintextKey, Principal, RateLimitRpm, User, UserPatch,
 };
 use crate::model::Page;
 use crate::ports::{Cache, CacheLookup, Field, IdentityRepository, Scope};
@@ -50,6 +57,35 @@ pub const DEFAULT_UNKNOWN_KEY_TTL: std::time::Duration = std::time::Duration::fr
 /// How many unknown keys are remembered at most, unless [`Accounts::with_unknown_keys`] says
 /// otherwise.
 pub const DEFAULT_UNKNOWN_KEYS: usize = 10_000;
+
+/// What a key is asked for with ([`Accounts::create_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// Its label.
+    pub name: KeyName,
+    /// When it stops working (in the future).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Admins only: the user it is for (default: the actor).
+    pub user_id: Option<Uuid>,
+    /// Admins only: its own limit.
+    pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models it may be used with; `None`: every model its user may use (or, from a key
+    /// with an allowlist, that key's allowlist).
+    pub models: Option<ModelAllowlist>,
+}
+
+impl KeyRequest {
+    /// A key labelled `name` for the actor, with nothing else set.
+    pub fn named(name: KeyName) -> Self {
+        Self {
+            name,
+            expires_at: None,
+            user_id: None,
+            rate_limit_rpm: None,
+            models: None,
+        }
+    }
+}
 
 /// Keys used since the last flush, with the latest use of each. Recording is a map insert;
 /// [`Accounts::flush_key_usage`] writes them all in one statement.
@@ -100,6 +136,8 @@ pub struct Accounts {
     usage: Arc<KeyUsage>,
     unknown: Arc<UnknownKeys>,
     failures: Arc<FailedAuthLimit>,
+    /// Active keys a user may hold; `None`: no bound.
+    max_keys_per_user: Option<u32>,
 }
 
 fn admin_only(actor: &Principal) -> Result<(), DomainError> {
@@ -116,8 +154,8 @@ impl Accounts {
     /// Identity use-cases over a store and a cache of key lookups (use a short TTL).
     ///
     /// Unknown keys are remembered in process for [`DEFAULT_UNKNOWN_KEY_TTL`] (at most
-    /// [`DEFAULT_UNKNOWN_KEYS`]); failed authentications are not limited until
-    /// [`with_failed_auth_limit`](Self::with_failed_auth_limit) says otherwise.
+    /// [`DEFAULT_UNKNOWN_KEYS`]); failed authentications are not limited and a user may hold
+    /// any number of keys until the `with_` methods say otherwise.
     pub fn new(repo: Arc<dyn IdentityRepository>, cache: Arc<dyn Cache>) -> Self {
         Self {
             repo,
@@ -128,6 +166,7 @@ impl Accounts {
                 DEFAULT_UNKNOWN_KEYS,
             )),
             failures: Arc::new(FailedAuthLimit::off()),
+            max_keys_per_user: None,
         }
     }
 
@@ -143,6 +182,14 @@ impl Accounts {
     #[must_use]
     pub fn with_failed_auth_limit(mut self, limit: FailedAuthLimit) -> Self {
         self.failures = Arc::new(limit);
+        self
+    }
+
+    /// At most `max` active (neither revoked nor expired) keys per user, enforced atomically by
+    /// the store; creating one more is a conflict (409).
+    #[must_use]
+    pub fn with_max_keys_per_user(mut self, max: u32) -> Self {
+        self.max_keys_per_user = Some(max);
         self
     }
 
@@ -302,8 +349,9 @@ impl Accounts {
         Ok(self.repo.get_user_by_id(actor.user_id).await?)
     }
 
-    /// Changes a user's role or disabled flag (admins only); the user's cached key lookups are
-    /// dropped before this returns.
+    /// Changes a user's role, disabled flag or limit (admins only); the user's cached key
+    /// lookups are dropped before this returns, so the change applies to its next request on
+    /// every replica.
     pub async fn update_user(
         &self,
         actor: &Principal,
@@ -318,33 +366,57 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Creates a key for the actor, or (admins only) for `user_id` and with its own limit.
+    /// Creates a key for the actor, or (admins only) for another user and with its own limit.
+    /// From a key with a models allowlist, the new key's allowlist must be within it (absent:
+    /// the same). Past the user's active keys, a conflict.
     pub async fn create_key(
         &self,
         actor: &Principal,
-        name: KeyName,
-        expires_at: Option<DateTime<Utc>>,
-        user_id: Option<Uuid>,
-        rate_limit_rpm: Option<RateLimitRpm>,
+        request: KeyRequest,
         now: DateTime<Utc>,
     ) -> Result<CreatedKey, DomainError> {
-        if (user_id.is_some_and(|id| id != actor.user_id) || rate_limit_rpm.is_some())
+        if (request.user_id.is_some_and(|id| id != actor.user_id)
+            || request.rate_limit_rpm.is_some())
             && !actor.is_admin()
         {
             return Err(DomainError::Forbidden(
                 "only admins may create keys for other users or set rate_limit_rpm".to_owned(),
             ));
         }
-        if expires_at.is_some_and(|at| at <= now) {
+        if request.expires_at.is_some_and(|at| at <= now) {
             return Err(ValidationError::new("expires_at", "must be in the future").into());
         }
+        let models = within_actors_allowlist(actor, request.models)?;
         self.issue_key(
-            user_id.unwrap_or(actor.user_id),
-            name,
-            expires_at,
-            rate_limit_rpm,
+            request.user_id.unwrap_or(actor.user_id),
+            NewKeyParts {
+                name: request.name,
+                expires_at: request.expires_at,
+                rate_limit_rpm: request.rate_limit_rpm,
+                models,
+            },
+            self.max_keys_per_user,
         )
         .await
+    }
+
+    /// Changes the models a key of the actor (admins: any key) may be used with; `None`: every
+    /// model its user may use. From a key with an allowlist, only within it. The very next
+    /// request with the key sees the change, on every replica.
+    pub async fn set_key_models(
+        &self,
+        actor: &Principal,
+        id: Uuid,
+        models: Option<ModelAllowlist>,
+    ) -> Result<ApiKey, DomainError> {
+        let key = self.repo.get_key(id).await?;
+        if key.user_id != actor.user_id && !actor.is_admin() {
+            return Err(DomainError::NotFound(format!("API key {id} not found")));
+        }
+        let models = within_actors_allowlist(actor, models)?;
+        let (key, hash) = self.repo.set_key_models(id, models).await?;
+        self.cache.invalidate(&Scope::Key(hash)).await;
+        Ok(key)
     }
 
     /// Creates a key for a user without an actor: for operators at the command line.
@@ -354,29 +426,34 @@ impl Accounts {
         name: KeyName,
     ) -> Result<CreatedKey, DomainError> {
         let user = self.repo.get_user(username).await?;
-        self.issue_key(user.id, name, None, None).await
+        let parts = NewKeyParts {
+            name,
+            expires_at: None,
+            rate_limit_rpm: None,
+            models: None,
+        };
+        // Operators are not bound by max_keys_per_user: it protects the gateway from members.
+        self.issue_key(user.id, parts, None).await
     }
 
     async fn issue_key(
         &self,
         user_id: Uuid,
-        name: KeyName,
-        expires_at: Option<DateTime<Utc>>,
-        rate_limit_rpm: Option<RateLimitRpm>,
+        parts: NewKeyParts,
+        max_active: Option<u32>,
     ) -> Result<CreatedKey, DomainError> {
         let plaintext = PlaintextKey::generate()
             .map_err(|e| DomainError::Internal(format!("no randomness: {e}")))?;
-        let key = self
-            .repo
-            .create_key(NewApiKey {
-                user_id,
-                name,
-                hash: plaintext.hash(),
-                prefix: plaintext.display_prefix(),
-                expires_at,
-                rate_limit_rpm,
-            })
-            .await?;
+        let new = NewApiKey {
+            user_id,
+            name: parts.name,
+            hash: plaintext.hash(),
+            prefix: plaintext.display_prefix(),
+            expires_at: parts.expires_at,
+            rate_limit_rpm: parts.rate_limit_rpm,
+            models: parts.models,
+        };
+        let key = self.repo.create_key(new, max_active).await?;
         self.unknown.forget(&plaintext.hash());
         self.cache.invalidate(&Scope::Key(plaintext.hash())).await;
         Ok(CreatedKey { key, plaintext })
@@ -419,6 +496,7 @@ impl Accounts {
             prefix: key.display_prefix(),
             expires_at: None,
             rate_limit_rpm: None,
+            models: None,
         };
         let created = self.repo.bootstrap_admin(&username, new).await?;
         if created.is_some() {
@@ -426,6 +504,30 @@ impl Accounts {
             self.cache.invalidate(&Scope::Key(key.hash())).await;
         }
         Ok(created)
+    }
+}
+
+/// What a new key is made of, besides its user and the key itself.
+struct NewKeyParts {
+    name: KeyName,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit_rpm: Option<RateLimitRpm>,
+    models: Option<ModelAllowlist>,
+}
+
+/// The allowlist a key made or changed by `actor` gets: what was asked, which must be within
+/// the actor's own allowlist when it has one (nothing asked: the actor's).
+fn within_actors_allowlist(
+    actor: &Principal,
+    asked: Option<ModelAllowlist>,
+) -> Result<Option<ModelAllowlist>, DomainError> {
+    match (&actor.models, asked) {
+        (None, asked) => Ok(asked),
+        (Some(own), None) => Ok(Some(own.clone())),
+        (Some(own), Some(asked)) if asked.is_within(own) => Ok(Some(asked)),
+        (Some(_), Some(_)) => Err(DomainError::Forbidden(
+            "models: a key with an allowlist may only give keys models on its own list".to_owned(),
+        )),
     }
 }
 

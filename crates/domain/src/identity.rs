@@ -4,11 +4,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::ValidationError;
-use crate::values::Username;
+use crate::error::{DomainError, ValidationError};
+use crate::values::{ModelName, Username};
 
+mod allowlist;
 mod key;
 
+pub use allowlist::ModelAllowlist;
 pub use key::{KeyHash, PlaintextKey};
 
 /// What a user may do.
@@ -53,6 +55,11 @@ pub struct User {
     pub disabled: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The requests per minute all of the user's keys together may make (set by an admin),
+    /// else `rate_limit.user_rpm`, if set. Required in a cached record, so that one cached by a
+    /// build from before user limits is read again from the store rather than taken as "none".
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub rate_limit_rpm: Option<RateLimitRpm>,
 }
 
 /// What is needed to create a user.
@@ -62,18 +69,29 @@ pub struct NewUser {
     pub username: Username,
     /// Role.
     pub role: Role,
+    /// Limit of all the user's keys together, if not the default.
+    pub rate_limit_rpm: Option<RateLimitRpm>,
 }
 
-/// A change of a user's role or disabled flag; `None` leaves it.
+/// A change of a user's role, disabled flag or limit; `None` leaves it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserPatch {
     /// New role.
     pub role: Option<Role>,
     /// Disable or enable.
     pub disabled: Option<bool>,
+    /// A limit of the user's own, or back to the default (`Some(None)`).
+    pub rate_limit_rpm: Option<Option<RateLimitRpm>>,
 }
 
-/// Requests per minute allowed to one key: 1..=1,000,000.
+impl UserPatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none() && self.disabled.is_none() && self.rate_limit_rpm.is_none()
+    }
+}
+
+/// Requests per minute allowed to one key, or to all of a user's keys together: 1..=1,000,000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RateLimitRpm(u32);
@@ -153,6 +171,11 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Its own requests-per-minute limit, else the default.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models it may be used with; `None`: every model its user may use. Required in a
+    /// cached record, so that one cached by a build from before allowlists is read again from
+    /// the store rather than taken as "every model".
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub models: Option<ModelAllowlist>,
 }
 
 /// What is needed to store a key.
@@ -170,6 +193,8 @@ pub struct NewApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Own limit.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models it may be used with; `None`: all its user may use.
+    pub models: Option<ModelAllowlist>,
 }
 
 /// A key and its user, as the authentication lookup returns (and the cache holds) them.
@@ -194,12 +219,34 @@ pub struct Principal {
     pub key_id: Uuid,
     /// The key's own limit, if any.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The user's own limit (of all its keys together), if any.
+    pub user_rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models the key may be used with; `None`: every model the user may use.
+    pub models: Option<ModelAllowlist>,
 }
 
 impl Principal {
     /// True for admins.
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// Whether the key acting may be used with `model` (its allowlist has it, or it has none).
+    /// Says nothing about whether the user may use the model.
+    pub fn key_allows(&self, model: &ModelName) -> bool {
+        self.models.as_ref().is_none_or(|list| list.allows(model))
+    }
+
+    /// [`DomainError::Forbidden`] unless [`key_allows`](Self::key_allows) `model`. Decided on
+    /// the name alone, with no lookup, so it reveals nothing about the model.
+    pub fn check_key_allows(&self, model: &ModelName) -> Result<(), DomainError> {
+        if self.key_allows(model) {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(format!(
+                "this API key may not be used with model '{model}' (see its `models`)"
+            )))
+        }
     }
 
     /// Admins may change anything; members only what they own.
@@ -216,6 +263,8 @@ impl From<&KeyRecord> for Principal {
             role: r.user.role,
             key_id: r.key.id,
             rate_limit_rpm: r.key.rate_limit_rpm,
+            user_rate_limit_rpm: r.user.rate_limit_rpm,
+            models: r.key.models.clone(),
         }
     }
 }
@@ -268,6 +317,8 @@ mod tests {
             role: Role::Member,
             key_id: Uuid::new_v4(),
             rate_limit_rpm: None,
+            user_rate_limit_rpm: None,
+            models: None,
         };
         assert!(member.may_change(Some(me)));
         assert!(!member.may_change(Some(Uuid::new_v4())));
@@ -277,6 +328,18 @@ mod tests {
             ..member
         };
         assert!(admin.may_change(Some(Uuid::new_v4())) && admin.may_change(None));
+        let model = |raw: &str| ModelName::parse(raw).expect("valid");
+        assert!(admin.key_allows(&model("any")), "no allowlist: every model");
+        let restricted = Principal {
+            models: Some(ModelAllowlist::parse(vec!["llama".into()]).expect("valid")),
+            ..admin
+        };
+        assert!(restricted.key_allows(&model("llama")));
+        assert!(!restricted.key_allows(&model("gpt")), "admins' keys too");
+        assert!(matches!(
+            restricted.check_key_allows(&model("gpt")),
+            Err(DomainError::Forbidden(_))
+        ));
     }
 
     #[test]

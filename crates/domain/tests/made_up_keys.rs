@@ -103,7 +103,7 @@ async fn a_key_stored_before_checked_keys_still_authenticates() {
     stored.prefix = legacy.display_prefix();
     world
         .identity_store
-        .create_key(stored)
+        .create_key(stored, None)
         .await
         .expect("stored");
 

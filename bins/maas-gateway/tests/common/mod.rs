@@ -58,6 +58,8 @@ pub struct Options {
     pub postgres_down: bool,
     /// Postgres behind a proxy the test can shut later ([`TestApp::postgres_proxy`]).
     pub postgres_behind_proxy: bool,
+    /// `auth.max_keys_per_user`.
+    pub max_keys_per_user: u32,
     /// `auth.failed_per_ip_per_minute`.
     pub failed_per_ip_per_minute: u32,
     /// `auth.trusted_proxies`.
@@ -98,6 +100,7 @@ impl Default for Options {
             redis_url: None,
             postgres_down: false,
             postgres_behind_proxy: false,
+            max_keys_per_user: maas_api::AuthSettings::default().max_keys_per_user,
             failed_per_ip_per_minute: maas_api::AuthSettings::default().failed_per_ip_per_minute,
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitSettings {
@@ -150,6 +153,7 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.auth.key_cache_ttl_seconds = 300;
     settings.cache.local_ttl_ms = if options.local_cache { 300_000 } else { 0 };
     settings.auth.bootstrap_admin_key = Some(admin_key.to_owned());
+    settings.auth.max_keys_per_user = options.max_keys_per_user;
     settings.auth.failed_per_ip_per_minute = options.failed_per_ip_per_minute;
     settings.auth.trusted_proxies = options.trusted_proxies.clone();
     settings.rate_limit = options.rate_limit;
