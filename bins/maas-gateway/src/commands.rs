@@ -56,6 +56,7 @@ pub async fn create_user(
     let new = NewUser {
         username: Username::parse_as("username", username).map_err(domain)?,
         role: Role::parse(role).map_err(domain)?,
+        rate_limit_rpm: None,
     };
     let accounts = operator_accounts(log, settings).await?;
     let user = accounts.create_user_as_operator(new).await?;

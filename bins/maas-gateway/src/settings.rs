@@ -122,6 +122,14 @@ impl Settings {
             ),
             ("rate_limit.burst", u64::from(self.rate_limit.burst)),
             (
+                "rate_limit.user_rpm",
+                self.rate_limit.user_rpm.map_or(1, u64::from),
+            ),
+            (
+                "auth.max_keys_per_user",
+                u64::from(self.auth.max_keys_per_user),
+            ),
+            (
                 "auth.key_cache_ttl_seconds",
                 self.auth.key_cache_ttl_seconds,
             ),

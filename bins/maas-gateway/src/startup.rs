@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use maas_api::{AppState, Dependency};
 use maas_cache::{LocalStore, RedisPool, RedisRateLimiter};
+use maas_domain::accounts::FailedAuthLimit;
 use maas_domain::identity::PlaintextKey;
 use maas_domain::ports::{Cache, NoCache};
 use maas_domain::{Accounts, Registry, Usage};
@@ -107,10 +108,7 @@ impl Application {
         )
         .with_reserved_names(settings.reserved_names()?)
         .with_secret_storage(secrets.can_store());
-        let accounts = Accounts::new(
-            Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
-            caches.with_ttl(Duration::from_secs(settings.auth.key_cache_ttl_seconds)),
-        );
+        let accounts = accounts(&settings, &pg, &caches);
         let invalidation_listener = match &local_tier {
             Some(local) => Some(tokio::spawn(
                 maas_cache::listen_for_invalidations_with_logger(
@@ -162,6 +160,9 @@ impl Application {
             accounts: accounts.clone(),
             rate_limiter: Arc::new(limiter.clone()),
             rate_limit: settings.rate_limit,
+            client_address: maas_api::client_address::ClientAddress::new(
+                &settings.auth.trusted_proxies,
+            ),
             dependencies: dependencies(&settings, pg, redis),
             metrics,
             logger: log.clone(),
@@ -326,6 +327,27 @@ impl Caches<'_> {
             None => shared,
         }
     }
+}
+
+/// The identity use-cases: key lookups cached for `auth.key_cache_ttl_seconds` (and keys the
+/// store does not know remembered in process as long, at most `cache.local_max_entries` of
+/// them, when the cache is on), `auth.failed_per_ip_per_minute`, `auth.max_keys_per_user`.
+fn accounts(settings: &Settings, pg: &PgPool, caches: &Caches<'_>) -> Accounts {
+    let key_ttl = Duration::from_secs(settings.auth.key_cache_ttl_seconds);
+    let (unknown_ttl, unknown_entries) = if settings.cache.enabled {
+        (key_ttl, settings.cache.local_max_entries)
+    } else {
+        (Duration::ZERO, 0)
+    };
+    Accounts::new(
+        Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
+        caches.with_ttl(key_ttl),
+    )
+    .with_unknown_keys(unknown_ttl, unknown_entries)
+    .with_failed_auth_limit(FailedAuthLimit::per_minute(
+        settings.auth.failed_per_ip_per_minute,
+    ))
+    .with_max_keys_per_user(settings.auth.max_keys_per_user)
 }
 
 /// Creates user `admin` with `auth.bootstrap_admin_key` unless an admin exists.

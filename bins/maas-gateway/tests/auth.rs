@@ -165,7 +165,10 @@ async fn keys_work_with_bearer_and_x_api_key_and_the_plaintext_is_shown_once() {
     assert_eq!(res.status(), 201);
     let created: Value = res.json().await.expect("json");
     let key = created["key"].as_str().expect("key").to_owned();
-    assert!(key.starts_with("maas_") && key.len() >= 5 + 43);
+    assert!(
+        key.starts_with("maas2_") && key.len() == 6 + 43 + 6,
+        "{key}"
+    );
     assert!(key.starts_with(created["prefix"].as_str().expect("prefix")));
 
     let res = app
@@ -564,40 +567,6 @@ async fn last_used_at_is_written_in_batches_not_per_request() {
             .await,
         2
     );
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn made_up_keys_are_looked_up_once_then_answered_from_the_cache() {
-    use redis::AsyncCommands as _;
-    let app = spawn_app().await;
-    let made_up = format!("maas_{}", "z".repeat(43));
-    for _ in 0..2 {
-        let res = app
-            .anon
-            .get(app.url("/api/v1/models"))
-            .bearer_auth(&made_up)
-            .send()
-            .await
-            .expect("GET");
-        assert_unauthorized(res).await;
-    }
-    let hash = maas_domain::identity::PlaintextKey::parse(&made_up)
-        .expect("shape")
-        .hash();
-    let mut conn = app.redis.pool.get().await.expect("redis");
-    let cached: Option<String> = conn
-        .hget(format!("{}c:key:{}", app.redis.prefix, hash.to_hex()), "k")
-        .await
-        .expect("HGET");
-    assert_eq!(
-        cached.as_deref(),
-        Some("null"),
-        "the miss is cached as unknown"
-    );
-    drop(conn);
-    let metrics = app.metrics_text().await;
-    assert!(metrics.contains("maas_cache_requests_total{kind=\"key\",result=\"hit\"}"));
     app.stop().await;
 }
 

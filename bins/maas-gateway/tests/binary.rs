@@ -473,7 +473,7 @@ async fn operators_create_users_and_keys_from_the_command_line() {
     // stdout is the key alone (logs go to stderr), so scripts can capture it.
     let first_key = stdout.trim().to_owned();
     assert!(
-        first_key.starts_with("maas_") && !first_key.contains('\n'),
+        first_key.starts_with("maas2_") && !first_key.contains('\n'),
         "{stdout}"
     );
     let out = run(
@@ -482,7 +482,7 @@ async fn operators_create_users_and_keys_from_the_command_line() {
     );
     assert!(out.status.success());
     let second_key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(second_key.starts_with("maas_") && second_key != first_key);
+    assert!(second_key.starts_with("maas2_") && second_key != first_key);
     assert_eq!(
         db.scalar("SELECT count(*) FROM api_keys k JOIN users u ON u.id = k.user_id WHERE u.username = 'ops'")
             .await,

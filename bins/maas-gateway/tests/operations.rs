@@ -275,6 +275,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/api/v1/users/{username}", "patch"),
         ("/api/v1/keys", "post"),
         ("/api/v1/keys", "get"),
+        ("/api/v1/keys/{id}", "patch"),
         ("/api/v1/keys/{id}", "delete"),
         ("/api/v1/usage", "get"),
         ("/v1/chat/completions", "post"),

@@ -1,6 +1,7 @@
-//! Authentication and rate limiting of `/api/v1` (and later `/v1`): one middleware that turns the
-//! request's API key into a [`Principal`], spends one unit of the key's rate limit, and stamps
-//! the `RateLimit-*` headers on the response.
+//! Authentication and rate limiting of `/api/v1` and `/v1`: one middleware that turns the
+//! request's API key into a [`Principal`] (refusing, before any lookup, a client address that
+//! failed too often), spends one unit of the key's rate limit and of its user's in one decision,
+//! and stamps the `RateLimit-*` headers of the tighter of the two on the response.
 
 use std::future::{Ready, ready};
 
@@ -11,7 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use maas_domain::accounts::AuthError;
 use maas_domain::identity::Principal;
-use maas_domain::ports::{RateDecision, RateLimit};
+use maas_domain::ports::{RateDecision, RateRequest};
 use maas_telemetry::names;
 
 use crate::error::ApiError;
@@ -69,11 +70,12 @@ fn refuse<B>(
     req.into_response(response).map_into_right_body()
 }
 
-/// Authenticates the request and spends one unit of its key's rate limit.
+/// Authenticates the request and spends one unit of its key's rate limit (and its user's).
 ///
 /// Refusals: 401 (no usable key; the same answer whatever the reason, which goes to
-/// `maas_auth_failures_total{reason}`), 429 with `Retry-After`, 503 when the key store is down or
-/// the limiter is down and `rate_limit.fail_open` is false.
+/// `maas_auth_failures_total{reason}`), 429 with `Retry-After` (rate limited, or too many failed
+/// authentications from the client's address, `reason="throttled"`), 503 when the key store is
+/// down or the limiter is down and `rate_limit.fail_open` is false.
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -82,15 +84,27 @@ pub async fn authenticate(
         return Ok(refuse(req, ApiError::Unauthorized, None));
     };
     let now = chrono::Utc::now();
+    let client = state
+        .client_address
+        .of(req.peer_addr().map(|peer| peer.ip()), req.headers());
     let principal = match state
         .accounts
-        .authenticate(presented_key(req.headers()), now)
+        .authenticate_from(client, presented_key(req.headers()), now)
         .await
     {
         Ok(principal) => principal,
         Err(AuthError::Refused(reason)) => {
             metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => reason.as_str()).increment(1);
             return Ok(refuse(req, ApiError::Unauthorized, None));
+        }
+        Err(AuthError::Throttled {
+            retry_after_seconds,
+        }) => {
+            metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => "throttled").increment(1);
+            let err = ApiError::TooManyFailedAuthentications {
+                retry_after_seconds,
+            };
+            return Ok(refuse(req, err, None));
         }
         Err(AuthError::Unavailable(e)) => {
             metrics::counter!(names::AUTH_FAILURES_TOTAL, "reason" => "unavailable").increment(1);
@@ -100,27 +114,24 @@ pub async fn authenticate(
     };
 
     let settings = state.rate_limit;
-    let limit = RateLimit {
-        rpm: principal
-            .rate_limit_rpm
-            .map_or(settings.default_rpm, |rpm| rpm.get()),
-        burst: settings.burst.max(1),
-    };
-    let quota = match state.rate_limiter.check(principal.key_id, limit).await {
+    let request = settings.limits().request_for(&principal);
+    let quota = match state.rate_limiter.decide(&request).await {
         RateDecision::Allowed {
             remaining,
             reset_seconds,
+            allowance,
         } => Quota {
-            limit: limit.rpm,
+            limit: request.limit_of(allowance).rpm,
             remaining,
             reset_seconds,
         },
         RateDecision::Limited {
             retry_after_seconds,
             reset_seconds,
+            allowance,
         } => {
             let quota = Quota {
-                limit: limit.rpm,
+                limit: request.limit_of(allowance).rpm,
                 remaining: 0,
                 reset_seconds,
             };
@@ -129,12 +140,7 @@ pub async fn authenticate(
             };
             return Ok(refuse(req, err, Some(quota)));
         }
-        RateDecision::Unavailable if settings.fail_open => Quota {
-            // Nothing is known about the key's usage: report a full allowance.
-            limit: limit.rpm,
-            remaining: limit.burst,
-            reset_seconds: 0,
-        },
+        RateDecision::Unavailable if settings.fail_open => unknown_usage(&request),
         RateDecision::Unavailable => {
             return Ok(refuse(req, ApiError::RateLimiterUnavailable, None));
         }
@@ -144,6 +150,20 @@ pub async fn authenticate(
     let mut response = next.call(req).await?;
     quota.stamp(response.headers_mut());
     Ok(response.map_into_left_body())
+}
+
+/// The headers of an admission while the limiter cannot decide: nothing is known about the
+/// usage, so a full allowance of the tighter limit.
+fn unknown_usage(request: &RateRequest) -> Quota {
+    let tighter = match request.user {
+        Some(user) if user.limit.rpm < request.key.rpm => user.limit,
+        _ => request.key,
+    };
+    Quota {
+        limit: tighter.rpm,
+        remaining: tighter.burst,
+        reset_seconds: 0,
+    }
 }
 
 /// The authenticated principal of the request (set by [`authenticate`]).

@@ -1,23 +1,26 @@
 //! Wire types: request bodies (raw, validated into domain types by `into_domain`) and responses.
 
 mod aliases;
+mod identity;
 
 pub use aliases::{
     AliasResponse, AliasVersionResponse, ResolvedAliasResponse, SetAlias, SetAliasVersion,
     WeightedVersionResponse,
 };
+pub use identity::{
+    CreateKey, CreateUser, CreatedKeyResponse, KeyList, KeyResponse, ListKeysQuery, ListUsersQuery,
+    UpdateKey, UpdateUser, UserResponse,
+};
 
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
-use maas_domain::identity::{ApiKey, NewUser, RateLimitRpm, Role, User, UserPatch};
 use maas_domain::inference::UpstreamSecret;
 use maas_domain::model::{
     Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage, VersionPatch,
     Visibility,
 };
 use maas_domain::values::{
-    Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, Username,
-    VersionNumber,
+    Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, VersionNumber,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -321,172 +324,6 @@ impl From<ModelVersion> for VersionResponse {
             updated_at: v.updated_at,
         }
     }
-}
-
-/// Body of `POST /api/v1/users`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateUser {
-    /// Same rules as model names; `me` is reserved.
-    pub username: String,
-    /// `admin` or `member`.
-    #[schema(example = "member")]
-    pub role: String,
-}
-
-impl CreateUser {
-    /// Validates every field.
-    pub fn into_domain(self) -> Result<NewUser, ValidationError> {
-        if self.username == "me" {
-            return Err(ValidationError::new(
-                "username",
-                "'me' is reserved: /api/v1/users/me is the caller",
-            ));
-        }
-        Ok(NewUser {
-            username: Username::parse_as("username", self.username)?,
-            role: Role::parse(&self.role)?,
-        })
-    }
-}
-
-/// Body of `PATCH /api/v1/users/{username}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateUser {
-    /// New role.
-    pub role: Option<String>,
-    /// Disable (its keys are refused at once) or enable.
-    pub disabled: Option<bool>,
-}
-
-impl UpdateUser {
-    /// Validates every field given.
-    pub fn into_domain(self) -> Result<UserPatch, ValidationError> {
-        Ok(UserPatch {
-            role: self.role.as_deref().map(Role::parse).transpose()?,
-            disabled: self.disabled,
-        })
-    }
-}
-
-/// A user.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserResponse {
-    /// Stable id.
-    pub id: Uuid,
-    /// Unique name.
-    pub username: String,
-    /// `admin` or `member`.
-    pub role: String,
-    /// Disabled users' keys are refused.
-    pub disabled: bool,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<User> for UserResponse {
-    fn from(u: User) -> Self {
-        Self {
-            id: u.id,
-            username: u.username.into_inner(),
-            role: u.role.as_str().to_owned(),
-            disabled: u.disabled,
-            created_at: u.created_at,
-        }
-    }
-}
-
-/// Query of `GET /api/v1/users`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListUsersQuery {
-    /// Page size, 1–200 (default 50).
-    #[param(value_type = Option<u16>)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// Body of `POST /api/v1/keys`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    /// A label, 1–128 characters.
-    pub name: String,
-    /// When the key stops working (RFC 3339, in the future).
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Admins only: create the key for this user.
-    pub user_id: Option<Uuid>,
-    /// Admins only: this key's own requests-per-minute limit.
-    pub rate_limit_rpm: Option<i64>,
-}
-
-/// Query of `GET /api/v1/keys`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListKeysQuery {
-    /// Admins only: another user's keys.
-    #[param(value_type = Option<Uuid>)]
-    pub user_id: Option<String>,
-}
-
-/// An API key as listed: never the key itself.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct KeyResponse {
-    /// Stable id (revoke with `DELETE /api/v1/keys/{id}`).
-    pub id: Uuid,
-    /// Whose key it is.
-    pub user_id: Uuid,
-    /// Label.
-    pub name: String,
-    /// The key's first characters, to recognise it.
-    pub prefix: String,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Expiry.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Revocation time.
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// Roughly the last use (written in batches).
-    pub last_used_at: Option<DateTime<Utc>>,
-    /// Own limit; `null` means the default.
-    pub rate_limit_rpm: Option<u32>,
-}
-
-impl From<ApiKey> for KeyResponse {
-    fn from(k: ApiKey) -> Self {
-        Self {
-            id: k.id,
-            user_id: k.user_id,
-            name: k.name.as_str().to_owned(),
-            prefix: k.prefix,
-            created_at: k.created_at,
-            expires_at: k.expires_at,
-            revoked_at: k.revoked_at,
-            last_used_at: k.last_used_at,
-            rate_limit_rpm: k.rate_limit_rpm.map(RateLimitRpm::get),
-        }
-    }
-}
-
-/// A new key: the only response that ever contains the key itself.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedKeyResponse {
-    /// The key. Store it now: it cannot be shown again.
-    pub key: String,
-    /// The stored key's details.
-    #[serde(flatten)]
-    pub details: KeyResponse,
-}
-
-/// The list of a user's keys.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct KeyList {
-    /// Keys, newest first, revoked ones included.
-    pub items: Vec<KeyResponse>,
 }
 
 /// Body of `POST /api/v1/models/{name}/grants`.

@@ -65,6 +65,13 @@ pub enum ApiError {
         /// Seconds until one more request would be admitted.
         retry_after_seconds: u64,
     },
+    /// The client's address failed to authenticate too often lately
+    /// (`auth.failed_per_ip_per_minute`); its requests are not looked at until it may retry.
+    #[error("too many failed authentications from this address; retry in {retry_after_seconds} s")]
+    TooManyFailedAuthentications {
+        /// Seconds until one more attempt would be looked at.
+        retry_after_seconds: u64,
+    },
     /// The rate limiter is down and `rate_limit.fail_open` is false.
     #[error("the rate limiter is unavailable; retry later")]
     RateLimiterUnavailable,
@@ -121,6 +128,9 @@ impl ApiError {
             Self::Domain(DomainError::Forbidden(_)) => ("forbidden", "Forbidden"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            Self::TooManyFailedAuthentications { .. } => {
+                ("too-many-failed-authentications", "Too many requests")
+            }
             Self::RateLimiterUnavailable => ("unavailable", "Service temporarily unavailable"),
             Self::Domain(DomainError::Unavailable(_)) => {
                 ("unavailable", "Service temporarily unavailable")
@@ -197,6 +207,9 @@ impl ApiError {
             Self::Domain(DomainError::Forbidden(_)) => ("permission_error", "forbidden"),
             Self::Domain(DomainError::Conflict(_)) => ("invalid_request_error", "conflict"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::TooManyFailedAuthentications { .. } => {
+                ("rate_limit_error", "too_many_failed_authentications")
+            }
             Self::UpstreamUnreachable(_) => ("api_error", "upstream_unreachable"),
             Self::UpstreamAddressNotAllowed(_) => ("api_error", "endpoint_not_allowed"),
             Self::UpstreamInvalidStatus(_) => ("api_error", "upstream_invalid_response"),
@@ -339,7 +352,9 @@ impl ResponseError for ApiError {
             Self::Domain(DomainError::Conflict(_)) => StatusCode::CONFLICT,
             Self::Domain(DomainError::Forbidden(_)) => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -366,6 +381,9 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::RateLimited {
+                retry_after_seconds,
+            }
+            | Self::TooManyFailedAuthentications {
                 retry_after_seconds,
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_seconds.to_string()));

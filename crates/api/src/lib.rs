@@ -17,6 +17,7 @@
 //! ```
 
 pub mod auth;
+pub mod client_address;
 pub mod deadline;
 pub mod dto;
 pub mod error;
@@ -159,7 +160,11 @@ fn api_v1(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(keys::create))
             .route(web::get().to(keys::list)),
     )
-    .service(resource("/keys/{id}").route(web::delete().to(keys::revoke)))
+    .service(
+        resource("/keys/{id}")
+            .route(web::patch().to(keys::update))
+            .route(web::delete().to(keys::revoke)),
+    )
     .service(resource("/usage").route(web::get().to(handlers::usage::report)));
 }
 

@@ -60,6 +60,17 @@ pub struct AuthSettings {
     pub key_cache_ttl_seconds: u64,
     /// How often `last_used_at` of used keys is written (in one batch).
     pub usage_flush_seconds: u64,
+    /// Active (neither revoked nor expired) keys one user may hold; creating one more is 409.
+    /// At least 1.
+    pub max_keys_per_user: u32,
+    /// Failed authentications a client address may have per minute, in each replica's memory;
+    /// past it, its requests get 429 with `Retry-After` before anything is looked up. 0: off.
+    pub failed_per_ip_per_minute: u32,
+    /// Proxies in front of the gateway (CIDR networks) whose `X-Forwarded-For` is believed when
+    /// finding a request's client address. Empty (the default): the client address is the TCP
+    /// peer, and `X-Forwarded-For` is never believed.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub trusted_proxies: Vec<IpNetwork>,
 }
 
 impl Default for AuthSettings {
@@ -68,6 +79,9 @@ impl Default for AuthSettings {
             bootstrap_admin_key: None,
             key_cache_ttl_seconds: 60,
             usage_flush_seconds: 10,
+            max_keys_per_user: 20,
+            failed_per_ip_per_minute: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -81,6 +95,9 @@ impl std::fmt::Debug for AuthSettings {
             )
             .field("key_cache_ttl_seconds", &self.key_cache_ttl_seconds)
             .field("usage_flush_seconds", &self.usage_flush_seconds)
+            .field("max_keys_per_user", &self.max_keys_per_user)
+            .field("failed_per_ip_per_minute", &self.failed_per_ip_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -95,12 +112,16 @@ impl AuthSettings {
     }
 }
 
-/// The `rate_limit` section: per-key requests per minute.
+/// The `rate_limit` section: requests per minute per key, and per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Requests per minute of a key that has no `rate_limit_rpm` of its own.
     pub default_rpm: u32,
+    /// Requests per minute of all the keys of a user together, for users without a
+    /// `rate_limit_rpm` of their own; `None` (the default): such users are held to their keys'
+    /// limits only.
+    pub user_rpm: Option<u32>,
     /// Requests that may arrive at once on top of the steady rate; over any minute a key gets
     /// at most `rpm + burst` requests admitted.
     pub burst: u32,
@@ -116,9 +137,21 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
             default_rpm: 600,
+            user_rpm: None,
             burst: 20,
             fail_open: true,
             lease_ms: 250,
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// The domain's policy of these settings.
+    pub fn limits(&self) -> maas_domain::limits::RateLimits {
+        maas_domain::limits::RateLimits {
+            default_rpm: self.default_rpm,
+            burst: self.burst,
+            user_rpm: self.user_rpm,
         }
     }
 }

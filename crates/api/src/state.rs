@@ -29,8 +29,10 @@ pub struct AppState {
     pub accounts: Accounts,
     /// The shared per-key rate limiter.
     pub rate_limiter: Arc<dyn RateLimiter>,
-    /// Default limit, burst and what to do when the limiter is down.
+    /// Default limits, burst and what to do when the limiter is down.
     pub rate_limit: crate::settings::RateLimitSettings,
+    /// How a request's client address is found (for the limit of failed authentications).
+    pub client_address: crate::client_address::ClientAddress,
     /// The pooled client for model servers.
     pub upstream: Upstream,
     /// Upstream limits (body size) the handlers apply.

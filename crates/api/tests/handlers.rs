@@ -39,6 +39,7 @@ impl World {
             accounts: self.ports.accounts.clone(),
             rate_limiter: self.limiter.clone(),
             rate_limit,
+            client_address: maas_api::client_address::ClientAddress::default(),
             upstream: maas_api::proxy::Upstream::new(&UpstreamSettings::default())
                 .expect("an upstream client"),
             upstream_settings: UpstreamSettings::default(),
@@ -249,6 +250,94 @@ async fn past_its_burst_a_key_is_429_with_retry_after_and_ratelimit_headers() {
         test::call_service(&app, me()).await.status(),
         StatusCode::OK
     );
+}
+
+#[actix_web::test]
+async fn a_members_keys_share_its_limit_and_the_headers_speak_of_the_tighter_one() {
+    let world = World::new();
+    let limits = RateLimitSettings {
+        default_rpm: 1_000,
+        user_rpm: Some(1),
+        burst: 2,
+        ..RateLimitSettings::default()
+    };
+    let app = service(&world, limits).await;
+    let user = world.ports.user("alice", Role::Member).await;
+    let first = world.ports.key_of(&user).await;
+    let second = world.ports.key_of(&user).await;
+    let me = |key: &str| as_key(TestRequest::get().uri("/api/v1/users/me"), key).to_request();
+
+    for (key, remaining) in [(&first, "1"), (&second, "0")] {
+        let res = test::call_service(&app, me(key.expose())).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "ratelimit-limit").as_deref(),
+            Some("1"),
+            "hers"
+        );
+        assert_eq!(
+            header(&res, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+    }
+    let res = test::call_service(&app, me(first.expose())).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&res, "ratelimit-limit").as_deref(), Some("1"));
+}
+
+#[actix_web::test]
+async fn an_address_failing_too_often_is_429_and_its_requests_are_not_looked_up() {
+    let world = World::new();
+    let mut state = world.state(generous());
+    state.accounts = state
+        .accounts
+        .with_failed_auth_limit(maas_domain::accounts::FailedAuthLimit::per_minute(2));
+    let app = test::init_service(maas_api::app(state, ServerSettings::default())).await;
+    let key = world.key("alice", Role::Member).await;
+    let from = |addr: &str, key: &str| {
+        as_key(TestRequest::get().uri("/api/v1/users/me"), key)
+            .peer_addr(addr.parse().expect("an address"))
+            .to_request()
+    };
+    let made_up = format!("maas_{}", "q".repeat(40));
+    for _ in 0..2 {
+        let res = test::call_service(&app, from("192.0.2.9:4000", &made_up)).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let lookups = world.ports.identity_store.controls().calls("find_key");
+
+    let res = test::call_service(&app, from("192.0.2.9:4001", &key)).await;
+    assert!(header(&res, "retry-after").is_some());
+    let (status, content_type, body) = answer(res).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "application/problem+json")
+    );
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("too-many-failed-authentications"))
+    );
+    let res = test::call_service(
+        &app,
+        TestRequest::post()
+            .uri("/v1/chat/completions")
+            .insert_header(("authorization", format!("Bearer {key}")))
+            .peer_addr("192.0.2.9:4002".parse().expect("an address"))
+            .set_json(json!({"model": "m", "messages": []}))
+            .to_request(),
+    )
+    .await;
+    let (status, _, body) = answer(res).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "too_many_failed_authentications");
+    assert_eq!(
+        world.ports.identity_store.controls().calls("find_key"),
+        lookups,
+        "nothing looked up"
+    );
+    let res = test::call_service(&app, from("198.51.100.1:4000", &key)).await;
+    assert_eq!(res.status(), StatusCode::OK, "another address");
 }
 
 #[actix_web::test]

@@ -148,6 +148,7 @@ async fn decisions_say_when_to_retry_and_when_the_allowance_is_full_again() {
     let RateDecision::Limited {
         retry_after_seconds,
         reset_seconds,
+        ..
     } = decisions[3]
     else {
         panic!("expected a refusal, got {:?}", decisions[3]);

@@ -1,7 +1,21 @@
 //! Identity use-cases: authentication (cached), users and API keys, and the batched
 //! `last_used_at` bookkeeping that keeps writes off the request path.
+//!
+//! # Who may do what
+//! - Admins alone manage users (and set a user's `rate_limit_rpm`) and other users' keys.
+//! - Everyone creates, lists and revokes their own keys, at most
+//!   [`with_max_keys_per_user`](Accounts::with_max_keys_per_user) active ones (409 beyond).
+//! - A key with a models allowlist creates and changes keys only within that allowlist: a
+//!   restricted key cannot mint a less restricted one.
+//!
+//! # What a made-up key costs
+//! Nothing before [`PlaintextKey::read`]: a key in the gateway's checked format whose checksum
+//! fails is refused without any lookup; so is every key from an address past
+//! [`FailedAuthLimit`]. A well-formed unknown key costs one lookup in the store, and is then
+//! remembered as unknown in this process only ([`UnknownKeys`]), never in the shared cache.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -9,20 +23,68 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, ValidationError};
 use crate::identity::{
-    ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, NewApiKey, NewUser, PlaintextKey, Principal,
-    RateLimitRpm, User, UserPatch,
+    ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, ModelAllowlist, NewApiKey, NewUser,
+    PlaintextKey, Principal, RateLimitRpm, User, UserPatch,
 };
 use crate::model::Page;
 use crate::ports::{Cache, CacheLookup, Field, IdentityRepository, Scope};
 use crate::values::{PageLimit, Username};
 
-/// Why authentication failed: the client sees one 401 either way.
+mod failures;
+mod unknown;
+
+pub use failures::FailedAuthLimit;
+use unknown::UnknownKeys;
+
+/// Why authentication failed: the client sees one 401 either way, or 429 when throttled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// The key is not acceptable; the reason is for logs and metrics only.
     Refused(AuthFailure),
+    /// The client's address failed too often lately ([`FailedAuthLimit`]); nothing was looked
+    /// at.
+    Throttled {
+        /// Seconds until one more attempt would be looked at.
+        retry_after_seconds: u64,
+    },
     /// The key could not be checked (database down).
     Unavailable(String),
+}
+
+/// How long a key the store does not know is remembered as unknown, unless
+/// [`Accounts::with_unknown_keys`] says otherwise.
+pub const DEFAULT_UNKNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many unknown keys are remembered at most, unless [`Accounts::with_unknown_keys`] says
+/// otherwise.
+pub const DEFAULT_UNKNOWN_KEYS: usize = 10_000;
+
+/// What a key is asked for with ([`Accounts::create_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// Its label.
+    pub name: KeyName,
+    /// When it stops working (in the future).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Admins only: the user it is for (default: the actor).
+    pub user_id: Option<Uuid>,
+    /// Admins only: its own limit.
+    pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models it may be used with; `None`: every model its user may use (or, from a key
+    /// with an allowlist, that key's allowlist).
+    pub models: Option<ModelAllowlist>,
+}
+
+impl KeyRequest {
+    /// A key labelled `name` for the actor, with nothing else set.
+    pub fn named(name: KeyName) -> Self {
+        Self {
+            name,
+            expires_at: None,
+            user_id: None,
+            rate_limit_rpm: None,
+            models: None,
+        }
+    }
 }
 
 /// Keys used since the last flush, with the latest use of each. Recording is a map insert;
@@ -72,6 +134,10 @@ pub struct Accounts {
     repo: Arc<dyn IdentityRepository>,
     cache: Arc<dyn Cache>,
     usage: Arc<KeyUsage>,
+    unknown: Arc<UnknownKeys>,
+    failures: Arc<FailedAuthLimit>,
+    /// Active keys a user may hold; `None`: no bound.
+    max_keys_per_user: Option<u32>,
 }
 
 fn admin_only(actor: &Principal) -> Result<(), DomainError> {
@@ -86,27 +152,102 @@ fn admin_only(actor: &Principal) -> Result<(), DomainError> {
 
 impl Accounts {
     /// Identity use-cases over a store and a cache of key lookups (use a short TTL).
+    ///
+    /// Unknown keys are remembered in process for [`DEFAULT_UNKNOWN_KEY_TTL`] (at most
+    /// [`DEFAULT_UNKNOWN_KEYS`]); failed authentications are not limited and a user may hold
+    /// any number of keys until the `with_` methods say otherwise.
     pub fn new(repo: Arc<dyn IdentityRepository>, cache: Arc<dyn Cache>) -> Self {
         Self {
             repo,
             cache,
             usage: Arc::new(KeyUsage::default()),
+            unknown: Arc::new(UnknownKeys::new(
+                DEFAULT_UNKNOWN_KEY_TTL,
+                DEFAULT_UNKNOWN_KEYS,
+            )),
+            failures: Arc::new(FailedAuthLimit::off()),
+            max_keys_per_user: None,
         }
     }
 
-    /// Checks a key and returns who it acts as. The lookup is cached; revocation, disabling and
-    /// role changes invalidate it, so a refused key is refused on every replica at once.
+    /// Remembers keys the store does not know for `ttl`, at most `max_entries` of them, in this
+    /// process (zero for either: not at all).
+    #[must_use]
+    pub fn with_unknown_keys(mut self, ttl: std::time::Duration, max_entries: usize) -> Self {
+        self.unknown = Arc::new(UnknownKeys::new(ttl, max_entries));
+        self
+    }
+
+    /// Limits failed authentications per client address (see [`FailedAuthLimit`]).
+    #[must_use]
+    pub fn with_failed_auth_limit(mut self, limit: FailedAuthLimit) -> Self {
+        self.failures = Arc::new(limit);
+        self
+    }
+
+    /// At most `max` active (neither revoked nor expired) keys per user, enforced atomically by
+    /// the store; creating one more is a conflict (409).
+    #[must_use]
+    pub fn with_max_keys_per_user(mut self, max: u32) -> Self {
+        self.max_keys_per_user = Some(max);
+        self
+    }
+
+    /// [`authenticate_from`](Self::authenticate_from) without a client address: no limit of
+    /// failures applies.
     pub async fn authenticate(
         &self,
         raw: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_from(None, raw, now).await
+    }
+
+    /// Checks a key sent from `client` and returns who it acts as.
+    ///
+    /// In order, each step only if the one before passed: the client's failures
+    /// ([`AuthError::Throttled`], nothing looked up); the key's shape and checksum (no lookup);
+    /// the unknown keys remembered in process (no lookup); the cached lookup (revocation,
+    /// disabling and role changes invalidate it, so a refused key is refused on every replica
+    /// at once); the store. Every refusal but a missing key counts as a failure of `client`.
+    pub async fn authenticate_from(
+        &self,
+        client: Option<IpAddr>,
+        raw: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        if let Some(client) = client
+            && let Err(retry_after_seconds) = self.failures.check(client, now)
+        {
+            return Err(AuthError::Throttled {
+                retry_after_seconds,
+            });
+        }
+        let result = self.authenticate_key(raw, now).await;
+        if let (Some(client), Err(AuthError::Refused(reason))) = (client, &result)
+            && *reason != AuthFailure::Missing
+        {
+            self.failures.record(client, now);
+        }
+        result
+    }
+
+    async fn authenticate_key(
+        &self,
+        raw: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
         let raw = raw.ok_or(AuthError::Refused(AuthFailure::Missing))?;
-        let key =
-            PlaintextKey::parse(raw).map_err(|_| AuthError::Refused(AuthFailure::Malformed))?;
+        let key = PlaintextKey::read(raw).map_err(AuthError::Refused)?;
         let hash = key.hash();
+        if self.unknown.contains(&hash, now) {
+            return Err(AuthError::Refused(AuthFailure::Unknown));
+        }
         let record = self.lookup(&hash).await?;
-        let record = record.ok_or(AuthError::Refused(AuthFailure::Unknown))?;
+        let Some(record) = record else {
+            self.unknown.insert(hash, now);
+            return Err(AuthError::Refused(AuthFailure::Unknown));
+        };
         if record.key.revoked_at.is_some() {
             return Err(AuthError::Refused(AuthFailure::Revoked));
         }
@@ -120,9 +261,10 @@ impl Accounts {
         Ok(Principal::from(&record))
     }
 
-    /// The key with this hash, cached: usable keys and unknown ones (so that a flood of made-up
-    /// keys does not become a flood of database queries). Revoked keys and disabled users are
-    /// not cached; creating a key drops a cached "unknown" for its hash.
+    /// The key with this hash, cached when usable. Unknown keys are not cached here (the caller
+    /// remembers them in process: anyone can make up keys, and each would be an entry in the
+    /// shared cache), nor are revoked keys and disabled users. An "unknown" cached by an older
+    /// build is still read as such (creating a key drops it).
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
         let scope = Scope::Key(*hash);
         let token = match self.cache.lookup(&scope, &Field::Key).await {
@@ -143,7 +285,7 @@ impl Accounts {
         })?;
         let cacheable = found
             .as_ref()
-            .is_none_or(|r| r.key.revoked_at.is_none() && !r.user.disabled);
+            .is_some_and(|r| r.key.revoked_at.is_none() && !r.user.disabled);
         if let Some(token) = token
             && cacheable
             && let Ok(bytes) = serde_json::to_vec(&found)
@@ -207,8 +349,9 @@ impl Accounts {
         Ok(self.repo.get_user_by_id(actor.user_id).await?)
     }
 
-    /// Changes a user's role or disabled flag (admins only); the user's cached key lookups are
-    /// dropped before this returns.
+    /// Changes a user's role, disabled flag or limit (admins only); the user's cached key
+    /// lookups are dropped before this returns, so the change applies to its next request on
+    /// every replica.
     pub async fn update_user(
         &self,
         actor: &Principal,
@@ -223,33 +366,57 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Creates a key for the actor, or (admins only) for `user_id` and with its own limit.
+    /// Creates a key for the actor, or (admins only) for another user and with its own limit.
+    /// From a key with a models allowlist, the new key's allowlist must be within it (absent:
+    /// the same). Past the user's active keys, a conflict.
     pub async fn create_key(
         &self,
         actor: &Principal,
-        name: KeyName,
-        expires_at: Option<DateTime<Utc>>,
-        user_id: Option<Uuid>,
-        rate_limit_rpm: Option<RateLimitRpm>,
+        request: KeyRequest,
         now: DateTime<Utc>,
     ) -> Result<CreatedKey, DomainError> {
-        if (user_id.is_some_and(|id| id != actor.user_id) || rate_limit_rpm.is_some())
+        if (request.user_id.is_some_and(|id| id != actor.user_id)
+            || request.rate_limit_rpm.is_some())
             && !actor.is_admin()
         {
             return Err(DomainError::Forbidden(
                 "only admins may create keys for other users or set rate_limit_rpm".to_owned(),
             ));
         }
-        if expires_at.is_some_and(|at| at <= now) {
+        if request.expires_at.is_some_and(|at| at <= now) {
             return Err(ValidationError::new("expires_at", "must be in the future").into());
         }
+        let models = within_actors_allowlist(actor, request.models)?;
         self.issue_key(
-            user_id.unwrap_or(actor.user_id),
-            name,
-            expires_at,
-            rate_limit_rpm,
+            request.user_id.unwrap_or(actor.user_id),
+            NewKeyParts {
+                name: request.name,
+                expires_at: request.expires_at,
+                rate_limit_rpm: request.rate_limit_rpm,
+                models,
+            },
+            self.max_keys_per_user,
         )
         .await
+    }
+
+    /// Changes the models a key of the actor (admins: any key) may be used with; `None`: every
+    /// model its user may use. From a key with an allowlist, only within it. The very next
+    /// request with the key sees the change, on every replica.
+    pub async fn set_key_models(
+        &self,
+        actor: &Principal,
+        id: Uuid,
+        models: Option<ModelAllowlist>,
+    ) -> Result<ApiKey, DomainError> {
+        let key = self.repo.get_key(id).await?;
+        if key.user_id != actor.user_id && !actor.is_admin() {
+            return Err(DomainError::NotFound(format!("API key {id} not found")));
+        }
+        let models = within_actors_allowlist(actor, models)?;
+        let (key, hash) = self.repo.set_key_models(id, models).await?;
+        self.cache.invalidate(&Scope::Key(hash)).await;
+        Ok(key)
     }
 
     /// Creates a key for a user without an actor: for operators at the command line.
@@ -259,29 +426,35 @@ impl Accounts {
         name: KeyName,
     ) -> Result<CreatedKey, DomainError> {
         let user = self.repo.get_user(username).await?;
-        self.issue_key(user.id, name, None, None).await
+        let parts = NewKeyParts {
+            name,
+            expires_at: None,
+            rate_limit_rpm: None,
+            models: None,
+        };
+        // Operators are not bound by max_keys_per_user: it protects the gateway from members.
+        self.issue_key(user.id, parts, None).await
     }
 
     async fn issue_key(
         &self,
         user_id: Uuid,
-        name: KeyName,
-        expires_at: Option<DateTime<Utc>>,
-        rate_limit_rpm: Option<RateLimitRpm>,
+        parts: NewKeyParts,
+        max_active: Option<u32>,
     ) -> Result<CreatedKey, DomainError> {
         let plaintext = PlaintextKey::generate()
             .map_err(|e| DomainError::Internal(format!("no randomness: {e}")))?;
-        let key = self
-            .repo
-            .create_key(NewApiKey {
-                user_id,
-                name,
-                hash: plaintext.hash(),
-                prefix: plaintext.display_prefix(),
-                expires_at,
-                rate_limit_rpm,
-            })
-            .await?;
+        let new = NewApiKey {
+            user_id,
+            name: parts.name,
+            hash: plaintext.hash(),
+            prefix: plaintext.display_prefix(),
+            expires_at: parts.expires_at,
+            rate_limit_rpm: parts.rate_limit_rpm,
+            models: parts.models,
+        };
+        let key = self.repo.create_key(new, max_active).await?;
+        self.unknown.forget(&plaintext.hash());
         self.cache.invalidate(&Scope::Key(plaintext.hash())).await;
         Ok(CreatedKey { key, plaintext })
     }
@@ -323,12 +496,38 @@ impl Accounts {
             prefix: key.display_prefix(),
             expires_at: None,
             rate_limit_rpm: None,
+            models: None,
         };
         let created = self.repo.bootstrap_admin(&username, new).await?;
         if created.is_some() {
+            self.unknown.forget(&key.hash());
             self.cache.invalidate(&Scope::Key(key.hash())).await;
         }
         Ok(created)
+    }
+}
+
+/// What a new key is made of, besides its user and the key itself.
+struct NewKeyParts {
+    name: KeyName,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit_rpm: Option<RateLimitRpm>,
+    models: Option<ModelAllowlist>,
+}
+
+/// The allowlist a key made or changed by `actor` gets: what was asked, which must be within
+/// the actor's own allowlist when it has one (nothing asked: the actor's).
+fn within_actors_allowlist(
+    actor: &Principal,
+    asked: Option<ModelAllowlist>,
+) -> Result<Option<ModelAllowlist>, DomainError> {
+    match (&actor.models, asked) {
+        (None, asked) => Ok(asked),
+        (Some(own), None) => Ok(Some(own.clone())),
+        (Some(own), Some(asked)) if asked.is_within(own) => Ok(Some(asked)),
+        (Some(_), Some(_)) => Err(DomainError::Forbidden(
+            "models: a key with an allowlist may only give keys models on its own list".to_owned(),
+        )),
     }
 }
 

@@ -1,16 +1,17 @@
 //! Identity: users, API keys and the principal a request acts as.
 
-use std::fmt;
-
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use crate::error::ValidationError;
-use crate::values::Username;
+use crate::error::{DomainError, ValidationError};
+use crate::values::{ModelName, Username};
+
+mod allowlist;
+mod key;
+
+pub use allowlist::ModelAllowlist;
+pub use key::{KeyHash, PlaintextKey};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -54,6 +55,11 @@ pub struct User {
     pub disabled: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// The requests per minute all of the user's keys together may make (set by an admin),
+    /// else `rate_limit.user_rpm`, if set. Required in a cached record, so that one cached by a
+    /// build from before user limits is read again from the store rather than taken as "none".
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub rate_limit_rpm: Option<RateLimitRpm>,
 }
 
 /// What is needed to create a user.
@@ -63,18 +69,29 @@ pub struct NewUser {
     pub username: Username,
     /// Role.
     pub role: Role,
+    /// Limit of all the user's keys together, if not the default.
+    pub rate_limit_rpm: Option<RateLimitRpm>,
 }
 
-/// A change of a user's role or disabled flag; `None` leaves it.
+/// A change of a user's role, disabled flag or limit; `None` leaves it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserPatch {
     /// New role.
     pub role: Option<Role>,
     /// Disable or enable.
     pub disabled: Option<bool>,
+    /// A limit of the user's own, or back to the default (`Some(None)`).
+    pub rate_limit_rpm: Option<Option<RateLimitRpm>>,
 }
 
-/// Requests per minute allowed to one key: 1..=1,000,000.
+impl UserPatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none() && self.disabled.is_none() && self.rate_limit_rpm.is_none()
+    }
+}
+
+/// Requests per minute allowed to one key, or to all of a user's keys together: 1..=1,000,000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RateLimitRpm(u32);
@@ -154,6 +171,11 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Its own requests-per-minute limit, else the default.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models it may be used with; `None`: every model its user may use. Required in a
+    /// cached record, so that one cached by a build from before allowlists is read again from
+    /// the store rather than taken as "every model".
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub models: Option<ModelAllowlist>,
 }
 
 /// What is needed to store a key.
@@ -171,146 +193,8 @@ pub struct NewApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Own limit.
     pub rate_limit_rpm: Option<RateLimitRpm>,
-}
-
-/// The SHA-256 of an API key: all the database ever holds of it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash([u8; 32]);
-
-impl KeyHash {
-    /// Wraps stored bytes; anything but 32 bytes is refused.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        <[u8; 32]>::try_from(bytes).ok().map(Self)
-    }
-
-    /// The 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Lower-case hex, for cache keys. Runs on every authenticated request, so no `format!` per
-    /// byte (32 of them were a sixteenth of a proxied call's instructions).
-    pub fn to_hex(&self) -> String {
-        let digits = self.hex_digits();
-        // The digits are ASCII, so this never fails; the fallback only keeps the type honest.
-        std::str::from_utf8(&digits).map_or_else(|_| String::new(), str::to_owned)
-    }
-
-    /// Writes the lower-case hex of the hash into `out` without allocating.
-    pub(crate) fn write_hex(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        let digits = self.hex_digits();
-        out.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
-    }
-
-    /// Reverses [`to_hex`](Self::to_hex): exactly 64 lower-case hex digits, else `None`.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        fn nibble(digit: u8) -> Option<u8> {
-            match digit {
-                b'0'..=b'9' => Some(digit - b'0'),
-                b'a'..=b'f' => Some(digit - b'a' + 10),
-                _ => None,
-            }
-        }
-        let digits = hex.as_bytes();
-        if digits.len() != 64 {
-            return None;
-        }
-        let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-        }
-        Some(Self(bytes))
-    }
-
-    fn hex_digits(&self) -> [u8; 64] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 64];
-        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-        hex
-    }
-}
-
-impl fmt::Debug for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
-    }
-}
-
-/// A plaintext API key: `maas_` and at least 32 characters of base64url. It exists only while
-/// a key is created (shown once) or a request is authenticated; it is never stored or logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PlaintextKey(String);
-
-impl PlaintextKey {
-    /// Every key starts with this.
-    pub const PREFIX: &'static str = "maas_";
-    /// Characters of a key shown in listings to recognise it.
-    pub const DISPLAY_LEN: usize = 13;
-    const MIN_SECRET_LEN: usize = 32;
-    const MAX_LEN: usize = 256;
-
-    /// A new key: 32 bytes from the operating system's CSPRNG, base64url-encoded.
-    pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)?;
-        Ok(Self(format!(
-            "{}{}",
-            Self::PREFIX,
-            URL_SAFE_NO_PAD.encode(bytes)
-        )))
-    }
-
-    /// Checks the shape of a key a client sent (or an operator configured).
-    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let secret = raw.strip_prefix(Self::PREFIX).ok_or_else(|| {
-            ValidationError::new("key", format!("must start with '{}'", Self::PREFIX))
-        })?;
-        if secret.len() < Self::MIN_SECRET_LEN || raw.len() > Self::MAX_LEN {
-            return Err(ValidationError::new(
-                "key",
-                format!(
-                    "must have {} to {} characters after '{}'",
-                    Self::MIN_SECRET_LEN,
-                    Self::MAX_LEN - Self::PREFIX.len(),
-                    Self::PREFIX
-                ),
-            ));
-        }
-        if !secret
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(ValidationError::new(
-                "key",
-                "may contain only A-Z, a-z, 0-9, '-' and '_'",
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// Its SHA-256.
-    pub fn hash(&self) -> KeyHash {
-        KeyHash(Sha256::digest(self.0.as_bytes()).into())
-    }
-
-    /// The first characters, safe to show in listings.
-    pub fn display_prefix(&self) -> String {
-        self.0.chars().take(Self::DISPLAY_LEN).collect()
-    }
-
-    /// The key itself, to hand to its owner once.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PlaintextKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PlaintextKey({}…)", self.display_prefix())
-    }
+    /// The models it may be used with; `None`: all its user may use.
+    pub models: Option<ModelAllowlist>,
 }
 
 /// A key and its user, as the authentication lookup returns (and the cache holds) them.
@@ -335,12 +219,34 @@ pub struct Principal {
     pub key_id: Uuid,
     /// The key's own limit, if any.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The user's own limit (of all its keys together), if any.
+    pub user_rate_limit_rpm: Option<RateLimitRpm>,
+    /// The models the key may be used with; `None`: every model the user may use.
+    pub models: Option<ModelAllowlist>,
 }
 
 impl Principal {
     /// True for admins.
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// Whether the key acting may be used with `model` (its allowlist has it, or it has none).
+    /// Says nothing about whether the user may use the model.
+    pub fn key_allows(&self, model: &ModelName) -> bool {
+        self.models.as_ref().is_none_or(|list| list.allows(model))
+    }
+
+    /// [`DomainError::Forbidden`] unless [`key_allows`](Self::key_allows) `model`. Decided on
+    /// the name alone, with no lookup, so it reveals nothing about the model.
+    pub fn check_key_allows(&self, model: &ModelName) -> Result<(), DomainError> {
+        if self.key_allows(model) {
+            Ok(())
+        } else {
+            Err(DomainError::Forbidden(format!(
+                "this API key may not be used with model '{model}' (see its `models`)"
+            )))
+        }
     }
 
     /// Admins may change anything; members only what they own.
@@ -357,6 +263,8 @@ impl From<&KeyRecord> for Principal {
             role: r.user.role,
             key_id: r.key.id,
             rate_limit_rpm: r.key.rate_limit_rpm,
+            user_rate_limit_rpm: r.user.rate_limit_rpm,
+            models: r.key.models.clone(),
         }
     }
 }
@@ -369,6 +277,8 @@ pub enum AuthFailure {
     Missing,
     /// Not shaped like a key.
     Malformed,
+    /// Shaped like a key the gateway creates, but its checksum does not match: made up.
+    BadChecksum,
     /// No such key.
     Unknown,
     /// Past `expires_at`.
@@ -385,6 +295,7 @@ impl AuthFailure {
         match self {
             Self::Missing => "missing",
             Self::Malformed => "malformed",
+            Self::BadChecksum => "checksum",
             Self::Unknown => "unknown",
             Self::Expired => "expired",
             Self::Revoked => "revoked",
@@ -398,79 +309,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_keys_are_prefixed_random_and_parse_back() {
-        let a = PlaintextKey::generate().expect("csprng");
-        let b = PlaintextKey::generate().expect("csprng");
-        assert_ne!(a, b);
-        assert!(a.expose().starts_with("maas_"));
-        assert_eq!(a.expose().len(), 5 + 43, "32 bytes in base64url");
-        assert_eq!(PlaintextKey::parse(a.expose()).expect("valid"), a);
-        assert_eq!(a.display_prefix().len(), PlaintextKey::DISPLAY_LEN);
-        assert!(a.expose().starts_with(&a.display_prefix()));
-    }
-
-    #[test]
-    fn the_hash_is_sha256_of_the_whole_key() {
-        let key = PlaintextKey::parse(&format!("maas_{}", "a".repeat(32))).expect("valid");
-        // sha256("maas_" + 32 × "a"), computed independently (Python's hashlib).
-        assert_eq!(
-            key.hash().to_hex(),
-            "abd20b37f4b47cbf7b810279dd2c6f0983fb96ce26a2c956ef30f550bcf217b3"
-        );
-        assert_ne!(key.hash().to_hex(), key.expose());
-        let other = PlaintextKey::parse(&format!("maas_{}", "b".repeat(32))).expect("valid");
-        assert_ne!(key.hash(), other.hash());
-    }
-
-    #[test]
-    fn hex_is_two_lower_case_digits_per_byte_in_order() {
-        let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
-        let hash = KeyHash::from_bytes(&bytes).expect("32 bytes");
-        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hash.to_hex(), expected);
-        let edges = KeyHash::from_bytes(&[[0x00, 0x0f, 0xf0, 0xff]; 8].concat()).expect("32 bytes");
-        assert_eq!(edges.to_hex(), "000ff0ff".repeat(8));
-    }
-
-    #[test]
-    fn hex_parses_back_to_the_same_hash_and_nothing_else_does() {
-        let hash = PlaintextKey::generate().expect("csprng").hash();
-        assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
-        let letters = KeyHash::from_bytes(&[0xab; 32]).expect("32 bytes");
-        for bad in [
-            String::new(),
-            "0".repeat(63),
-            "0".repeat(65),
-            letters.to_hex().to_uppercase(),
-            format!("{}g", "0".repeat(63)),
-            format!("{}é", "0".repeat(62)),
-        ] {
-            assert_eq!(KeyHash::from_hex(&bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn malformed_keys_are_refused() {
-        for bad in [
-            "",
-            "maas_",
-            "maas_short",
-            &format!("sk_{}", "a".repeat(40)),
-            &format!("maas_{}!", "a".repeat(40)),
-            &format!("maas_{}", "a".repeat(300)),
-        ] {
-            assert_eq!(PlaintextKey::parse(bad).expect_err(bad).field, "key");
-        }
-    }
-
-    #[test]
-    fn debug_output_never_shows_a_key() {
-        let key = PlaintextKey::generate().expect("csprng");
-        assert!(!format!("{key:?}").contains(key.expose()));
-        assert!(!format!("{:?}", key.hash()).contains(&key.hash().to_hex()));
-    }
-
-    #[test]
     fn members_change_only_what_they_own_and_admins_everything() {
         let me = Uuid::new_v4();
         let member = Principal {
@@ -479,6 +317,8 @@ mod tests {
             role: Role::Member,
             key_id: Uuid::new_v4(),
             rate_limit_rpm: None,
+            user_rate_limit_rpm: None,
+            models: None,
         };
         assert!(member.may_change(Some(me)));
         assert!(!member.may_change(Some(Uuid::new_v4())));
@@ -488,6 +328,18 @@ mod tests {
             ..member
         };
         assert!(admin.may_change(Some(Uuid::new_v4())) && admin.may_change(None));
+        let model = |raw: &str| ModelName::parse(raw).expect("valid");
+        assert!(admin.key_allows(&model("any")), "no allowlist: every model");
+        let restricted = Principal {
+            models: Some(ModelAllowlist::parse(vec!["llama".into()]).expect("valid")),
+            ..admin
+        };
+        assert!(restricted.key_allows(&model("llama")));
+        assert!(!restricted.key_allows(&model("gpt")), "admins' keys too");
+        assert!(matches!(
+            restricted.check_key_allows(&model("gpt")),
+            Err(DomainError::Forbidden(_))
+        ));
     }
 
     #[test]

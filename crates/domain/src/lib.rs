@@ -26,6 +26,7 @@ pub mod cursor;
 pub mod error;
 pub mod identity;
 pub mod inference;
+pub mod limits;
 pub mod model;
 pub mod ports;
 pub mod redact;

@@ -219,6 +219,20 @@ pub struct ModelFilter {
     pub names: Option<Vec<ModelName>>,
 }
 
+impl ModelFilter {
+    /// This filter narrowed to the names on `allowlist` (none: unchanged).
+    pub fn within(&self, allowlist: Option<&crate::identity::ModelAllowlist>) -> Self {
+        let mut narrowed = self.clone();
+        if let Some(allowed) = allowlist {
+            narrowed.names = Some(match narrowed.names.take() {
+                Some(names) => names.into_iter().filter(|n| allowed.allows(n)).collect(),
+                None => allowed.names().to_vec(),
+            });
+        }
+        narrowed
+    }
+}
+
 /// A private model granted to a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {

@@ -13,12 +13,18 @@ use uuid::Uuid;
 
 use crate::alias::{AliasSplit, ResolvedAlias};
 use crate::error::{RepoError, ValidationError};
-use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, User, UserPatch};
+use crate::identity::{
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, User, UserPatch,
+};
 use crate::inference::{ServableModel, UpstreamSecret, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
 use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+
+mod rate;
+
+pub use rate::{Allowance, RateDecision, RateLimit, RateLimiter, RateRequest, UserRateLimit};
 
 /// Durable storage of the model registry.
 ///
@@ -407,11 +413,25 @@ pub trait IdentityRepository: Send + Sync {
         after: Option<&Username>,
         limit: PageLimit,
     ) -> Result<Vec<User>, RepoError>;
-    /// Changes a user's role or disabled flag.
+    /// Changes a user's role, disabled flag or limit.
     async fn update_user(&self, username: &Username, patch: UserPatch) -> Result<User, RepoError>;
 
-    /// Stores a key (its hash); [`RepoError::NotFound`] if the user does not exist.
-    async fn create_key(&self, new: NewApiKey) -> Result<ApiKey, RepoError>;
+    /// Stores a key (its hash); [`RepoError::NotFound`] if the user does not exist. With
+    /// `max_active`, [`RepoError::Conflict`] if the user already holds that many active keys
+    /// (neither revoked nor expired), decided atomically: concurrent creations for one user
+    /// take turns, so together they never exceed it.
+    async fn create_key(
+        &self,
+        new: NewApiKey,
+        max_active: Option<u32>,
+    ) -> Result<ApiKey, RepoError>;
+    /// Sets the models a key may be used with (`None`: all its user may use) and returns it
+    /// with its hash.
+    async fn set_key_models(
+        &self,
+        id: Uuid,
+        models: Option<ModelAllowlist>,
+    ) -> Result<(ApiKey, KeyHash), RepoError>;
     /// One key by id.
     async fn get_key(&self, id: Uuid) -> Result<ApiKey, RepoError>;
     /// A user's keys, newest first, revoked ones included.
@@ -431,45 +451,6 @@ pub trait IdentityRepository: Send + Sync {
         username: &Username,
         key: NewApiKey,
     ) -> Result<Option<User>, RepoError>;
-}
-
-/// A requests-per-minute limit with a burst allowance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Sustained requests per minute.
-    pub rpm: u32,
-    /// Requests that may arrive at once; over any window of a minute, at most `rpm + burst`
-    /// requests are admitted.
-    pub burst: u32,
-}
-
-/// The outcome of one rate-limit decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateDecision {
-    /// Admitted.
-    Allowed {
-        /// Requests that could still be made at once.
-        remaining: u32,
-        /// Seconds until the allowance is full again.
-        reset_seconds: u64,
-    },
-    /// Refused.
-    Limited {
-        /// Seconds until one more request would be admitted.
-        retry_after_seconds: u64,
-        /// Seconds until the allowance is full again.
-        reset_seconds: u64,
-    },
-    /// The limiter could not decide (store down or slower than its timeout).
-    Unavailable,
-}
-
-/// A rate limiter shared by every replica.
-#[async_trait]
-pub trait RateLimiter: Send + Sync {
-    /// Counts one request of `key_id` against `limit`, atomically, and says whether it is
-    /// admitted. Returns within the implementation's timeout.
-    async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision;
 }
 
 /// Durable storage of inference usage events.

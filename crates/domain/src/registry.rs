@@ -14,6 +14,9 @@
 //! - Only its owner and admins change a model, its versions and aliases (403 for others who may
 //!   use it); only admins grant.
 //! - Names in [`ReservedNames`] are created by admins only.
+//! - A key with a models allowlist ([`Principal::models`]) acts only on the models on it, admins'
+//!   keys too: anything else it addresses by name is forbidden (403, decided on the name alone,
+//!   before any lookup), and lists show only models on it.
 
 use std::sync::Arc;
 
@@ -34,6 +37,10 @@ use crate::model::{
 use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
 use crate::values::{ModelName, PageLimit, Username, VersionNumber};
 
+mod secrets;
+
+use secrets::SecretMemo;
+
 /// The model registry's use-cases.
 #[derive(Clone)]
 pub struct Registry {
@@ -43,37 +50,6 @@ pub struct Registry {
     /// Whether the store can keep upstream credentials (it has an encryption key).
     secret_storage: bool,
     secrets: Arc<SecretMemo>,
-}
-
-/// Upstream credentials fetched on the routing path, held in this process only (never in the
-/// shared cache), by version id and `updated_at`: a version whose credential changed is a
-/// version with another `updated_at`, which the version's own invalidation brings to every
-/// replica, so an entry is never used after its credential changed. Bounded: past
-/// [`SecretMemo::MAX_ENTRIES`] it starts over.
-#[derive(Default)]
-struct SecretMemo {
-    entries: std::sync::Mutex<std::collections::HashMap<VersionStamp, Option<UpstreamSecret>>>,
-}
-
-/// A version as of one change: its id and `updated_at`.
-type VersionStamp = (Uuid, chrono::DateTime<chrono::Utc>);
-
-impl SecretMemo {
-    const MAX_ENTRIES: usize = 10_000;
-
-    fn get(&self, version: &ModelVersion) -> Option<Option<UpstreamSecret>> {
-        let entries = self.entries.lock().ok()?;
-        entries.get(&(version.id, version.updated_at)).cloned()
-    }
-
-    fn put(&self, version: &ModelVersion, secret: Option<UpstreamSecret>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= Self::MAX_ENTRIES {
-                entries.clear();
-            }
-            entries.insert((version.id, version.updated_at), secret);
-        }
-    }
 }
 
 /// What a model that does not exist, or that the actor may not use, is answered with (the same
@@ -193,6 +169,7 @@ impl Registry {
 
     /// The model if `actor` may use it; else what a missing model gets.
     async fn usable(&self, actor: &Principal, name: &ModelName) -> Result<Model, DomainError> {
+        actor.check_key_allows(name)?;
         let model = self.model(name).await?;
         if self.may_use(actor, &model).await? {
             Ok(model)
@@ -219,9 +196,10 @@ impl Registry {
         self.cache.invalidate(&Scope::Model(model.clone())).await;
     }
 
-    /// The filter `actor` lists through: only models it may use, unless it is an admin.
+    /// The filter `actor` lists through: only models it may use, unless it is an admin, and
+    /// only those on its key's allowlist.
     fn scoped(actor: &Principal, filter: &ModelFilter) -> ModelFilter {
-        let mut scoped = filter.clone();
+        let mut scoped = filter.within(actor.models.as_ref());
         if !actor.is_admin() {
             scoped.usable_by = Some(actor.user_id);
         }
@@ -235,6 +213,7 @@ impl Registry {
         actor: &Principal,
         mut new: NewModel,
     ) -> Result<Model, DomainError> {
+        actor.check_key_allows(&new.name)?;
         if !actor.is_admin() && self.reserved.reserves(&new.name) {
             return Err(DomainError::Forbidden(format!(
                 "name: '{}' is reserved; only admins may create it",
@@ -390,9 +369,10 @@ impl Registry {
 
 /// Grants: admins only.
 impl Registry {
-    fn admins_only(actor: &Principal) -> Result<(), DomainError> {
+    /// Admins, with a key allowed to act on `model`.
+    fn admins_only(actor: &Principal, model: &ModelName) -> Result<(), DomainError> {
         if actor.is_admin() {
-            Ok(())
+            actor.check_key_allows(model)
         } else {
             Err(DomainError::Forbidden(
                 "only admins may grant models to users".to_owned(),
@@ -408,7 +388,7 @@ impl Registry {
         model: &ModelName,
         user: &Username,
     ) -> Result<(Grant, bool), DomainError> {
-        Self::admins_only(actor)?;
+        Self::admins_only(actor, model)?;
         let result = self.repo.grant(model, user).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -421,7 +401,7 @@ impl Registry {
         model: &ModelName,
         user: &Username,
     ) -> Result<(), DomainError> {
-        Self::admins_only(actor)?;
+        Self::admins_only(actor, model)?;
         let result = self.repo.revoke_grant(model, user).await;
         self.invalidate(model).await;
         Ok(result?)
@@ -433,7 +413,7 @@ impl Registry {
         actor: &Principal,
         model: &ModelName,
     ) -> Result<Vec<Grant>, DomainError> {
-        Self::admins_only(actor)?;
+        Self::admins_only(actor, model)?;
         self.model(model).await?;
         Ok(self.repo.list_grants(model).await?)
     }

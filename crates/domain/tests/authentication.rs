@@ -3,7 +3,7 @@
 //! are cached, and every change that refuses a key or changes what it may do drops the cached
 //! lookup before it returns, so the very next call sees it.
 
-use maas_domain::accounts::AuthError;
+use maas_domain::accounts::{AuthError, KeyRequest};
 use maas_domain::identity::{AuthFailure, PlaintextKey, Role, User, UserPatch};
 use maas_domain::ports::{Field, IdentityRepository, Scope};
 use maas_domain::test_util::{InMemory, at, key_name, new_key, principal_of};
@@ -121,6 +121,7 @@ async fn the_keys_of_a_disabled_user_are_refused_on_the_next_call_and_accepted_a
     let disable = |disabled| UserPatch {
         role: None,
         disabled: Some(disabled),
+        ..UserPatch::default()
     };
 
     world
@@ -147,7 +148,11 @@ async fn an_expired_key_is_refused_from_the_moment_it_expires_even_when_cached()
     let alice = world.user("alice", Role::Member).await;
     let (key, mut new) = new_key(alice.id, "short-lived");
     new.expires_at = Some(now());
-    world.identity_store.create_key(new).await.expect("stored");
+    world
+        .identity_store
+        .create_key(new, None)
+        .await
+        .expect("stored");
     let before = now() - chrono::TimeDelta::microseconds(1);
 
     let early = world
@@ -178,6 +183,7 @@ async fn a_role_change_takes_effect_on_the_next_authentication() {
             UserPatch {
                 role: Some(Role::Admin),
                 disabled: None,
+                ..UserPatch::default()
             },
         )
         .await
@@ -200,6 +206,7 @@ async fn changing_a_user_drops_the_cached_lookup_of_every_one_of_its_keys() {
             UserPatch {
                 role: None,
                 disabled: Some(true),
+                ..UserPatch::default()
             },
         )
         .await
@@ -326,10 +333,11 @@ async fn a_key_created_through_the_accounts_authenticates_with_its_own_limit() {
         .accounts
         .create_key(
             &principal_of(&root),
-            key_name("batch jobs"),
-            None,
-            Some(alice.id),
-            Some(limit),
+            KeyRequest {
+                user_id: Some(alice.id),
+                rate_limit_rpm: Some(limit),
+                ..KeyRequest::named(key_name("batch jobs"))
+            },
             now(),
         )
         .await

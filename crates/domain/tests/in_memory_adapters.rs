@@ -9,8 +9,8 @@ use maas_domain::identity::{Role, UserPatch};
 use maas_domain::inference::{UsageGrouping, UsageQuery};
 use maas_domain::model::ModelFilter;
 use maas_domain::ports::{
-    Cache, CacheLookup, Field, FillToken, IdentityRepository, RateDecision, RateLimit, RateLimiter,
-    RegistryRepository, Scope, UsageRepository,
+    Allowance, Cache, CacheLookup, Field, FillToken, IdentityRepository, RateDecision, RateLimit,
+    RateLimiter, RegistryRepository, Scope, UsageRepository,
 };
 use maas_domain::test_util::{
     InMemoryCache, InMemoryIdentity, InMemoryRateLimiter, InMemoryRegistry, InMemoryUsage,
@@ -278,10 +278,12 @@ async fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
         UserPatch {
             role: Some(Role::Member),
             disabled: None,
+            ..UserPatch::default()
         },
         UserPatch {
             role: None,
             disabled: Some(true),
+            ..UserPatch::default()
         },
     ] {
         let err = repo
@@ -299,6 +301,7 @@ async fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
             UserPatch {
                 role: Some(Role::Member),
                 disabled: None,
+                ..UserPatch::default()
             },
         )
         .await
@@ -314,7 +317,7 @@ async fn key_uses_never_move_back_and_a_second_revocation_keeps_the_first_time()
         .await
         .expect("created");
     let key = repo
-        .create_key(new_key(alice.id, "laptop").1)
+        .create_key(new_key(alice.id, "laptop").1, None)
         .await
         .expect("created");
 
@@ -409,7 +412,8 @@ async fn the_limiter_admits_a_burst_then_one_request_per_interval() {
             limiter.check(key, limit).await,
             RateDecision::Allowed {
                 remaining: left,
-                reset_seconds: 3 - u64::from(left)
+                reset_seconds: 3 - u64::from(left),
+                allowance: Allowance::Key,
             }
         );
     }
@@ -417,7 +421,8 @@ async fn the_limiter_admits_a_burst_then_one_request_per_interval() {
         limiter.check(key, limit).await,
         RateDecision::Limited {
             retry_after_seconds: 1,
-            reset_seconds: 3
+            reset_seconds: 3,
+            allowance: Allowance::Key,
         },
         "a refused request consumes nothing"
     );

@@ -3,7 +3,7 @@
 //! first admin is bootstrapped once.
 
 use maas_domain::DomainError;
-use maas_domain::accounts::AuthError;
+use maas_domain::accounts::{AuthError, KeyRequest};
 use maas_domain::identity::{AuthFailure, PlaintextKey, RateLimitRpm, Role, UserPatch};
 use maas_domain::ports::IdentityRepository;
 use maas_domain::test_util::{InMemory, at, key_name, new_user, principal_of, username};
@@ -21,6 +21,7 @@ fn demote() -> UserPatch {
     UserPatch {
         role: Some(Role::Member),
         disabled: None,
+        ..UserPatch::default()
     }
 }
 
@@ -28,6 +29,7 @@ fn disable() -> UserPatch {
     UserPatch {
         role: None,
         disabled: Some(true),
+        ..UserPatch::default()
     }
 }
 
@@ -168,9 +170,15 @@ async fn members_make_keys_for_themselves_only_and_without_a_limit_of_their_own(
     let bob = world.user("bob", Role::Member).await;
     let rpm = RateLimitRpm::new(10).expect("valid");
     let create = |user_id, rate_limit_rpm| {
-        world
-            .accounts
-            .create_key(&alice, key_name("k"), None, user_id, rate_limit_rpm, now())
+        world.accounts.create_key(
+            &alice,
+            KeyRequest {
+                user_id,
+                rate_limit_rpm,
+                ..KeyRequest::named(key_name("k"))
+            },
+            now(),
+        )
     };
 
     for outcome in [
@@ -202,10 +210,11 @@ async fn admins_make_keys_for_anyone_with_a_limit_of_their_own() {
         .accounts
         .create_key(
             &root,
-            key_name("bobs"),
-            None,
-            Some(bob.id),
-            Some(rpm),
+            KeyRequest {
+                user_id: Some(bob.id),
+                rate_limit_rpm: Some(rpm),
+                ..KeyRequest::named(key_name("bobs"))
+            },
             now(),
         )
         .await
@@ -224,7 +233,14 @@ async fn a_key_must_expire_in_the_future_if_at_all() {
 
     let outcome = world
         .accounts
-        .create_key(&alice, key_name("k"), Some(now()), None, None, now())
+        .create_key(
+            &alice,
+            KeyRequest {
+                expires_at: Some(now()),
+                ..KeyRequest::named(key_name("k"))
+            },
+            now(),
+        )
         .await;
 
     assert!(

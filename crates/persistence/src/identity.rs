@@ -13,7 +13,7 @@ use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use maas_domain::RepoError;
 use maas_domain::identity::{
-    ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, Role, User, UserPatch,
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, User, UserPatch,
 };
 use maas_domain::ports::IdentityRepository;
 use maas_domain::values::{PageLimit, Username};
@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use crate::error::{Failure, observe};
 use crate::pool::{PgPool, PooledConnection};
-use crate::rows::{ApiKeyRow, NewApiKeyRow, NewUserRow, UserChanges, UserRow, key_hash, rows_for};
+use crate::rows::{
+    ApiKeyRow, NewApiKeyRow, NewUserRow, UserChanges, UserRow, key_hash, models_column, rows_for,
+};
 use crate::schema::{api_keys, users};
 
 /// Key of the transaction-level advisory lock that serializes admin bootstraps across replicas
@@ -60,6 +62,13 @@ fn key_not_found(id: Uuid) -> RepoError {
 
 fn user_exists(username: &Username) -> RepoError {
     RepoError::Conflict(format!("user '{username}' already exists"))
+}
+
+fn too_many_keys(max: u32) -> RepoError {
+    RepoError::Conflict(format!(
+        "the user already has {max} active API keys, the most allowed \
+         (auth.max_keys_per_user); revoke one first"
+    ))
 }
 
 /// The message never shows the hash: it is all there is to know about a key.
@@ -114,7 +123,7 @@ impl IdentityRepository for PgIdentityRepository {
             let mut conn = self.conn().await?;
             let username = new.username.clone();
             let inserted = diesel::insert_into(users::table)
-                .values(NewUserRow::from(new))
+                .values(NewUserRow::try_from(new)?)
                 .returning(UserRow::as_returning())
                 .get_result(&mut conn)
                 .await;
@@ -181,7 +190,7 @@ impl IdentityRepository for PgIdentityRepository {
     }
 
     async fn update_user(&self, username: &Username, patch: UserPatch) -> Result<User, RepoError> {
-        let Some(changes) = UserChanges::of(patch) else {
+        let Some(changes) = UserChanges::of(patch)? else {
             return self.get_user(username).await;
         };
         observe("update_user", async {
@@ -223,16 +232,71 @@ impl IdentityRepository for PgIdentityRepository {
         .await
     }
 
-    async fn create_key(&self, new: NewApiKey) -> Result<ApiKey, RepoError> {
+    async fn create_key(
+        &self,
+        new: NewApiKey,
+        max_active: Option<u32>,
+    ) -> Result<ApiKey, RepoError> {
         observe("create_key", async {
             let mut conn = self.conn().await?;
             let user_id = new.user_id;
-            let inserted = diesel::insert_into(api_keys::table)
-                .values(NewApiKeyRow::held_by(user_id, new)?)
-                .returning(ApiKeyRow::as_returning())
+            let row = NewApiKeyRow::held_by(user_id, new)?;
+            conn.transaction::<_, Failure, _>(async |conn| {
+                if let Some(max) = max_active {
+                    // The user's row lock, held until commit: concurrent creations for one user
+                    // take turns here, and each counts what the ones before it committed.
+                    let locked: Option<Uuid> = users::table
+                        .find(user_id)
+                        .select(users::id)
+                        .for_update()
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    if locked.is_none() {
+                        return Err(user_id_not_found(user_id).into());
+                    }
+                    let active: i64 = api_keys::table
+                        .filter(api_keys::user_id.eq(user_id))
+                        .filter(api_keys::revoked_at.is_null())
+                        .filter(
+                            api_keys::expires_at
+                                .is_null()
+                                .or(api_keys::expires_at.gt(diesel::dsl::now)),
+                        )
+                        .count()
+                        .get_result(conn)
+                        .await?;
+                    if active >= i64::from(max) {
+                        return Err(too_many_keys(max).into());
+                    }
+                }
+                let inserted = diesel::insert_into(api_keys::table)
+                    .values(row)
+                    .returning(ApiKeyRow::as_returning())
+                    .get_result(conn)
+                    .await;
+                inserted_key(user_id, inserted)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn set_key_models(
+        &self,
+        id: Uuid,
+        models: Option<ModelAllowlist>,
+    ) -> Result<(ApiKey, KeyHash), RepoError> {
+        observe("set_key_models", async {
+            let mut conn = self.conn().await?;
+            let row: Option<(ApiKeyRow, Vec<u8>)> = diesel::update(api_keys::table.find(id))
+                .set(api_keys::models.eq(models_column(models.as_ref())))
+                .returning((ApiKeyRow::as_returning(), api_keys::key_hash))
                 .get_result(&mut conn)
-                .await;
-            inserted_key(user_id, inserted)
+                .await
+                .optional()?;
+            let (row, hash) = row.ok_or_else(|| key_not_found(id))?;
+            Ok((row.try_into()?, key_hash(&hash)?))
         })
         .await
     }
@@ -368,9 +432,10 @@ impl IdentityRepository for PgIdentityRepository {
                 let new = NewUser {
                     username: username.clone(),
                     role: Role::Admin,
+                    rate_limit_rpm: None,
                 };
                 let inserted = diesel::insert_into(users::table)
-                    .values(NewUserRow::from(new))
+                    .values(NewUserRow::try_from(new)?)
                     .returning(UserRow::as_returning())
                     .get_result(conn)
                     .await;

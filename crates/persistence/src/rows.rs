@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use maas_domain::RepoError;
 use maas_domain::identity::{
-    ApiKey, KeyHash, KeyName, NewApiKey, NewUser, RateLimitRpm, Role, User, UserPatch,
+    ApiKey, KeyHash, KeyName, ModelAllowlist, NewApiKey, NewUser, RateLimitRpm, Role, User,
+    UserPatch,
 };
 use maas_domain::model::{
     Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
@@ -245,6 +246,27 @@ pub(crate) struct UserRow {
     role: String,
     disabled: bool,
     created_at: DateTime<Utc>,
+    rate_limit_rpm: Option<i32>,
+}
+
+/// A stored limit, checked to be one; `column` names it in the error.
+fn stored_rpm(column: &str, rpm: Option<i32>) -> Result<Option<RateLimitRpm>, RepoError> {
+    rpm.map(|n| RateLimitRpm::new(n.into()))
+        .transpose()
+        .map_err(|e| corrupt(column, e))
+}
+
+/// A limit as a column: `RateLimitRpm::MAX` fits an `i32`, so the error is unreachable, but an
+/// error rather than a panic.
+fn rpm_column(rpm: Option<RateLimitRpm>) -> Result<Option<i32>, RepoError> {
+    rpm.map(|rpm| i32::try_from(rpm.get()))
+        .transpose()
+        .map_err(|e| RepoError::Internal(format!("rate_limit_rpm out of range: {e}")))
+}
+
+/// An allowlist as a column.
+pub(crate) fn models_column(models: Option<&ModelAllowlist>) -> Option<Vec<String>> {
+    models.map(|list| list.names().iter().map(|n| n.as_str().to_owned()).collect())
 }
 
 impl TryFrom<UserRow> for User {
@@ -257,6 +279,7 @@ impl TryFrom<UserRow> for User {
             role: Role::parse(&row.role).map_err(|e| corrupt("users.role", e))?,
             disabled: row.disabled,
             created_at: row.created_at,
+            rate_limit_rpm: stored_rpm("users.rate_limit_rpm", row.rate_limit_rpm)?,
         })
     }
 }
@@ -267,32 +290,41 @@ impl TryFrom<UserRow> for User {
 pub(crate) struct NewUserRow {
     username: String,
     role: &'static str,
+    rate_limit_rpm: Option<i32>,
 }
 
-impl From<NewUser> for NewUserRow {
-    fn from(new: NewUser) -> Self {
-        Self {
+impl TryFrom<NewUser> for NewUserRow {
+    type Error = RepoError;
+
+    fn try_from(new: NewUser) -> Result<Self, RepoError> {
+        Ok(Self {
             username: new.username.into_inner(),
             role: new.role.as_str(),
-        }
+            rate_limit_rpm: rpm_column(new.rate_limit_rpm)?,
+        })
     }
 }
 
-/// The changed columns of a user: `None` keeps a column.
+/// The changed columns of a user: `None` keeps a column, `Some(None)` clears the limit.
 #[derive(Debug, AsChangeset)]
 #[diesel(table_name = users)]
 pub(crate) struct UserChanges {
     role: Option<&'static str>,
     disabled: Option<bool>,
+    rate_limit_rpm: Option<Option<i32>>,
 }
 
 impl UserChanges {
     /// The changes of `patch`, or `None` when it changes nothing (diesel refuses an empty `SET`).
-    pub(crate) fn of(patch: UserPatch) -> Option<Self> {
-        (patch.role.is_some() || patch.disabled.is_some()).then(|| Self {
+    pub(crate) fn of(patch: UserPatch) -> Result<Option<Self>, RepoError> {
+        if patch.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
             role: patch.role.map(Role::as_str),
             disabled: patch.disabled,
-        })
+            rate_limit_rpm: patch.rate_limit_rpm.map(rpm_column).transpose()?,
+        }))
     }
 }
 
@@ -309,6 +341,7 @@ pub(crate) struct ApiKeyRow {
     revoked_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     rate_limit_rpm: Option<i32>,
+    models: Option<Vec<String>>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKey {
@@ -324,11 +357,12 @@ impl TryFrom<ApiKeyRow> for ApiKey {
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
             last_used_at: row.last_used_at,
-            rate_limit_rpm: row
-                .rate_limit_rpm
-                .map(|n| RateLimitRpm::new(n.into()))
+            rate_limit_rpm: stored_rpm("api_keys.rate_limit_rpm", row.rate_limit_rpm)?,
+            models: row
+                .models
+                .map(ModelAllowlist::parse)
                 .transpose()
-                .map_err(|e| corrupt("api_keys.rate_limit_rpm", e))?,
+                .map_err(|e| corrupt("api_keys.models", e))?,
         })
     }
 }
@@ -353,24 +387,20 @@ pub(crate) struct NewApiKeyRow {
     prefix: String,
     expires_at: Option<DateTime<Utc>>,
     rate_limit_rpm: Option<i32>,
+    models: Option<Vec<String>>,
 }
 
 impl NewApiKeyRow {
     /// The row of `new`, held by `user_id` (which overrides `new.user_id`).
     pub(crate) fn held_by(user_id: Uuid, new: NewApiKey) -> Result<Self, RepoError> {
-        let rate_limit_rpm = new
-            .rate_limit_rpm
-            .map(|rpm| i32::try_from(rpm.get()))
-            .transpose()
-            // Unreachable while RateLimitRpm::MAX fits an i32; an error rather than a panic.
-            .map_err(|e| RepoError::Internal(format!("rate_limit_rpm out of range: {e}")))?;
         Ok(Self {
             user_id,
             name: new.name.as_str().to_owned(),
             key_hash: new.hash.as_bytes().to_vec(),
             prefix: new.prefix,
             expires_at: new.expires_at,
-            rate_limit_rpm,
+            rate_limit_rpm: rpm_column(new.rate_limit_rpm)?,
+            models: models_column(new.models.as_ref()),
         })
     }
 }

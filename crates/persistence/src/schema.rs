@@ -111,6 +111,8 @@ diesel::table! {
         disabled -> Bool,
         /// Creation time.
         created_at -> Timestamptz,
+        /// Requests per minute of all the user's keys together; NULL: the default.
+        rate_limit_rpm -> Nullable<Int4>,
     }
 }
 
@@ -137,6 +139,8 @@ diesel::table! {
         last_used_at -> Nullable<Timestamptz>,
         /// Own requests-per-minute limit.
         rate_limit_rpm -> Nullable<Int4>,
+        /// The models it may be used with (1 to 100 names); NULL: every model.
+        models -> Nullable<Array<Text>>,
     }
 }
 

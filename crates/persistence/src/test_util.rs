@@ -505,6 +505,7 @@ pub fn new_user(name: &str, role: Role) -> NewUser {
     NewUser {
         username: username(name),
         role,
+        rate_limit_rpm: None,
     }
 }
 
@@ -524,6 +525,7 @@ pub fn new_key(user_id: Uuid, name: &str) -> (PlaintextKey, NewApiKey) {
         prefix: key.display_prefix(),
         expires_at: None,
         rate_limit_rpm: None,
+        models: None,
     };
     (key, new)
 }

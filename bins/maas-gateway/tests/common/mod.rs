@@ -34,7 +34,8 @@ pub struct TestApp {
     pub db: Arc<TestDatabase>,
     pub redis: TestRedis,
     pub server: ShutdownHandle,
-    /// Between the app and Postgres when [`Options::postgres_down`] is set (already cut).
+    /// Between the app and Postgres when [`Options::postgres_down`] (already cut) or
+    /// [`Options::postgres_behind_proxy`] is set.
     pub postgres_proxy: Option<proxy::TcpProxy>,
     /// `http://127.0.0.1:<admin port>` with [`Options::admin_port`].
     pub admin_base: Option<String>,
@@ -55,6 +56,14 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Postgres goes away once the app has started (its connections cut, new ones refused).
     pub postgres_down: bool,
+    /// Postgres behind a proxy the test can shut later ([`TestApp::postgres_proxy`]).
+    pub postgres_behind_proxy: bool,
+    /// `auth.max_keys_per_user`.
+    pub max_keys_per_user: u32,
+    /// `auth.failed_per_ip_per_minute`.
+    pub failed_per_ip_per_minute: u32,
+    /// `auth.trusted_proxies`.
+    pub trusted_proxies: Vec<IpNetwork>,
     /// Default limits (the tests' default is generous so only rate-limit tests meet it).
     pub rate_limit: RateLimitSettings,
     /// The admin key to bootstrap (a second replica passes the first one's).
@@ -90,6 +99,10 @@ impl Default for Options {
             redis: None,
             redis_url: None,
             postgres_down: false,
+            postgres_behind_proxy: false,
+            max_keys_per_user: maas_api::AuthSettings::default().max_keys_per_user,
+            failed_per_ip_per_minute: maas_api::AuthSettings::default().failed_per_ip_per_minute,
+            trusted_proxies: Vec::new(),
             rate_limit: RateLimitSettings {
                 default_rpm: 1_000_000,
                 burst: 100_000,
@@ -140,6 +153,9 @@ fn settings(options: &Options, db: &TestDatabase, redis: &TestRedis, admin_key: 
     settings.auth.key_cache_ttl_seconds = 300;
     settings.cache.local_ttl_ms = if options.local_cache { 300_000 } else { 0 };
     settings.auth.bootstrap_admin_key = Some(admin_key.to_owned());
+    settings.auth.max_keys_per_user = options.max_keys_per_user;
+    settings.auth.failed_per_ip_per_minute = options.failed_per_ip_per_minute;
+    settings.auth.trusted_proxies = options.trusted_proxies.clone();
     settings.rate_limit = options.rate_limit;
     settings.upstream = options.upstream.clone();
     if options.loopback_upstreams {
@@ -170,7 +186,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .to_owned()
     });
     let mut settings = settings(&options, &db, &redis, &admin_key);
-    let postgres_proxy = if options.postgres_down {
+    let postgres_proxy = if options.postgres_down || options.postgres_behind_proxy {
         // The test database's URL, pointed at a proxy in front of its server.
         let mut url = url::Url::parse(db.url()).expect("the test database URL");
         let target = format!(
@@ -202,7 +218,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let accounts = app.accounts();
     let server = app.shutdown_handle();
     tokio::spawn(app.run_until_stopped());
-    if let Some(proxy) = &postgres_proxy {
+    if let Some(proxy) = postgres_proxy.as_ref().filter(|_| options.postgres_down) {
         proxy.shut();
     }
     TestApp {

@@ -2,11 +2,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use maas_domain::ValidationError;
-use maas_domain::identity::{KeyName, RateLimitRpm};
 use uuid::Uuid;
 
 use crate::auth::Actor;
-use crate::dto::{CreateKey, CreatedKeyResponse, KeyList, KeyResponse, ListKeysQuery};
+use crate::dto::{CreateKey, CreatedKeyResponse, KeyList, KeyResponse, ListKeysQuery, UpdateKey};
 use crate::error::{ApiError, Problem};
 use crate::extract::{Json, parse_query};
 use crate::state::AppState;
@@ -19,8 +18,9 @@ fn uuid_field(field: &str, raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(post, path = "/api/v1/keys", tag = "identity", request_body = CreateKey,
     responses(
         (status = 201, description = "Created; `key` is shown this once", body = CreatedKeyResponse),
-        (status = 403, description = "A member set `user_id` or `rate_limit_rpm`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member set `user_id` or `rate_limit_rpm`, or a key with an allowlist asked for models beyond it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The user holds `auth.max_keys_per_user` active keys", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -28,19 +28,10 @@ pub async fn create(
     actor: Actor,
     body: Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.0;
-    let name = KeyName::parse(body.name)?;
-    let rpm = body.rate_limit_rpm.map(RateLimitRpm::new).transpose()?;
+    let request = body.0.into_domain()?;
     let created = state
         .accounts
-        .create_key(
-            &actor.0,
-            name,
-            body.expires_at,
-            body.user_id,
-            rpm,
-            chrono::Utc::now(),
-        )
+        .create_key(&actor.0, request, chrono::Utc::now())
         .await?;
     Ok(HttpResponse::Created()
         .insert_header(("cache-control", "no-store"))
@@ -71,6 +62,28 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(KeyList {
         items: keys.into_iter().map(KeyResponse::from).collect(),
     }))
+}
+
+/// Changes the models a key may be used with: the very next request with it sees the change, on
+/// every replica.
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "identity", request_body = UpdateKey,
+    params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The changed key", body = KeyResponse),
+        (status = 403, description = "A key with an allowlist asked for models beyond it", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (or not the caller's)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<String>,
+    body: Json<UpdateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let id = uuid_field("id", &path.into_inner())?;
+    let models = body.0.into_domain()?;
+    let key = state.accounts.set_key_models(&actor.0, id, models).await?;
+    Ok(HttpResponse::Ok().json(KeyResponse::from(key)))
 }
 
 /// Revokes a key: the very next request with it is refused, on every replica.

@@ -14,7 +14,18 @@
 //!
 //! So `burst` requests may arrive at once, then one more every `T`; over any window of a
 //! minute at most `rpm + burst` requests are admitted, however many gateway replicas share the
-//! Redis. A `burst` (or `rpm`) of 0 is treated as 1; `burst · T` is capped at 2^50 µs (35
+//! Redis.
+//!
+//! # A user's limit
+//! A request whose user has a limit ([`RateRequest::user`]) is decided against two GCRAs in the
+//! same script call, the key's and the user's (`P` `rlu:` `<user id>`, shared by all the user's
+//! keys): it is admitted only if both admit it, then both `TAT`s advance; if either refuses,
+//! neither changes. Still one round trip, still exact across replicas, so however many keys a
+//! user creates, together they get at most the user's `rpm + burst` a minute. The decision's
+//! figures are those of the tighter allowance ([`Allowance`]): on an admission the one with
+//! fewer requests left (on a tie, the one that takes longer to be full again), on a refusal the
+//! one to wait longer for. Both keys are addressed by the
+//! one script call, so Redis Cluster (which wants them in one slot) is not supported. A `burst` (or `rpm`) of 0 is treated as 1; `burst · T` is capped at 2^50 µs (35
 //! years) so that the script's arithmetic, in Lua doubles, stays exact.
 //!
 //! The decision is one Lua script run with `EVALSHA` (falling back to `SCRIPT LOAD` on
@@ -66,6 +77,17 @@
 //!   does not change that bound.
 //! - `remaining` of a lease-admitted request is Redis's `remaining` at the grant plus what the
 //!   lease still holds; `reset_seconds` counts from the grant.
+//! - **Leases respect the user's limit** (rather than being turned off for keys whose user has
+//!   one, which with `rate_limit.user_rpm` set would be every key, and would put a round trip
+//!   back on every request). A lease's extra requests are granted by both GCRAs, out of the upper
+//!   half of both allowances (each keeps its own reserve), and spent from both at the grant; what
+//!   is left is given back to both. So a user's keys, on any number of replicas, hold at most
+//!   the upper half of the user's burst in leases; once the user has used half its burst, every
+//!   request of every one of its keys is decided by Redis; and the user's bound is the key's
+//!   bound above with the user's `rpm` and `burst`.
+//! - A lease admits only requests decided under the limits it was granted under (the key's and
+//!   the user's): a limit set or changed for a key or its user applies to the key's next request,
+//!   and what the old lease holds goes back when it ends.
 //!
 //! # Breaker
 //! The limiter has a breaker of its own, separate from the cache's: after a call fails because
@@ -88,7 +110,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use maas_domain::ports::{RateDecision, RateLimit, RateLimiter};
+use maas_domain::ports::{Allowance, RateDecision, RateLimiter, RateRequest};
 use maas_telemetry::metrics::{HandleMemo, memoised};
 use maas_telemetry::names::{self, rate_limit_decision};
 use redis::Script;
@@ -99,8 +121,10 @@ use crate::pool::RedisPool;
 use crate::settings::RedisSettings;
 
 mod lease;
+mod scripts;
 
 use lease::{Grant, Lease};
+use scripts::{GCRA_SCRIPT, RETURN_SCRIPT};
 
 /// How long checks skip Redis after one failed because Redis was unreachable or too slow,
 /// unless [`RedisRateLimiter::with_breaker_cooldown`] says otherwise.
@@ -118,67 +142,9 @@ const EXPIRY_MARGIN_MS: u64 = 1_000;
 
 const MICROS_PER_SECOND: u64 = 1_000_000;
 
-/// The GCRA decision for up to `want` requests at once. KEYS: the key's TAT. ARGV: emission
-/// interval T (µs), capacity burst · T (µs), expiry margin (ms), want (at least 1), reserve (the
-/// requests that extra grants leave alone). Grants the request that asked if it fits, plus up to
-/// `want - 1` more out of what exceeds the reserve, or none. Returns `{granted (0 = refused),
-/// remaining, retry_after_us, reset_us}`.
-///
-/// Numbers are Lua doubles, exact for integers below 2^53; they are written with `%.0f` so that
-/// Redis never sees an exponent.
-const GCRA_SCRIPT: &str = r"
--- Redis 3.2 to 4 replicate scripts verbatim and refuse writes after TIME unless told to
--- replicate the effects instead (the only mode since Redis 5; there this is a no-op).
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local margin_ms = tonumber(ARGV[3])
-local want = math.max(tonumber(ARGV[4]) or 1, 1)
-local reserve = math.max(tonumber(ARGV[5]) or 0, 0)
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local tat = now
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  tat = math.max(tonumber(stored) or now, now)
-end
-local fit = math.floor((now + capacity - tat) / interval)
-if fit < 1 then
-  return {0, 0, tat + interval - capacity - now, tat - now}
-end
-local extras = math.min(want - 1, math.max(fit - 1 - reserve, 0))
-local granted = 1 + extras
-local new_tat = tat + granted * interval
-local ttl_ms = math.ceil((new_tat - now) / 1000) + margin_ms
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
-return {granted, math.floor((capacity - (new_tat - now)) / interval), 0, new_tat - now}
-";
-
-/// Gives back requests a lease did not use. KEYS: the key's TAT. ARGV: their intervals (µs), the
-/// expiry margin (ms). `TAT` moves back by that much; at or before `now` the allowance is full,
-/// which a missing key says too. Returns 1 when something was given back.
-const RETURN_SCRIPT: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local amount = tonumber(ARGV[1])
-local margin_ms = tonumber(ARGV[2])
-local stored = tonumber(redis.call('GET', KEYS[1]))
-if not stored then
-  return 0
-end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local tat = stored - amount
-if tat <= now then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-local ttl_ms = math.ceil((tat - now) / 1000) + margin_ms
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
-return 1
-";
-
-/// The script's reply: granted (0 = refused), remaining, retry-after (µs), reset (µs).
-type ScriptReply = (i64, i64, i64, i64);
+/// The script's reply: granted (0 = refused), remaining, retry-after (µs), reset (µs), whose
+/// figures (1 = the key's, 2 = the user's).
+type ScriptReply = (i64, i64, i64, i64, i64);
 
 /// The Redis rate limiter. Cheap to clone; clones share the pool and the breaker.
 ///
@@ -276,6 +242,11 @@ impl RedisRateLimiter {
         format!("{}rl:{key_id}", self.inner.key_prefix)
     }
 
+    /// The Redis key holding the theoretical arrival time of all of `user_id`'s keys together.
+    pub fn user_key(&self, user_id: Uuid) -> String {
+        format!("{}rlu:{user_id}", self.inner.key_prefix)
+    }
+
     /// Opens the breaker if Redis looks down, and logs the first failure of a streak.
     fn record_failure(&self, failure: &Failure) {
         let breaker = &self.inner.breaker;
@@ -340,18 +311,29 @@ fn ceil_seconds(micros: i64) -> u64 {
     u64::try_from(micros).map_or(0, |us| us.div_ceil(MICROS_PER_SECOND))
 }
 
+/// Whose figures a reply's last number says they are.
+fn allowance(code: i64) -> Allowance {
+    if code == 2 {
+        Allowance::User
+    } else {
+        Allowance::Key
+    }
+}
+
 /// The decision the script's reply stands for.
 fn decision(reply: ScriptReply) -> RateDecision {
-    let (granted, remaining, retry_after_us, reset_us) = reply;
+    let (granted, remaining, retry_after_us, reset_us, whose) = reply;
     if granted >= 1 {
         RateDecision::Allowed {
             remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
             reset_seconds: ceil_seconds(reset_us),
+            allowance: allowance(whose),
         }
     } else {
         RateDecision::Limited {
             retry_after_seconds: ceil_seconds(retry_after_us).max(1),
             reset_seconds: ceil_seconds(reset_us).max(1),
+            allowance: allowance(whose),
         }
     }
 }
@@ -376,11 +358,12 @@ fn count(decision: &'static str) {
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
-    async fn check(&self, key_id: Uuid, limit: RateLimit) -> RateDecision {
+    async fn decide(&self, request: &RateRequest) -> RateDecision {
+        let key_id = request.key_id;
         let lease = self.lease_duration();
         let now = Instant::now();
         if !lease.is_zero()
-            && let Some(decision) = self.admit_from_lease(key_id, now)
+            && let Some(decision) = self.admit_from_lease(request, now)
         {
             count(rate_limit_decision::ALLOWED);
             return decision;
@@ -389,16 +372,26 @@ impl RateLimiter for RedisRateLimiter {
             count(rate_limit_decision::ERROR);
             return RateDecision::Unavailable;
         }
-        let want = self.lease_want(key_id, limit, lease, now);
-        let interval = emission_interval_us(limit.rpm);
+        let want = self.lease_want(request, lease, now);
+        let interval = emission_interval_us(request.key.rpm);
+        let user = request
+            .user
+            .map(|user| (user, emission_interval_us(user.limit.rpm)));
         let mut invocation = self.inner.script.prepare_invoke();
         invocation
             .key(self.key(key_id))
             .arg(interval)
-            .arg(capacity_us(interval, limit.burst))
+            .arg(capacity_us(interval, request.key.burst))
             .arg(EXPIRY_MARGIN_MS)
             .arg(want)
-            .arg(lease_reserve(limit.burst));
+            .arg(lease_reserve(request.key.burst));
+        if let Some((user, user_interval)) = user {
+            invocation
+                .key(self.user_key(user.user_id))
+                .arg(user_interval)
+                .arg(capacity_us(user_interval, user.limit.burst))
+                .arg(lease_reserve(user.limit.burst));
+        }
         let invocation = &invocation;
         let reply = call::run(
             &self.inner.pool,
@@ -417,13 +410,14 @@ impl RateLimiter for RedisRateLimiter {
                             granted,
                             reply,
                             interval_us: interval,
+                            user: user.map(|(user, interval)| (user.user_id, interval)),
                         };
                         let held = self.store_lease(key_id, grant, lease, Instant::now());
                         // What this process holds can still be made at once, too.
                         if let RateDecision::Allowed { remaining, .. } = &mut decision {
                             *remaining = remaining.saturating_add(held);
                         }
-                    } else if let Some(admitted) = self.admit_from_lease(key_id, Instant::now()) {
+                    } else if let Some(admitted) = self.admit_from_lease(request, Instant::now()) {
                         // A request of this key that asked at the same time was granted more
                         // than it needed: this one is admitted from that, not refused.
                         decision = admitted;
@@ -487,10 +481,11 @@ mod tests {
     #[test]
     fn an_admitting_reply_is_allowed_with_its_remaining_count() {
         assert_eq!(
-            decision((1, 4, 0, 12_000_000)),
+            decision((1, 4, 0, 12_000_000, 1)),
             RateDecision::Allowed {
                 remaining: 4,
-                reset_seconds: 12
+                reset_seconds: 12,
+                allowance: Allowance::Key,
             }
         );
     }
@@ -498,10 +493,11 @@ mod tests {
     #[test]
     fn a_refusing_reply_waits_at_least_a_second() {
         assert_eq!(
-            decision((0, 0, 300, 59_000_001)),
+            decision((0, 0, 300, 59_000_001, 2)),
             RateDecision::Limited {
                 retry_after_seconds: 1,
-                reset_seconds: 60
+                reset_seconds: 60,
+                allowance: Allowance::User,
             }
         );
     }

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::alias::{AliasSplit, AliasTarget, Weight};
-use crate::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Principal, Role, User};
+use crate::identity::{
+    KeyName, ModelAllowlist, NewApiKey, NewUser, PlaintextKey, Principal, Role, User,
+};
 use crate::inference::{UpstreamSecret, UsageEvent};
 use crate::model::{NewModel, NewVersion, Visibility};
 use crate::values::{
@@ -136,6 +138,7 @@ pub fn new_user(name: &str, role: Role) -> NewUser {
     NewUser {
         username: username(name),
         role,
+        rate_limit_rpm: None,
     }
 }
 
@@ -149,6 +152,7 @@ pub fn new_key(user_id: Uuid, name: &str) -> (PlaintextKey, NewApiKey) {
         prefix: key.display_prefix(),
         expires_at: None,
         rate_limit_rpm: None,
+        models: None,
     };
     (key, new)
 }
@@ -162,7 +166,15 @@ pub fn principal_of(user: &User) -> Principal {
         role: user.role,
         key_id: Uuid::new_v4(),
         rate_limit_rpm: None,
+        user_rate_limit_rpm: user.rate_limit_rpm,
+        models: None,
     }
+}
+
+/// An allowlist of valid model names.
+pub fn allowlist(names: &[&str]) -> ModelAllowlist {
+    ModelAllowlist::parse(names.iter().map(|n| (*n).to_owned()).collect())
+        .unwrap_or_else(|e| panic!("fixture allowlist {names:?}: {e}"))
 }
 
 /// An admin that is no stored user: for tests that read the registry and are not about who may
@@ -174,6 +186,8 @@ pub fn admin_reader() -> Principal {
         role: Role::Admin,
         key_id: Uuid::new_v4(),
         rate_limit_rpm: None,
+        user_rate_limit_rpm: None,
+        models: None,
     }
 }
 

@@ -9,14 +9,18 @@ use uuid::Uuid;
 
 use super::support::{Clock, Controls};
 use crate::error::RepoError;
-use crate::identity::{ApiKey, KeyHash, KeyRecord, NewApiKey, NewUser, Role, User, UserPatch};
+use crate::identity::{
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, User, UserPatch,
+};
 use crate::ports::IdentityRepository;
 use crate::values::{PageLimit, Username};
 
 /// Users and API keys (their hashes) in memory.
 ///
 /// As in Postgres: usernames and key hashes are unique, users sort bytewise, a user's keys are
-/// listed newest first, revoking keeps the first revocation time, `touch_keys` keeps the latest
+/// listed newest first, a key past the user's `max_active` active keys (neither revoked nor
+/// expired) is a [`RepoError::Conflict`] (checked and stored in one step, as the row lock makes
+/// it in Postgres), revoking keeps the first revocation time, `touch_keys` keeps the latest
 /// time of each key and never moves `last_used_at` backwards (unknown keys are ignored), the last
 /// enabled admin can be neither demoted nor disabled ([`RepoError::Conflict`]; a patch that
 /// changes nothing is not checked), and [`bootstrap_admin`](IdentityRepository::bootstrap_admin)
@@ -70,6 +74,14 @@ fn key_not_found(id: Uuid) -> RepoError {
     RepoError::NotFound(format!("API key {id} not found"))
 }
 
+/// The same words as Postgres's adapter.
+fn too_many_keys(max: u32) -> RepoError {
+    RepoError::Conflict(format!(
+        "the user already has {max} active API keys, the most allowed \
+         (auth.max_keys_per_user); revoke one first"
+    ))
+}
+
 impl Users {
     fn user_by_id(&self, id: Uuid) -> Option<&User> {
         self.users.values().find(|u| u.id == id)
@@ -82,15 +94,31 @@ impl Users {
             .count()
     }
 
-    /// Stores a key for `user_id`, which must exist; its hash must be new.
+    /// Stores a key for `user_id`, which must exist and hold fewer than `max_active` active
+    /// keys; its hash must be new.
     fn insert_key(
         &mut self,
         user_id: Uuid,
         new: NewApiKey,
+        max_active: Option<u32>,
         now: DateTime<Utc>,
     ) -> Result<ApiKey, RepoError> {
         if self.user_by_id(user_id).is_none() {
             return Err(user_id_not_found(user_id));
+        }
+        if let Some(max) = max_active {
+            let active = self
+                .keys
+                .iter()
+                .filter(|(k, _)| {
+                    k.user_id == user_id
+                        && k.revoked_at.is_none()
+                        && k.expires_at.is_none_or(|at| at > now)
+                })
+                .count();
+            if active >= usize::try_from(max).unwrap_or(usize::MAX) {
+                return Err(too_many_keys(max));
+            }
         }
         if self.keys.iter().any(|(_, hash)| *hash == new.hash) {
             // Like Postgres's message, it never shows the hash.
@@ -108,6 +136,7 @@ impl Users {
             revoked_at: None,
             last_used_at: None,
             rate_limit_rpm: new.rate_limit_rpm,
+            models: new.models,
         };
         self.keys.push((key.clone(), new.hash));
         Ok(key)
@@ -120,6 +149,7 @@ impl Users {
             role: new.role,
             disabled: false,
             created_at: now,
+            rate_limit_rpm: new.rate_limit_rpm,
         }
     }
 }
@@ -224,6 +254,7 @@ impl IdentityRepository for InMemoryIdentity {
             let changed = User {
                 role: patch.role.unwrap_or(user.role),
                 disabled: patch.disabled.unwrap_or(user.disabled),
+                rate_limit_rpm: patch.rate_limit_rpm.unwrap_or(user.rate_limit_rpm),
                 ..user.clone()
             };
             let was_enabled_admin = user.role == Role::Admin && !user.disabled;
@@ -240,9 +271,30 @@ impl IdentityRepository for InMemoryIdentity {
         .await
     }
 
-    async fn create_key(&self, new: NewApiKey) -> Result<ApiKey, RepoError> {
+    async fn create_key(
+        &self,
+        new: NewApiKey,
+        max_active: Option<u32>,
+    ) -> Result<ApiKey, RepoError> {
         self.run("create_key", |users, now| {
-            users.insert_key(new.user_id, new, now)
+            users.insert_key(new.user_id, new, max_active, now)
+        })
+        .await
+    }
+
+    async fn set_key_models(
+        &self,
+        id: Uuid,
+        models: Option<ModelAllowlist>,
+    ) -> Result<(ApiKey, KeyHash), RepoError> {
+        self.run("set_key_models", |users, _| {
+            let (key, hash) = users
+                .keys
+                .iter_mut()
+                .find(|(k, _)| k.id == id)
+                .ok_or_else(|| key_not_found(id))?;
+            key.models = models;
+            Ok((key.clone(), *hash))
         })
         .await
     }
@@ -350,11 +402,12 @@ impl IdentityRepository for InMemoryIdentity {
                 NewUser {
                     username: username.clone(),
                     role: Role::Admin,
+                    rate_limit_rpm: None,
                 },
                 now,
             );
             users.users.insert(admin.username.clone(), admin.clone());
-            users.insert_key(admin.id, key, now)?;
+            users.insert_key(admin.id, key, None, now)?;
             Ok(Some(admin))
         })
         .await

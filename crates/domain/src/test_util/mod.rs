@@ -115,7 +115,7 @@ impl InMemory {
     pub async fn key_of(&self, user: &User) -> PlaintextKey {
         let (plaintext, new) = new_key(user.id, "fixture");
         self.identity_store
-            .create_key(new)
+            .create_key(new, None)
             .await
             .unwrap_or_else(|e| panic!("fixture key of {}: {e}", user.username));
         plaintext

@@ -114,7 +114,7 @@ async fn find_key_returns_revoked_and_expired_keys_of_disabled_users_as_they_are
     let alice = user(&repo, "alice", Role::Member).await;
     let (plaintext, mut new) = new_key(alice.id, "old");
     new.expires_at = Some(at(1_000));
-    let key = repo.create_key(new).await.expect("created");
+    let key = repo.create_key(new, None).await.expect("created");
     repo.revoke_key(key.id).await.expect("revoked");
     repo.update_user(
         &username("alice"),
@@ -144,7 +144,7 @@ async fn expiry_and_an_own_limit_round_trip() {
     new.expires_at = Some(at(4_102_444_800));
     new.rate_limit_rpm = Some(RateLimitRpm::new(RateLimitRpm::MAX.into()).expect("valid"));
 
-    let key = repo.create_key(new).await.expect("created");
+    let key = repo.create_key(new, None).await.expect("created");
     assert_eq!(key.expires_at, Some(at(4_102_444_800)));
     assert_eq!(
         key.rate_limit_rpm.map(RateLimitRpm::get),
@@ -158,7 +158,7 @@ async fn a_key_of_a_missing_user_is_not_found_naming_the_user() {
     let (db, repo) = repository().await;
     let ghost = Uuid::new_v4();
     let (_, new) = new_key(ghost, "orphan");
-    let err = repo.create_key(new).await.expect_err("no such user");
+    let err = repo.create_key(new, None).await.expect_err("no such user");
     assert_eq!(err, RepoError::NotFound(format!("user {ghost} not found")));
     assert_eq!(db.scalar("SELECT count(*) FROM api_keys").await, 0);
 }
@@ -169,13 +169,16 @@ async fn storing_the_same_hash_twice_is_a_conflict_that_does_not_show_the_hash()
     let alice = user(&repo, "alice", Role::Member).await;
     let bob = user(&repo, "bob", Role::Member).await;
     let (plaintext, new) = new_key(alice.id, "first");
-    repo.create_key(new.clone()).await.expect("created");
+    repo.create_key(new.clone(), None).await.expect("created");
 
     let err = repo
-        .create_key(NewApiKey {
-            user_id: bob.id,
-            ..new
-        })
+        .create_key(
+            NewApiKey {
+                user_id: bob.id,
+                ..new
+            },
+            None,
+        )
         .await
         .expect_err("duplicate hash");
     let RepoError::Conflict(message) = &err else {

@@ -3,6 +3,7 @@
 mod bootstrap;
 mod keys;
 mod owners;
+mod tenancy;
 mod users;
 
 use chrono::{DateTime, TimeZone as _, Utc};
@@ -33,7 +34,7 @@ async fn stored_key(
     name: &str,
 ) -> (PlaintextKey, ApiKey) {
     let (plaintext, new) = new_key(user_id, name);
-    let key = repo.create_key(new).await.expect("key created");
+    let key = repo.create_key(new, None).await.expect("key created");
     (plaintext, key)
 }
 

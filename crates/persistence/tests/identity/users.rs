@@ -164,6 +164,7 @@ async fn a_patch_changes_only_what_it_names() {
             UserPatch {
                 role: Some(Role::Member),
                 disabled: Some(false),
+                ..UserPatch::default()
             },
         )
         .await
@@ -214,10 +215,12 @@ async fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
         UserPatch {
             role: Some(Role::Member),
             disabled: None,
+            ..UserPatch::default()
         },
         UserPatch {
             role: None,
             disabled: Some(true),
+            ..UserPatch::default()
         },
     ] {
         let err = repo
@@ -243,6 +246,7 @@ async fn the_last_enabled_admin_can_be_neither_demoted_nor_disabled() {
             UserPatch {
                 role: Some(Role::Member),
                 disabled: None,
+                ..UserPatch::default()
             },
         )
         .await
@@ -260,6 +264,7 @@ async fn without_any_admin_members_can_still_be_changed() {
             UserPatch {
                 role: None,
                 disabled: Some(true),
+                ..UserPatch::default()
             },
         )
         .await

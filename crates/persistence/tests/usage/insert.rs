@@ -148,7 +148,7 @@ async fn usage_outlives_the_key_and_the_user_that_made_the_calls() {
         .await
         .expect("user created");
     let key = identity
-        .create_key(new_key(alice.id, "laptop").1)
+        .create_key(new_key(alice.id, "laptop").1, None)
         .await
         .expect("key created");
     repo.insert_usage(&[usage_event(
