@@ -51,6 +51,10 @@ ladder_duration=${BENCH_LADDER_DURATION:-10s}
 # gateway's p99 stayed at or under this many milliseconds.
 sustain_p99_ms=${BENCH_SUSTAIN_P99_MS:-10}
 nginx_workers=${BENCH_NGINX_WORKERS:-1}
+# Model servers of the benchmark's version: the same nginx listening on this many ports, each one
+# of the version's `endpoints` (weight 1), so that the gateway balances over them; "direct" calls
+# the first.
+endpoint_count=${BENCH_ENDPOINTS:-1}
 # Extra settings for the gateway, as space-separated VAR=value words (e.g. "MAAS_SERVER__WORKERS=1").
 read -r -a gateway_env <<<"${BENCH_GATEWAY_ENV:-}"
 # When set, a second gateway ("gateway-b") with these settings on top runs beside the first, on the
@@ -121,6 +125,14 @@ binary=$(gateway_binary release)
 # The model server: nginx answering every chat completion at once with a fixed body.
 nginx_port=$(free_port)
 upstream="http://$host:$nginx_port/v1"
+extra_ports=()
+for ((n = 1; n < endpoint_count; n++)); do extra_ports+=("$(free_port)"); done
+endpoints_json="{\"url\":\"$upstream\",\"upstream_api_key\":\"bench-upstream-key\"}"
+extra_listen=""
+for port in "${extra_ports[@]}"; do
+    endpoints_json+=",{\"url\":\"http://$host:$port/v1\",\"upstream_api_key\":\"bench-upstream-key\"}"
+    extra_listen+="        listen $host:$port reuseport backlog=4096;"$'\n'
+done
 completion='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
 mkdir -p "$nginx_dir/tmp"
 cat >"$nginx_dir/nginx.conf" <<EOF
@@ -141,7 +153,7 @@ http {
     keepalive_timeout 120s;
     server {
         listen $host:$nginx_port reuseport backlog=4096;
-        location = /v1/chat/completions {
+$extra_listen        location = /v1/chat/completions {
             default_type application/json;
             return 200 '$completion';
         }
@@ -213,7 +225,7 @@ api() { admin_api "$@"; }
 echo "bench: seeding $model (version 1 on nginx, alias production) and a member's key" >&2
 api POST /api/v1/models "{\"name\":\"$model\",\"visibility\":\"public\"}" >/dev/null
 api POST "/api/v1/models/$model/versions" \
-    "{\"source_uri\":\"s3://bench/m.bin\",\"endpoint_url\":\"$upstream\",\"upstream_api_key\":\"bench-upstream-key\"}" >/dev/null
+    "{\"source_uri\":\"s3://bench/m.bin\",\"endpoints\":[$endpoints_json]}" >/dev/null
 api PUT "/api/v1/models/$model/aliases/production" '{"version":1}' >/dev/null
 member_id=$(api POST /api/v1/users '{"username":"bench-member","role":"member"}' | json_field id)
 key=$(api POST /api/v1/keys "{\"name\":\"bench\",\"user_id\":\"$member_id\"}" | json_field key)
