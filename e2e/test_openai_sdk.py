@@ -263,9 +263,13 @@ def name_colon_version_selects_that_version():
 
 
 @test
-def the_body_reaches_the_upstream_as_sent_with_the_model_field_unchanged():
+def the_upstream_gets_the_served_model_name_and_the_client_sees_its_own():
+    forget_stub_requests()
     completion, _ = chat(MODEL + "@canary", "model field")
-    # The stub answers with the `model` it received: the gateway forwards the body as is.
+    # The version has no served_model: the model server knows the model by its registry name.
+    seen = [r for r in stub_requests() if r["path"] == "/v1/chat/completions"]
+    assert [r["model"] for r in seen] == [MODEL], seen
+    # The stub answers with the `model` it received; the gateway sets it back to the client's.
     assert completion.model == MODEL + "@canary", completion.model
 
 

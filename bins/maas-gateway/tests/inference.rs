@@ -134,7 +134,16 @@ async fn a_chat_completion_is_forwarded_as_is_and_answered_with_gateway_headers(
     let seen = stub.last();
     assert_eq!(seen.path, "/v1/chat/completions");
     let forwarded: Value = serde_json::from_slice(&seen.body).expect("json body");
-    assert_eq!(forwarded, body, "the body goes upstream untouched");
+    let mut served = body.clone();
+    served["model"] = json!("chat");
+    assert_eq!(
+        forwarded, served,
+        "the body goes upstream as sent, but for the model server's name for the model"
+    );
+    assert_eq!(
+        answer["model"], "chat:1",
+        "and the answer comes back with the client's"
+    );
     assert_eq!(
         seen.header("authorization"),
         Some("Bearer sk-upstream-1"),

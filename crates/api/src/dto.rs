@@ -8,6 +8,7 @@ use maas_domain::model::{
     Alias, Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage,
     VersionPatch, Visibility,
 };
+use maas_domain::serving::ServedModel;
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, Username,
     VersionNumber,
@@ -213,6 +214,10 @@ pub struct CreateVersion {
     pub endpoint_url: Option<String>,
     /// Sent to the model server as `Authorization: Bearer`; stored server-side, never returned.
     pub upstream_api_key: Option<String>,
+    /// The model server's own name for the model, put in the `model` field of the OpenAI calls
+    /// forwarded to it (1–256 characters, no control characters); by default the model's name.
+    #[schema(example = "meta-llama/Llama-3.1-8B-Instruct")]
+    pub served_model: Option<String>,
     /// Framework name.
     pub framework: Option<String>,
     /// At most 4096 characters.
@@ -229,6 +234,7 @@ impl CreateVersion {
             source_uri: SourceUri::parse(self.source_uri)?,
             endpoint_url: opt(self.endpoint_url, EndpointUrl::parse)?,
             upstream_api_key: opt(self.upstream_api_key, UpstreamSecret::parse)?,
+            served_model: opt(self.served_model, ServedModel::parse)?,
             framework: opt(self.framework, Framework::parse)?,
             description: opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?.unwrap_or_default(),
@@ -246,6 +252,9 @@ pub struct UpdateVersion {
     /// New upstream credential; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub upstream_api_key: Option<Option<String>>,
+    /// New name of the model on its server; `null`: the model's name again.
+    #[serde(default, deserialize_with = "double_option")]
+    pub served_model: Option<Option<String>>,
     /// New framework; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub framework: Option<Option<String>>,
@@ -263,6 +272,7 @@ impl UpdateVersion {
         Ok(VersionPatch {
             endpoint_url: opt_opt(self.endpoint_url, EndpointUrl::parse)?,
             upstream_api_key: opt_opt(self.upstream_api_key, UpstreamSecret::parse)?,
+            served_model: opt_opt(self.served_model, ServedModel::parse)?,
             framework: opt_opt(self.framework, Framework::parse)?,
             description: opt_opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?,
@@ -285,6 +295,8 @@ pub struct VersionResponse {
     pub endpoint_url: Option<String>,
     /// Whether an upstream credential is set (the credential itself is never returned).
     pub has_upstream_api_key: bool,
+    /// The model server's own name for the model (`null`: the model's name).
+    pub served_model: Option<String>,
     /// Framework name.
     pub framework: Option<String>,
     /// Free text.
@@ -307,6 +319,7 @@ impl From<ModelVersion> for VersionResponse {
             source_uri: v.source_uri.as_str().to_owned(),
             endpoint_url: v.endpoint_url.map(|u| u.as_str().to_owned()),
             has_upstream_api_key: v.has_upstream_api_key,
+            served_model: v.served_model.map(|s| s.as_str().to_owned()),
             framework: v.framework.map(|f| f.as_str().to_owned()),
             description: v.description.map(|d| d.as_str().to_owned()),
             metadata: v.metadata.into_inner(),

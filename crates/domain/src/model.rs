@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::inference::UpstreamSecret;
+use crate::serving::ServedModel;
 use crate::values::{
     AliasName, Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags,
     VersionNumber,
@@ -136,6 +137,10 @@ pub struct ModelVersion {
     /// which is cached: see [`crate::Registry::upstream_secret`]).
     #[serde(default)]
     pub has_upstream_api_key: bool,
+    /// The model server's own name for the model (`None`: the model's name in the registry);
+    /// absent from entries cached by builds before it existed.
+    #[serde(default)]
+    pub served_model: Option<ServedModel>,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -148,6 +153,15 @@ pub struct ModelVersion {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ModelVersion {
+    /// The name the model server knows the model by: `served_model`, else the model's name.
+    pub fn served_name(&self) -> &str {
+        self.served_model
+            .as_ref()
+            .map_or_else(|| self.model.as_str(), ServedModel::as_str)
+    }
+}
+
 /// What is needed to add a version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewVersion {
@@ -157,6 +171,8 @@ pub struct NewVersion {
     pub endpoint_url: Option<EndpointUrl>,
     /// Credential sent to the model server.
     pub upstream_api_key: Option<UpstreamSecret>,
+    /// The model server's own name for the model (`None`: the model's name).
+    pub served_model: Option<ServedModel>,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -172,6 +188,8 @@ pub struct VersionPatch {
     pub endpoint_url: Option<Option<EndpointUrl>>,
     /// New upstream credential, or clear it.
     pub upstream_api_key: Option<Option<UpstreamSecret>>,
+    /// New served name, or clear it (back to the model's name).
+    pub served_model: Option<Option<ServedModel>>,
     /// New framework, or clear it.
     pub framework: Option<Option<Framework>>,
     /// New description, or clear it.
@@ -185,6 +203,7 @@ impl VersionPatch {
     pub fn is_empty(&self) -> bool {
         self.endpoint_url.is_none()
             && self.upstream_api_key.is_none()
+            && self.served_model.is_none()
             && self.framework.is_none()
             && self.description.is_none()
             && self.metadata.is_none()

@@ -13,6 +13,7 @@ use maas_domain::identity::{
 use maas_domain::model::{
     Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
 };
+use maas_domain::serving::ServedModel;
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
     VersionNumber,
@@ -77,6 +78,7 @@ pub(crate) struct VersionRow {
     metadata: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    served_model: Option<String>,
 }
 
 impl VersionRow {
@@ -100,6 +102,11 @@ impl VersionRow {
                 .map_err(|e| corrupt("model_versions.endpoint_url", e))?,
             // Read, decrypted, only by `upstream_secret`.
             has_upstream_api_key: self.upstream_api_key.is_some(),
+            served_model: self
+                .served_model
+                .map(ServedModel::parse)
+                .transpose()
+                .map_err(|e| corrupt("model_versions.served_model", e))?,
             framework: self
                 .framework
                 .map(Framework::parse)
@@ -158,6 +165,7 @@ pub(crate) struct NewVersionRow {
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
+    served_model: Option<String>,
 }
 
 impl NewVersionRow {
@@ -178,6 +186,7 @@ impl NewVersionRow {
             framework: new.framework.map(|f| f.as_str().to_owned()),
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
+            served_model: new.served_model.map(|s| s.as_str().to_owned()),
         }
     }
 }
@@ -213,6 +222,7 @@ pub(crate) struct VersionChanges {
     framework: Option<Option<String>>,
     description: Option<Option<String>>,
     metadata: Option<serde_json::Value>,
+    served_model: Option<Option<String>>,
 }
 
 impl VersionChanges {
@@ -227,6 +237,7 @@ impl VersionChanges {
             framework: patch.framework.map(|f| f.map(|f| f.as_str().to_owned())),
             description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
             metadata: patch.metadata.map(Metadata::into_inner),
+            served_model: patch.served_model.map(|s| s.map(|s| s.as_str().to_owned())),
         })
     }
 }

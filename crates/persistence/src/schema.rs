@@ -65,6 +65,8 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last change.
         updated_at -> Timestamptz,
+        /// The model server's own name for the model; NULL: the model's name.
+        served_model -> Nullable<Text>,
     }
 }
 

@@ -203,12 +203,13 @@ async fn handle(
         }));
     }
     if request["stream"].as_bool() == Some(true) {
+        let model = &request["model"];
         let mut chunks: Vec<String> = ["Hel", "lo"]
             .iter()
-            .map(|t| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
+            .map(|t| json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
             .collect();
         chunks.push(with_usage(
-            json!({"object": "chat.completion.chunk", "choices": [], "usage": "USAGE"}),
+            json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
         ));
         return sse(chunks);
     }

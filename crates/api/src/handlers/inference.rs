@@ -21,8 +21,8 @@ use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::RequestStarted;
 use crate::proxy::{
-    self, Answer, CallSlot, Delivery, Outbound, UpstreamError, millis, raw_call_path,
-    raw_call_query, request_headers, upstream_uri,
+    self, Answer, AnswerRewrite, BodyError, CallSlot, Delivery, OpenAiBody, Outbound,
+    UpstreamError, millis, raw_call_path, raw_call_query, request_headers, upstream_uri,
 };
 use crate::request_id::current_request_id;
 use crate::state::AppState;
@@ -71,11 +71,18 @@ struct Forwarding<'a> {
     /// Below the version's `endpoint_url`.
     path: &'a str,
     query: Option<&'a str>,
-    body: Bytes,
+    body: CallBody,
+}
+
+/// A call's body: an OpenAI call's, whose `model` is the model server's name for the model on
+/// the way there and the client's on the way back, or any other, forwarded as it is.
+enum CallBody {
+    OpenAi(OpenAiBody),
+    Raw(Bytes),
 }
 
 impl<'a> Forwarding<'a> {
-    fn post(path: &'a str, query: Option<&'a str>, body: Bytes) -> Self {
+    fn post(path: &'a str, query: Option<&'a str>, body: CallBody) -> Self {
         Self {
             method: hyper::Method::POST,
             path,
@@ -83,6 +90,35 @@ impl<'a> Forwarding<'a> {
             body,
         }
     }
+
+    /// What is sent for a call routed to `version`, and what its answer needs changed.
+    fn to(self, version: &ModelVersion) -> (Sending<'a>, Option<AnswerRewrite>) {
+        let (body, rewrite) = match self.body {
+            CallBody::Raw(bytes) => (bytes, None),
+            CallBody::OpenAi(call) => {
+                let rewrite = AnswerRewrite {
+                    client_model: call.model().to_owned(),
+                    strip_usage_event: false,
+                };
+                (call.for_model(version.served_name()), Some(rewrite))
+            }
+        };
+        let sending = Sending {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            body,
+        };
+        (sending, rewrite)
+    }
+}
+
+/// A call's request as it goes to the model server of its version.
+struct Sending<'a> {
+    method: hyper::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    body: Bytes,
 }
 
 impl<'a> Call<'a> {
@@ -111,8 +147,9 @@ impl<'a> Call<'a> {
         slot: CallSlot,
     ) -> Result<HttpResponse, OpenAiError> {
         let version = self.resolve(target).await?;
-        let answer = self.forward(&version, forwarding).await?;
-        Ok(self.meter(&version, answer, slot))
+        let (sending, rewrite) = forwarding.to(&version);
+        let answer = self.forward(&version, sending).await?;
+        Ok(self.meter(&version, answer, slot, rewrite).await)
     }
 
     fn event(&self, version: Option<i32>, status: u16) -> UsageEvent {
@@ -174,7 +211,7 @@ impl<'a> Call<'a> {
     async fn forward(
         &self,
         version: &ModelVersion,
-        forwarding: Forwarding<'_>,
+        sending: Sending<'_>,
     ) -> Result<Answer, OpenAiError> {
         let secret = self
             .state
@@ -182,7 +219,7 @@ impl<'a> Call<'a> {
             .upstream_secret(version)
             .await
             .map_err(|e| self.failed_at(version, ApiError::Domain(e)))?;
-        let outbound = self.outbound(version, secret.as_ref(), forwarding)?;
+        let outbound = self.outbound(version, secret.as_ref(), sending)?;
         let model = version.model.as_str();
         match proxy::send(&self.state.upstream, self.started, outbound).await {
             Ok(answer) => {
@@ -215,14 +252,14 @@ impl<'a> Call<'a> {
         &self,
         version: &ModelVersion,
         secret: Option<&UpstreamSecret>,
-        forwarding: Forwarding<'_>,
+        sending: Sending<'_>,
     ) -> Result<Outbound, OpenAiError> {
         let Some(endpoint) = &version.endpoint_url else {
             let number = version.version.get();
             let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
             return Err(self.failed_at(version, ApiError::Domain(err)));
         };
-        let uri = upstream_uri(endpoint.as_str(), forwarding.path, forwarding.query)
+        let uri = upstream_uri(endpoint.as_str(), sending.path, sending.query)
             .map_err(|e| self.failed_at(version, e.into()))?;
         let headers = request_headers(
             self.req.headers(),
@@ -231,28 +268,37 @@ impl<'a> Call<'a> {
             self.req.peer_addr().map(|peer| peer.ip()),
         );
         Ok(Outbound {
-            method: forwarding.method,
+            method: sending.method,
             uri,
             headers,
-            body: forwarding.body,
+            body: sending.body,
         })
     }
 
     /// Phase three: the answer streamed back to the client through its meter, which records the
-    /// call's usage when the body is over.
-    fn meter(&self, version: &ModelVersion, answer: Answer, slot: CallSlot) -> HttpResponse {
+    /// call's usage when the body is over (an OpenAI call's answer with the client's `model`).
+    async fn meter(
+        &self,
+        version: &ModelVersion,
+        answer: Answer,
+        slot: CallSlot,
+        rewrite: Option<AnswerRewrite>,
+    ) -> HttpResponse {
         let number = version.version.get();
         let event = self.event(Some(number), answer.status());
-        answer.into_response(Delivery {
-            model: version.model.as_str(),
-            version: number,
-            event,
-            started: self.started,
-            queue: self.state.usage_queue.clone(),
-            idle: self.state.upstream.timeout(),
-            max_tokens: self.state.upstream.max_tokens_per_call(),
-            slot,
-        })
+        answer
+            .into_response(Delivery {
+                model: version.model.as_str(),
+                version: number,
+                event,
+                started: self.started,
+                queue: self.state.usage_queue.clone(),
+                idle: self.state.upstream.timeout(),
+                max_tokens: self.state.upstream.max_tokens_per_call(),
+                slot,
+                rewrite,
+            })
+            .await
     }
 }
 
@@ -280,12 +326,6 @@ fn body_limit(state: &AppState) -> usize {
     state.upstream_settings.max_body_bytes
 }
 
-/// The fields of an OpenAI request body the gateway reads; the body is forwarded untouched.
-#[derive(Deserialize)]
-struct Envelope {
-    model: Option<serde_json::Value>,
-}
-
 async fn openai(
     req: HttpRequest,
     payload: web::Payload,
@@ -297,8 +337,12 @@ async fn openai(
     let slot = take_slot(&state)?;
     let (target, body) = read_openai_request(&req, payload, &state).await?;
     let call = Call::new(&state, &req, &actor, route, &target);
-    call.run(&target, Forwarding::post(path, None, body), slot)
-        .await
+    call.run(
+        &target,
+        Forwarding::post(path, None, CallBody::OpenAi(body)),
+        slot,
+    )
+    .await
 }
 
 /// An OpenAI request's target (its `model`) and its body, read within the body limit.
@@ -306,7 +350,7 @@ async fn read_openai_request(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Target, Bytes), OpenAiError> {
+) -> Result<(Target, OpenAiBody), OpenAiError> {
     if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType(
             "the request body must be JSON (content-type: application/json)".into(),
@@ -314,14 +358,11 @@ async fn read_openai_request(
         .into());
     }
     let body = read_body(payload.into_inner(), content_length(req), body_limit(state)).await?;
-    let envelope: Envelope =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let model = match envelope.model {
-        Some(serde_json::Value::String(model)) => model,
-        Some(_) => return Err(ValidationError::new("model", "must be a string").into()),
-        None => return Err(ValidationError::new("model", "is required").into()),
-    };
-    Ok((Target::parse(&model)?, body))
+    let body = OpenAiBody::parse(body).map_err(|e| match e {
+        BodyError::Malformed(reason) => ApiError::MalformedJson(reason),
+        BodyError::Invalid(invalid) => ApiError::from(invalid),
+    })?;
+    Ok((Target::parse(body.model())?, body))
 }
 
 /// OpenAI chat completions, forwarded to `{endpoint_url}/chat/completions`.
@@ -437,8 +478,12 @@ pub async fn invoke(
         "/v1/models/{name}/invoke/{path}",
         &target,
     );
-    call.run(&target, Forwarding::post(rest, Some(&query), body), slot)
-        .await
+    call.run(
+        &target,
+        Forwarding::post(rest, Some(&query), CallBody::Raw(body)),
+        slot,
+    )
+    .await
 }
 
 /// Unknown `/v1` paths, in OpenAI's error shape.

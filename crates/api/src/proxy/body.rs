@@ -11,17 +11,23 @@ use futures_util::Stream;
 
 use super::client::CallSlot;
 use super::meter::Meter;
+use super::rewrite::Rewriter;
 
 /// Status recorded for a call whose client went away before the body was complete (nginx's
 /// convention).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// The upstream body, passed through chunk by chunk. Dropping it (the client went away) drops
-/// the upstream response, which cancels the upstream call. A body that sends nothing for
-/// `upstream.timeout_seconds` is cut off (the call is recorded with status 504).
+/// The upstream body, passed through chunk by chunk (an OpenAI call's through its
+/// [`Rewriter`]). Dropping it (the client went away) drops the upstream response, which cancels
+/// the upstream call. A body that sends nothing for `upstream.timeout_seconds` is cut off (the
+/// call is recorded with status 504).
 pub struct MeteredBody<B> {
     inner: B,
     meter: Meter,
+    /// Changes the answer's `model` (and drops a stream's usage-only event) on the way.
+    rewriter: Option<Rewriter>,
+    /// The upstream body is over and what the rewriter held back was passed on.
+    ended: bool,
     /// The upstream's `Content-Length`, if it sent one.
     expected: Option<u64>,
     seen: u64,
@@ -46,6 +52,8 @@ impl<B: hyper::body::Body> MeteredBody<B> {
             expected: inner.size_hint().exact(),
             inner,
             meter,
+            rewriter: None,
+            ended: false,
             seen: 0,
             idle,
             idle_timer: None,
@@ -61,9 +69,31 @@ impl<B: hyper::body::Body> MeteredBody<B> {
         self
     }
 
-    /// The body's exact length, if the upstream sent one.
+    /// The same body, passed through `rewriter`.
+    #[must_use]
+    pub(crate) fn rewriting(mut self, rewriter: Option<Rewriter>) -> Self {
+        self.rewriter = rewriter;
+        self
+    }
+
+    /// Whether the body is rewritten on its way.
+    pub fn is_rewritten(&self) -> bool {
+        self.rewriter.is_some()
+    }
+
+    /// The body's exact length, if the upstream sent one (the upstream's: see
+    /// [`length_change`](Self::length_change) for a rewritten body's).
     pub fn exact_length(&self) -> Option<u64> {
         self.expected
+    }
+
+    /// How many bytes longer (or shorter) than the upstream's body this one comes out, once
+    /// that is known: at once for a body passed as it is, after the rewritten value for a
+    /// rewritten JSON answer, never for a rewritten stream.
+    pub fn length_change(&self) -> Option<i64> {
+        self.rewriter
+            .as_ref()
+            .map_or(Some(0), Rewriter::length_change)
     }
 
     /// Called when the upstream has nothing yet: (re)arms the idle timer if a chunk came since
@@ -92,6 +122,9 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         loop {
             return match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -100,10 +133,20 @@ where
                         continue;
                     };
                     this.progressed = true;
-                    this.meter.observe(&chunk);
                     this.seen = this.seen.saturating_add(chunk.len() as u64);
+                    let chunk = match &mut this.rewriter {
+                        Some(rewriter) => rewriter.pass(chunk, &mut this.meter),
+                        None => {
+                            this.meter.observe(&chunk);
+                            chunk
+                        }
+                    };
                     if this.expected.is_some_and(|n| this.seen >= n) {
                         this.meter.finish(None);
+                    }
+                    if chunk.is_empty() {
+                        // All of it held back or dropped by the rewriter.
+                        continue;
                     }
                     Poll::Ready(Some(Ok(chunk)))
                 }
@@ -116,7 +159,11 @@ where
                 Poll::Ready(None) => {
                     this.meter.finish(None);
                     this.slot = None;
-                    Poll::Ready(None)
+                    this.ended = true;
+                    match this.rewriter.as_mut().and_then(Rewriter::finish) {
+                        Some(rest) => Poll::Ready(Some(Ok(rest))),
+                        None => Poll::Ready(None),
+                    }
                 }
                 Poll::Pending if this.idle_expired(cx) => {
                     this.meter.finish(Some(504));

@@ -7,6 +7,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use hyper::{Method, Uri};
 use maas_domain::inference::UsageEvent;
 
@@ -15,6 +16,7 @@ use super::body::MeteredBody;
 use super::client::{CallSlot, Upstream, UpstreamResponse};
 use super::headers::response_headers;
 use super::meter::Meter;
+use super::rewrite::{AnswerRewrite, Rewriter};
 use crate::meters;
 use crate::usage::UsageQueue;
 
@@ -90,6 +92,24 @@ pub struct Delivery<'a> {
     /// The call's place among `upstream.max_concurrent_calls`, given back when the body is over
     /// or dropped.
     pub slot: CallSlot,
+    /// What an OpenAI call's answer needs changed on its way (`None`: passed as it is).
+    pub rewrite: Option<AnswerRewrite>,
+}
+
+/// Most bytes of a rewritten JSON answer read before its response starts, to give it its new
+/// `Content-Length`: an answer whose `model` comes later (after a large batch of embeddings,
+/// say) is streamed without one.
+const SETTLE_LIMIT: u64 = 64 * 1024;
+
+/// Whether a content type is JSON (`application/json`, or a `+json` type).
+fn is_json(content_type: &str) -> bool {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || media.ends_with("+json")
 }
 
 impl Answer {
@@ -100,15 +120,25 @@ impl Answer {
 
     /// The response to the client: the model server's status and end-to-end headers, the
     /// gateway's `x-maas-model`, `x-maas-version` and `x-maas-overhead-ms`, and the body
-    /// streamed through a [`Meter`] that records `delivery.event` once it is over.
-    pub fn into_response(self, delivery: Delivery<'_>) -> HttpResponse {
+    /// streamed through a [`Meter`] that records `delivery.event` once it is over (and through
+    /// the call's [`AnswerRewrite`], if it has one).
+    ///
+    /// A body of known length keeps `Content-Length`; a rewritten JSON answer is read up to its
+    /// `model` value first (at most [`SETTLE_LIMIT`] bytes) so that its new length is known,
+    /// and is streamed without one when it could not be.
+    pub async fn into_response(self, delivery: Delivery<'_>) -> HttpResponse {
         let status = self.status();
-        let sse = self
+        let content_type = self
             .response
             .headers()
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+            .unwrap_or_default();
+        let sse = content_type.starts_with("text/event-stream");
+        let rewriter = delivery
+            .rewrite
+            .as_ref()
+            .and_then(|r| Rewriter::new(r, sse, is_json(content_type)));
         let mut out =
             HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
         for (name, value) in response_headers(self.response.headers()) {
@@ -134,13 +164,53 @@ impl Answer {
             delivery.queue,
             delivery.max_tokens,
         );
-        let body = MeteredBody::new(self.response.into_body(), meter, delivery.idle)
-            .holding(delivery.slot);
+        let mut body = MeteredBody::new(self.response.into_body(), meter, delivery.idle)
+            .holding(delivery.slot)
+            .rewriting(rewriter);
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
         // framing, and the answer usually leaves in one write. Still streamed, never buffered.
-        match body.exact_length().filter(|_| !sse) {
-            Some(length) => out.body(actix_web::body::SizedStream::new(length, body)),
-            None => out.streaming(body),
+        let Some(length) = body.exact_length().filter(|_| !sse) else {
+            return out.streaming(body);
+        };
+        if !body.is_rewritten() {
+            return out.body(actix_web::body::SizedStream::new(length, body));
+        }
+        let held = settle(&mut body).await;
+        match body
+            .length_change()
+            .and_then(|change| length.checked_add_signed(change))
+            .filter(|_| held.iter().all(Result::is_ok))
+        {
+            Some(length) => out.body(actix_web::body::SizedStream::new(
+                length,
+                futures_util::stream::iter(held).chain(body),
+            )),
+            None => out.streaming(futures_util::stream::iter(held).chain(body)),
         }
     }
+}
+
+/// Reads a rewritten body until its new length is known, it is over, or [`SETTLE_LIMIT`]
+/// bytes came; hands back what it read, to be sent first.
+async fn settle<B>(body: &mut MeteredBody<B>) -> Vec<Result<Bytes, actix_web::Error>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut held = Vec::new();
+    let mut read = 0u64;
+    while body.length_change().is_none() && read < SETTLE_LIMIT {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                read += chunk.len() as u64;
+                held.push(Ok(chunk));
+            }
+            Some(Err(e)) => {
+                held.push(Err(e));
+                break;
+            }
+            None => break,
+        }
+    }
+    held
 }

@@ -8,6 +8,8 @@
 //! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
 //! - [`target`]: the upstream URL, and the checks on a raw call's path and query;
 //! - [`meter`]: the [`Meter`] that reads an answer's `usage` and records the call;
+//! - [`rewrite`]: the `model` of an OpenAI call set to the model server's name on the way in
+//!   and back to the client's on the way out, nothing else of the bytes touched;
 //! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off;
 //! - [`forward`]: one call sent ([`send`]) and its [`Answer`] turned into the streamed response.
 //!
@@ -22,6 +24,7 @@ pub mod guard;
 pub mod headers;
 pub mod meter;
 pub mod policy;
+pub mod rewrite;
 pub mod target;
 
 pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
@@ -30,6 +33,7 @@ pub use forward::{Answer, Delivery, Outbound, send};
 pub use headers::{request_headers, response_headers};
 pub use meter::{Meter, millis};
 pub use policy::{AddressPolicy, IpNetwork};
+pub use rewrite::{AnswerRewrite, BodyError, OpenAiBody};
 pub use target::{raw_call_path, raw_call_query, upstream_uri, upstream_url};
 
 /// Why a call could not be sent to its model server, or got no answer from it.

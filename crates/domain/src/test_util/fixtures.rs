@@ -99,6 +99,7 @@ pub fn new_version(source_uri: &str) -> NewVersion {
             .unwrap_or_else(|e| panic!("fixture source_uri: {e}")),
         endpoint_url: None,
         upstream_api_key: None,
+        served_model: None,
         framework: None,
         description: None,
         metadata: Metadata::default(),

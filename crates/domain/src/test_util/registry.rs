@@ -288,6 +288,7 @@ impl RegistryRepository for InMemoryRegistry {
                 source_uri: new.source_uri,
                 endpoint_url: new.endpoint_url,
                 has_upstream_api_key: new.upstream_api_key.is_some(),
+                served_model: new.served_model,
                 framework: new.framework,
                 description: new.description,
                 metadata: new.metadata,
@@ -429,6 +430,9 @@ impl RegistryRepository for InMemoryRegistry {
                     Some(secret) => entry.secrets.insert(version, secret),
                     None => entry.secrets.remove(&version),
                 };
+            }
+            if let Some(served_model) = patch.served_model {
+                stored.served_model = served_model;
             }
             if let Some(framework) = patch.framework {
                 stored.framework = framework;

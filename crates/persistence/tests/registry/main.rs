@@ -1,6 +1,7 @@
 //! [`PgRegistryRepository`] against a real PostgreSQL, one fresh database per test.
 
 mod aliases;
+mod fleet;
 mod inference;
 mod models;
 mod secrets;

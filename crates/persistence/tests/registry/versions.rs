@@ -26,6 +26,7 @@ fn full_version() -> NewVersion {
         source_uri: SourceUri::parse("s3://bucket/llama.bin".into()).expect("uri"),
         endpoint_url: Some(EndpointUrl::parse("http://vllm:8000/v1".into()).expect("url")),
         upstream_api_key: None,
+        served_model: None,
         framework: Some(Framework::parse("pytorch".into()).expect("framework")),
         description: Some(Description::parse("fine-tuned".into()).expect("text")),
         metadata: Metadata::parse(json!({"quant": "q4"})).expect("object"),
