@@ -24,13 +24,18 @@ use uuid::Uuid;
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
-use crate::inference::{Selector, ServableModel, Target, UpstreamSecret};
+use crate::inference::{Selector, ServableModel, Target};
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page,
     ReservedNames, VersionPatch, Visibility,
 };
 use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
+use crate::serving::{EndpointSecrets, EndpointsPatch};
+
+mod secret_memo;
+
 use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+use secret_memo::SecretMemo;
 
 /// The model registry's use-cases.
 #[derive(Clone)]
@@ -41,37 +46,6 @@ pub struct Registry {
     /// Whether the store can keep upstream credentials (it has an encryption key).
     secret_storage: bool,
     secrets: Arc<SecretMemo>,
-}
-
-/// Upstream credentials fetched on the routing path, held in this process only (never in the
-/// shared cache), by version id and `updated_at`: a version whose credential changed is a
-/// version with another `updated_at`, which the version's own invalidation brings to every
-/// replica, so an entry is never used after its credential changed. Bounded: past
-/// [`SecretMemo::MAX_ENTRIES`] it starts over.
-#[derive(Default)]
-struct SecretMemo {
-    entries: std::sync::Mutex<std::collections::HashMap<VersionStamp, Option<UpstreamSecret>>>,
-}
-
-/// A version as of one change: its id and `updated_at`.
-type VersionStamp = (Uuid, chrono::DateTime<chrono::Utc>);
-
-impl SecretMemo {
-    const MAX_ENTRIES: usize = 10_000;
-
-    fn get(&self, version: &ModelVersion) -> Option<Option<UpstreamSecret>> {
-        let entries = self.entries.lock().ok()?;
-        entries.get(&(version.id, version.updated_at)).cloned()
-    }
-
-    fn put(&self, version: &ModelVersion, secret: Option<UpstreamSecret>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= Self::MAX_ENTRIES {
-                entries.clear();
-            }
-            entries.insert((version.id, version.updated_at), secret);
-        }
-    }
 }
 
 /// What a model that does not exist, or that the actor may not use, is answered with (the same
@@ -102,32 +76,38 @@ impl Registry {
         self
     }
 
-    fn check_secret_storage(&self, secret_given: bool) -> Result<(), DomainError> {
-        if secret_given && !self.secret_storage {
-            return Err(crate::error::ValidationError::new(
-                "upstream_api_key",
+    /// Refuses a new credential (named by `field`) when the store cannot keep it.
+    fn check_secret_storage(&self, field: Option<String>) -> Result<(), DomainError> {
+        match field {
+            Some(field) if !self.secret_storage => Err(crate::error::ValidationError::new(
+                field,
                 "cannot be stored: the gateway has no secrets.encryption_key to encrypt it with",
             )
-            .into());
+            .into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// The credential for `version`'s model server, decrypted (in this process only; fetched
-    /// once per version and change, see [`SecretMemo`]).
-    pub async fn upstream_secret(
+    /// The credentials of `version`'s model servers, in the order of its endpoints, decrypted
+    /// (in this process only; fetched once per version and change, see [`SecretMemo`], and not
+    /// at all when no endpoint has one).
+    pub async fn upstream_secrets(
         &self,
         version: &ModelVersion,
-    ) -> Result<Option<UpstreamSecret>, DomainError> {
-        if let Some(secret) = self.secrets.get(version) {
-            return Ok(secret);
+    ) -> Result<EndpointSecrets, DomainError> {
+        if !version.endpoints.iter().any(|e| e.has_upstream_api_key) {
+            return Ok(version.endpoints.iter().map(|_| None).collect());
         }
-        let secret = self
+        if let Some(secrets) = self.secrets.get(version) {
+            return Ok(secrets);
+        }
+        let secrets: EndpointSecrets = self
             .repo
-            .upstream_secret(&version.model, version.version)
-            .await?;
-        self.secrets.put(version, secret.clone());
-        Ok(secret)
+            .upstream_secrets(&version.model, version.version)
+            .await?
+            .into();
+        self.secrets.put(version, secrets.clone());
+        Ok(secrets)
     }
 
     /// Names (and prefixes) only admins may create.
@@ -309,7 +289,7 @@ impl Registry {
         model: &ModelName,
         new: NewVersion,
     ) -> Result<ModelVersion, DomainError> {
-        self.check_secret_storage(new.upstream_api_key.is_some())?;
+        self.check_secret_storage(new.endpoints.new_secret_field())?;
         self.authorize(actor, model).await?;
         let result = self.repo.create_version(model, new).await;
         self.invalidate(model).await;
@@ -362,10 +342,24 @@ impl Registry {
         version: VersionNumber,
         patch: VersionPatch,
     ) -> Result<ModelVersion, DomainError> {
-        self.check_secret_storage(matches!(patch.upstream_api_key, Some(Some(_))))?;
+        self.check_secret_storage(
+            patch
+                .endpoints
+                .as_ref()
+                .and_then(EndpointsPatch::new_secret_field),
+        )?;
         self.authorize(actor, model).await?;
         if patch.is_empty() {
             return self.version(model, version).await;
+        }
+        if let Some(EndpointsPatch::FirstKey(Some(_))) = &patch.endpoints
+            && self.version(model, version).await?.endpoints.is_empty()
+        {
+            return Err(crate::error::ValidationError::new(
+                "upstream_api_key",
+                "the version has no endpoint to send it to: give endpoint_url or endpoints",
+            )
+            .into());
         }
         let result = self.repo.update_version(model, version, patch).await;
         self.invalidate(model).await;
@@ -495,7 +489,8 @@ impl Registry {
 impl Registry {
     /// The version an inference call of `actor` goes to (cached): `name@alias`,
     /// `name:version`, or for a bare name the `production` alias when set, else the highest
-    /// version with an endpoint. A model `actor` may not use is not found.
+    /// version with an endpoint. A model `actor` may not use is not found, and so is a version
+    /// without endpoints.
     pub async fn resolve_target(
         &self,
         actor: &Principal,
@@ -520,9 +515,9 @@ impl Registry {
                 .await?
             }
         };
-        if version.endpoint_url.is_none() {
+        if version.endpoints.is_empty() {
             return Err(DomainError::NotFound(format!(
-                "version {} of model '{model}' has no endpoint_url to serve it",
+                "version {} of model '{model}' has no endpoint to serve it",
                 version.version
             )));
         }

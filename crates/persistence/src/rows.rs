@@ -15,14 +15,13 @@ use maas_domain::model::{
 };
 use maas_domain::serving::ServedModel;
 use maas_domain::values::{
-    Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
+    Description, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
     VersionNumber,
 };
 use uuid::Uuid;
 
 use crate::error::corrupt;
 use crate::schema::{api_keys, model_versions, models, users};
-use crate::secrets::SecretKeys;
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -64,15 +63,14 @@ impl TryFrom<ModelRow> for Model {
     }
 }
 
-/// A row of `model_versions`. Not `Debug`: it holds the upstream credential in plain text.
+/// A row of `model_versions`. Not `Debug`: it holds the upstream credentials (sealed).
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = model_versions, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct VersionRow {
     id: Uuid,
     version: i32,
     source_uri: String,
-    endpoint_url: Option<String>,
-    upstream_api_key: Option<String>,
+    endpoints: serde_json::Value,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
@@ -95,13 +93,8 @@ impl VersionRow {
             version: self.number()?,
             source_uri: SourceUri::parse(self.source_uri)
                 .map_err(|e| corrupt("model_versions.source_uri", e))?,
-            endpoint_url: self
-                .endpoint_url
-                .map(EndpointUrl::parse)
-                .transpose()
-                .map_err(|e| corrupt("model_versions.endpoint_url", e))?,
-            // Read, decrypted, only by `upstream_secret`.
-            has_upstream_api_key: self.upstream_api_key.is_some(),
+            // Credentials are read, decrypted, only by `upstream_secrets`.
+            endpoints: crate::endpoints::shown(self.endpoints)?,
             served_model: self
                 .served_model
                 .map(ServedModel::parse)
@@ -152,16 +145,16 @@ impl From<NewModel> for NewModelRow {
     }
 }
 
-/// The columns of a new `model_versions` row, once its number is allocated. Not `Debug`: it
-/// holds the upstream credential.
+/// The columns of a new `model_versions` row, once its number is allocated (`endpoint_url` and
+/// `upstream_api_key` are set from `endpoints` by the table's trigger). Not `Debug`: it holds
+/// the upstream credentials (sealed).
 #[derive(Insertable)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct NewVersionRow {
     model_id: Uuid,
     version: i32,
     source_uri: String,
-    endpoint_url: Option<String>,
-    upstream_api_key: Option<String>,
+    endpoints: serde_json::Value,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
@@ -169,20 +162,19 @@ pub(crate) struct NewVersionRow {
 }
 
 impl NewVersionRow {
-    /// Version `version` of model `model_id`, with its credential as sealed by
-    /// [`SecretKeys::seal`] (`new.upstream_api_key` itself is never stored).
+    /// Version `version` of model `model_id`, with its endpoints as stored (their credentials
+    /// sealed by [`crate::secrets::SecretKeys::seal`]).
     pub(crate) fn new(
         model_id: Uuid,
         version: i32,
         new: NewVersion,
-        sealed: Option<String>,
+        endpoints: serde_json::Value,
     ) -> Self {
         Self {
             model_id,
             version,
             source_uri: new.source_uri.as_str().to_owned(),
-            endpoint_url: new.endpoint_url.map(|u| u.as_str().to_owned()),
-            upstream_api_key: sealed,
+            endpoints,
             framework: new.framework.map(|f| f.as_str().to_owned()),
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
@@ -213,12 +205,12 @@ impl From<ModelPatch> for ModelChanges {
 }
 
 /// The changed columns of a version: `None` keeps a column, `Some(None)` sets it to NULL. Not
-/// `Debug`: it may hold the upstream credential.
+/// `Debug`: it may hold upstream credentials (sealed).
 #[derive(AsChangeset)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct VersionChanges {
-    endpoint_url: Option<Option<String>>,
-    upstream_api_key: Option<Option<String>>,
+    /// Set by [`crate::versions::update`], which reads the stored ones first.
+    pub(crate) endpoints: Option<serde_json::Value>,
     framework: Option<Option<String>>,
     description: Option<Option<String>>,
     metadata: Option<serde_json::Value>,
@@ -226,19 +218,20 @@ pub(crate) struct VersionChanges {
 }
 
 impl VersionChanges {
-    /// The columns `patch` changes, a new credential sealed by `secrets`.
-    pub(crate) fn new(patch: VersionPatch, secrets: &SecretKeys) -> Result<Self, RepoError> {
-        Ok(Self {
-            endpoint_url: patch.endpoint_url.map(|u| u.map(|u| u.as_str().to_owned())),
-            upstream_api_key: patch
-                .upstream_api_key
-                .map(|k| k.map(|k| secrets.seal(&k)).transpose())
-                .transpose()?,
-            framework: patch.framework.map(|f| f.map(|f| f.as_str().to_owned())),
-            description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
-            metadata: patch.metadata.map(Metadata::into_inner),
-            served_model: patch.served_model.map(|s| s.map(|s| s.as_str().to_owned())),
-        })
+    /// The columns `patch` changes but `endpoints` (which depend on the stored ones).
+    pub(crate) fn new(patch: &VersionPatch) -> Self {
+        fn text<T>(value: &Option<Option<T>>, show: impl Fn(&T) -> &str) -> Option<Option<String>> {
+            value
+                .as_ref()
+                .map(|v| v.as_ref().map(|v| show(v).to_owned()))
+        }
+        Self {
+            endpoints: None,
+            framework: text(&patch.framework, Framework::as_str),
+            description: text(&patch.description, Description::as_str),
+            metadata: patch.metadata.as_ref().map(|m| m.as_value().clone()),
+            served_model: text(&patch.served_model, ServedModel::as_str),
+        }
     }
 }
 

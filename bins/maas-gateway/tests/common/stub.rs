@@ -5,9 +5,11 @@
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
 //! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
 //! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
-//! holds, such as `1e400`; in a stream, in its final chunk).
+//! holds, such as `1e400`; in a stream, in its final chunk). A test may also make one stub
+//! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
+//! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ struct Shared {
     cancelled: AtomicBool,
     /// Lets a held stream (`stub_hold`) go on.
     release: tokio::sync::Notify,
+    /// Every call is answered with this status (0: as the body asks).
+    forced_status: AtomicU16,
 }
 
 pub struct Stub {
@@ -64,6 +68,17 @@ impl Stub {
     /// Lets the held stream (`stub_hold`) send the rest of its body.
     pub fn release(&self) {
         self.shared.release.notify_one();
+    }
+
+    /// From now on, every call is answered with `status` and an OpenAI error body.
+    pub fn answer_with(&self, status: u16) {
+        self.shared.forced_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Stops listening and drops every connection at once, as a crashed server would; what it
+    /// saw stays readable.
+    pub async fn kill(&self) {
+        self.handle.stop(false).await;
     }
 
     pub async fn stop(self) {
@@ -146,7 +161,11 @@ async fn handle(
     if let Some(ms) = request["stub_delay_ms"].as_u64() {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = request["stub_status"].as_u64() {
+    let forced = shared.forced_status.load(Ordering::SeqCst);
+    if let Some(status) = (forced != 0)
+        .then_some(u64::from(forced))
+        .or_else(|| request["stub_status"].as_u64())
+    {
         let status = actix_web::http::StatusCode::from_u16(status as u16).expect("status");
         return HttpResponse::build(status)
             .content_type("application/json")

@@ -1,8 +1,10 @@
-//! Routing to real model-server fleets: the model server's own name for the model.
+//! Routing to real model-server fleets: the model server's own name for the model, and several
+//! model servers per version.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod endpoints;
 mod served_model;
 
 use common::TestApp;

@@ -6,7 +6,6 @@ use std::time::Instant;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError as _, web};
 use bytes::Bytes;
 use chrono::Utc;
-use maas_domain::DomainError;
 use maas_domain::ValidationError;
 use maas_domain::identity::Principal;
 use maas_domain::inference::{Target, UpstreamSecret, UsageEvent};
@@ -21,7 +20,7 @@ use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::RequestStarted;
 use crate::proxy::{
-    self, Answer, AnswerRewrite, BodyError, CallSlot, Delivery, OpenAiBody, Outbound,
+    self, Answer, AnswerRewrite, BodyError, CallSlot, Delivery, FleetFailure, OpenAiBody, Outbound,
     UpstreamError, millis, raw_call_path, raw_call_query, request_headers, upstream_uri,
 };
 use crate::request_id::current_request_id;
@@ -181,9 +180,14 @@ impl<'a> Call<'a> {
         err.into()
     }
 
-    /// Records a call routed to `version` that failed at or before the upstream, and hands the
-    /// error back naming the version.
-    fn failed_at(&self, version: &ModelVersion, err: ApiError) -> OpenAiError {
+    /// Records a call routed to `version` (and to its endpoint `endpoint`, if it got that far)
+    /// that failed at or before the upstream, and hands the error back naming them.
+    fn failed_at(
+        &self,
+        version: &ModelVersion,
+        endpoint: Option<usize>,
+        err: ApiError,
+    ) -> OpenAiError {
         let number = version.version.get();
         self.record_failure(Some(number), &err);
         OpenAiError::routed(
@@ -191,6 +195,7 @@ impl<'a> Call<'a> {
             Routed {
                 model: version.model.as_str().to_owned(),
                 version: number,
+                endpoint,
             },
         )
     }
@@ -204,63 +209,68 @@ impl<'a> Call<'a> {
             .map_err(|e| self.failed(ApiError::Domain(e)))
     }
 
-    /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
+    /// Phase two: the call sent to one of `version`'s model servers (the balancer's pick, and
+    /// another when it cannot have reached the first), until its answer's headers are in.
     /// Counted by the status the caller gets (`maas_upstream_requests_total`; a model server's
     /// status that is no HTTP status as `invalid`). A call refused by the address policy is
-    /// counted (`maas_upstream_refused_total`) and logged with its model and version.
+    /// counted (`maas_upstream_refused_total`) and logged with its model, version and endpoint.
     async fn forward(
         &self,
         version: &ModelVersion,
         sending: Sending<'_>,
     ) -> Result<Answer, OpenAiError> {
-        let secret = self
+        let secrets = self
             .state
             .registry
-            .upstream_secret(version)
+            .upstream_secrets(version)
             .await
-            .map_err(|e| self.failed_at(version, ApiError::Domain(e)))?;
-        let outbound = self.outbound(version, secret.as_ref(), sending)?;
+            .map_err(|e| self.failed_at(version, None, ApiError::Domain(e)))?;
+        let upstream = &self.state.upstream;
+        let fleet = upstream.balancer().fleet(version, Instant::now());
         let model = version.model.as_str();
-        match proxy::send(&self.state.upstream, self.started, outbound).await {
+        let outbound = |index: usize| {
+            let secret = secrets.get(index).and_then(Option::as_ref);
+            self.outbound(version, index, secret, &sending)
+        };
+        match proxy::send_to_fleet(upstream, &fleet, model, self.started, outbound).await {
             Ok(answer) => {
                 meters::count_upstream(model, answer.status());
                 Ok(answer)
             }
-            Err(err) => {
-                if let UpstreamError::AddressNotAllowed(reason) = &err {
+            Err(FleetFailure { error, endpoint }) => {
+                if let UpstreamError::AddressNotAllowed(reason) = &error {
                     meters::count_upstream_refused(REFUSED_ADDRESS);
                     slog::warn!(self.state.logger, "inference call refused: endpoint address not allowed";
                         "model" => model, "version" => version.version.get(),
-                        "reason" => reason.as_str(),
+                        "endpoint" => endpoint, "reason" => reason.as_str(),
                         "request_id" => current_request_id());
                 }
-                let invalid_status = match err {
+                let invalid_status = match error {
                     UpstreamError::InvalidStatus(status) => Some(status),
                     _ => None,
                 };
-                let err = ApiError::from(err);
+                let err = ApiError::from(error);
                 let counted = invalid_status.unwrap_or_else(|| err.status_code().as_u16());
                 meters::count_upstream(model, counted);
-                Err(self.failed_at(version, err))
+                Err(self.failed_at(version, endpoint, err))
             }
         }
     }
 
-    /// Where and what the call sends: the version's endpoint joined with the call's path, and
-    /// the headers that may go upstream (with the version's credential, if it has one).
+    /// Where and what the call sends to endpoint `index` of `version`: its URL joined with the
+    /// call's path, and the headers that may go upstream (with its credential, if it has one).
     fn outbound(
         &self,
         version: &ModelVersion,
+        index: usize,
         secret: Option<&UpstreamSecret>,
-        sending: Sending<'_>,
-    ) -> Result<Outbound, OpenAiError> {
-        let Some(endpoint) = &version.endpoint_url else {
-            let number = version.version.get();
-            let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
-            return Err(self.failed_at(version, ApiError::Domain(err)));
-        };
-        let uri = upstream_uri(endpoint.as_str(), sending.path, sending.query)
-            .map_err(|e| self.failed_at(version, e.into()))?;
+        sending: &Sending<'_>,
+    ) -> Result<Outbound, UpstreamError> {
+        let endpoint = version
+            .endpoints
+            .get(index)
+            .ok_or_else(|| UpstreamError::NotConnected("no such endpoint".to_owned()))?;
+        let uri = upstream_uri(endpoint.url.as_str(), sending.path, sending.query)?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
@@ -268,10 +278,10 @@ impl<'a> Call<'a> {
             self.req.peer_addr().map(|peer| peer.ip()),
         );
         Ok(Outbound {
-            method: sending.method,
+            method: sending.method.clone(),
             uri,
             headers,
-            body: sending.body,
+            body: sending.body.clone(),
         })
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::balance::Lease;
 use super::client::CallSlot;
 use super::meter::Meter;
 use super::rewrite::Rewriter;
@@ -40,6 +41,8 @@ pub struct MeteredBody<B> {
     /// The call's place among `upstream.max_concurrent_calls`: given back when the body is
     /// over (dropped at the end, after the meter recorded the call).
     slot: Option<CallSlot>,
+    /// The call's hold on its endpoint: in flight there until the body is over.
+    lease: Option<Lease>,
 }
 
 impl<B: hyper::body::Body> MeteredBody<B> {
@@ -59,13 +62,15 @@ impl<B: hyper::body::Body> MeteredBody<B> {
             idle_timer: None,
             progressed: false,
             slot: None,
+            lease: None,
         }
     }
 
-    /// The same body, holding `slot` until it is over or dropped.
+    /// The same body, holding `slot` (and the endpoint's `lease`) until it is over or dropped.
     #[must_use]
-    pub fn holding(mut self, slot: CallSlot) -> Self {
+    pub fn holding(mut self, slot: CallSlot, lease: Option<Lease>) -> Self {
         self.slot = Some(slot);
+        self.lease = lease;
         self
     }
 
@@ -159,6 +164,7 @@ where
                 Poll::Ready(None) => {
                     this.meter.finish(None);
                     this.slot = None;
+                    this.lease = None;
                     this.ended = true;
                     match this.rewriter.as_mut().and_then(Rewriter::finish) {
                         Some(rest) => Poll::Ready(Some(Ok(rest))),

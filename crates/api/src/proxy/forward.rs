@@ -1,6 +1,8 @@
-//! One call to a model server: sent, its answer's headers awaited, and the response to the
-//! client built around the answer's metered body.
+//! One call to a model server: sent to an endpoint of its version (again to another when it
+//! cannot have reached the first), its answer's headers awaited, and the response to the client
+//! built around the answer's metered body.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpResponse;
@@ -12,6 +14,7 @@ use hyper::{Method, Uri};
 use maas_domain::inference::UsageEvent;
 
 use super::UpstreamError;
+use super::balance::{EndpointIndex, Fleet, Lease, is_failure_status};
 use super::body::MeteredBody;
 use super::client::{CallSlot, Upstream, UpstreamResponse};
 use super::headers::response_headers;
@@ -40,6 +43,93 @@ pub struct Answer {
     upstream_started: Instant,
     /// The gateway's own time on the call so far, the model server's excluded.
     overhead: Duration,
+    /// The endpoint it came from, held until the body is over.
+    lease: Option<Lease>,
+}
+
+/// A call that got no answer to pass on: why, and the endpoint it last went to.
+#[derive(Debug)]
+pub struct FleetFailure {
+    /// Why.
+    pub error: UpstreamError,
+    /// The index of the endpoint, when it got that far.
+    pub endpoint: Option<usize>,
+}
+
+/// Sends a call to the endpoints of its version (`fleet`): to the one [`Fleet::pick`] gives,
+/// and, when that one cannot have seen it (no connection could be made, or it answered 503
+/// before any of its body was read, which is dropped unread) and another is left, to another,
+/// at most `upstream.max_retries` times and as the retry budget allows. `outbound` makes the
+/// call for the endpoint of an index. Each attempt's outcome goes to its endpoint's health:
+/// no connection, no answer in time, or 502/503/504 count against it.
+///
+/// # Errors
+/// The last attempt's failure (see [`send`]), with its endpoint.
+pub async fn send_to_fleet(
+    upstream: &Upstream,
+    fleet: &Arc<Fleet>,
+    model: &str,
+    started: Instant,
+    mut outbound: impl FnMut(usize) -> Result<Outbound, UpstreamError>,
+) -> Result<Answer, FleetFailure> {
+    let balancer = upstream.balancer();
+    balancer.count_call(Instant::now());
+    let mut lease = fleet.pick(0, Instant::now()).ok_or(FleetFailure {
+        error: UpstreamError::NotConnected("the version has no endpoint".to_owned()),
+        endpoint: None,
+    })?;
+    let (mut tried, mut retries) = (0u64, 0u32);
+    loop {
+        let index = lease.index();
+        let call = outbound(index).map_err(|error| FleetFailure {
+            error,
+            endpoint: Some(index),
+        })?;
+        let outcome = send(upstream, started, call).await;
+        let now = Instant::now();
+        let may_retry = match &outcome {
+            Ok(answer) if is_failure_status(answer.status()) => {
+                lease.failed(now);
+                answer.status() == 503
+            }
+            Ok(_) => {
+                lease.succeeded();
+                false
+            }
+            Err(error @ (UpstreamError::NotConnected(_) | UpstreamError::AddressNotAllowed(_))) => {
+                if matches!(error, UpstreamError::NotConnected(_)) {
+                    lease.failed(now);
+                }
+                true
+            }
+            Err(UpstreamError::Timeout | UpstreamError::Unreachable(_)) => {
+                lease.failed(now);
+                false
+            }
+            Err(_) => false,
+        };
+        tried |= lease.bit();
+        if may_retry && retries < balancer.max_retries() {
+            // The next endpoint first: with none left, this outcome is the call's.
+            if let Some(next) = fleet.pick(tried, now)
+                && balancer.try_retry(model, now)
+            {
+                retries += 1;
+                lease = next;
+                continue;
+            }
+        }
+        return match outcome {
+            Ok(mut answer) => {
+                answer.lease = Some(lease);
+                Ok(answer)
+            }
+            Err(error) => Err(FleetFailure {
+                error,
+                endpoint: Some(index),
+            }),
+        };
+    }
 }
 
 /// Sends `call` and waits for the answer's headers, within `upstream.timeout_seconds`; records
@@ -69,6 +159,7 @@ pub async fn send(
         response,
         upstream_started,
         overhead,
+        lease: None,
     })
 }
 
@@ -118,6 +209,11 @@ impl Answer {
         self.response.status().as_u16()
     }
 
+    /// The index of the endpoint it came from, when it was sent through [`send_to_fleet`].
+    pub fn endpoint(&self) -> Option<usize> {
+        self.lease.as_ref().map(Lease::index)
+    }
+
     /// The response to the client: the model server's status and end-to-end headers, the
     /// gateway's `x-maas-model`, `x-maas-version` and `x-maas-overhead-ms`, and the body
     /// streamed through a [`Meter`] that records `delivery.event` once it is over (and through
@@ -151,6 +247,10 @@ impl Answer {
                 "x-maas-overhead-ms",
                 format!("{}.{:03}", overhead_us / 1000, overhead_us % 1000),
             ));
+        if let Some(index) = self.endpoint() {
+            out.insert_header(("x-maas-endpoint", index));
+            out.extensions_mut().insert(EndpointIndex(index));
+        }
         if sse {
             // Proxies between the gateway and the client must not buffer the stream either.
             out.insert_header(("x-accel-buffering", "no"))
@@ -165,7 +265,7 @@ impl Answer {
             delivery.max_tokens,
         );
         let mut body = MeteredBody::new(self.response.into_body(), meter, delivery.idle)
-            .holding(delivery.slot)
+            .holding(delivery.slot, self.lease)
             .rewriting(rewriter);
         // A body of known length keeps it: the client gets `Content-Length` instead of chunked
         // framing, and the answer usually leaves in one write. Still streamed, never buffered.
