@@ -9,7 +9,7 @@
 //! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
 //! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ struct Shared {
     release: tokio::sync::Notify,
     /// Every call is answered with this status (0: as the body asks).
     forced_status: AtomicU16,
+    /// Every call waits this long before its answer (0: as the body asks).
+    forced_delay_ms: AtomicU64,
 }
 
 pub struct Stub {
@@ -73,6 +75,11 @@ impl Stub {
     /// From now on, every call is answered with `status` and an OpenAI error body.
     pub fn answer_with(&self, status: u16) {
         self.shared.forced_status.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on, every call waits `ms` before it is answered.
+    pub fn delay(&self, ms: u64) {
+        self.shared.forced_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Stops listening and drops every connection at once, as a crashed server would; what it
@@ -158,7 +165,11 @@ async fn handle(
     };
     shared.seen.lock().expect("lock").push(seen.clone());
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Some(ms) = request["stub_delay_ms"].as_u64() {
+    let forced_delay = shared.forced_delay_ms.load(Ordering::SeqCst);
+    if let Some(ms) = (forced_delay != 0)
+        .then_some(forced_delay)
+        .or_else(|| request["stub_delay_ms"].as_u64())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let forced = shared.forced_status.load(Ordering::SeqCst);

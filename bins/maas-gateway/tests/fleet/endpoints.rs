@@ -359,3 +359,41 @@ async fn a_503_before_any_body_is_retried_elsewhere_and_a_502_is_not() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_that_does_not_answer_in_time_is_taken_out_and_its_calls_not_retried() {
+    let app = spawn_with(Options {
+        upstream: UpstreamSettings {
+            // Far above what the stub that answers takes, far below what the other waits.
+            timeout_seconds: 2,
+            eject_seconds: 300,
+            ..UpstreamSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let [slow, fine] = [start_stub().await, start_stub().await];
+    slow.delay(60_000);
+    fleet_model(&app, "slow", &[&slow, &fine], &[1, 1]).await;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        statuses.push(call(&app, "slow", i).await);
+    }
+    let timed_out: Vec<_> = statuses.iter().filter(|(s, _)| *s == 504).collect();
+    assert_eq!(
+        timed_out.len(),
+        3,
+        "three in a row take it out: {statuses:?}"
+    );
+    assert!(timed_out.iter().all(|(_, e)| *e == Some(0)));
+    assert_eq!(
+        calls_seen(&fine).len(),
+        37,
+        "the others went to the other endpoint, once each"
+    );
+    assert_eq!(endpoint_state(&app, "slow", 0).await.as_deref(), Some("0"));
+    for stub in [slow, fine] {
+        stub.stop().await;
+    }
+    app.stop().await;
+}
