@@ -5,6 +5,10 @@
 ALTER TABLE model_versions ADD COLUMN served_model text
     CONSTRAINT model_versions_served_model_length CHECK (char_length(served_model) BETWEEN 1 AND 256);
 
+-- Whether the version's model servers accept `stream_options.include_usage`, which the gateway
+-- adds to streamed calls that do not ask for usage (false: the call goes as the client sent it).
+ALTER TABLE model_versions ADD COLUMN supports_stream_usage boolean NOT NULL DEFAULT true;
+
 -- Several model servers per version: `endpoints` is a JSON array of
 -- {"url": text, "weight": 1..1000, "upstream_api_key"?: text (sealed as the column was)}, at most
 -- 32, in order. Each version's endpoint_url and upstream_api_key become its one endpoint.

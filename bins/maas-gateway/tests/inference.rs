@@ -665,8 +665,9 @@ async fn a_stream_of_bare_newlines_neither_freezes_a_worker_nor_loses_its_usage(
     let app = spawn_app().await;
     let stub = start_stub().await;
     servable(&app, &stub, "flood").await;
-    let request =
-        json!({"model": "flood:1", "stream": true, "stub_newlines": FLOOD, "stub_hold": true});
+    // The client asks for the usage event, so it comes through (else it is metered, dropped).
+    let request = json!({"model": "flood:1", "stream": true, "stub_newlines": FLOOD,
+        "stub_hold": true, "stream_options": {"include_usage": true}});
     let res = tokio::time::timeout(bound, chat(&app, request))
         .await
         .expect("the answer's headers");
@@ -920,7 +921,8 @@ async fn token_counts_a_model_server_forges_are_recorded_as_unknown_and_counted(
     ] {
         let res = chat(
             &app,
-            json!({"model": "forged:1", "stream": stream, "stub_usage": usage}),
+            json!({"model": "forged:1", "stream": stream, "stub_usage": usage,
+                "stream_options": {"include_usage": true}}),
         )
         .await;
         assert_eq!(res.status(), 200, "{usage}");

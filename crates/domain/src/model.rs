@@ -137,6 +137,9 @@ pub struct ModelVersion {
     pub endpoints: Vec<Endpoint>,
     /// The model server's own name for the model (`None`: the model's name in the registry).
     pub served_model: Option<ServedModel>,
+    /// Whether its model servers accept `stream_options.include_usage`, which the gateway adds
+    /// to streamed calls that do not ask for usage, so that they are metered.
+    pub supports_stream_usage: bool,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -187,11 +190,18 @@ struct VersionRecord {
     endpoints: Option<Vec<Endpoint>>,
     #[serde(default)]
     served_model: Option<ServedModel>,
+    #[serde(default = "supported")]
+    supports_stream_usage: bool,
     framework: Option<Framework>,
     description: Option<Description>,
     metadata: Metadata,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// What a version cached before `supports_stream_usage` existed is: every server was asked.
+fn supported() -> bool {
+    true
 }
 
 impl From<VersionRecord> for ModelVersion {
@@ -213,6 +223,7 @@ impl From<VersionRecord> for ModelVersion {
             source_uri: r.source_uri,
             endpoints,
             served_model: r.served_model,
+            supports_stream_usage: r.supports_stream_usage,
             framework: r.framework,
             description: r.description,
             metadata: r.metadata,
@@ -233,6 +244,7 @@ impl From<ModelVersion> for VersionRecord {
             source_uri: v.source_uri,
             endpoints: Some(v.endpoints),
             served_model: v.served_model,
+            supports_stream_usage: v.supports_stream_usage,
             framework: v.framework,
             description: v.description,
             metadata: v.metadata,
@@ -251,6 +263,8 @@ pub struct NewVersion {
     pub endpoints: EndpointList,
     /// The model server's own name for the model (`None`: the model's name).
     pub served_model: Option<ServedModel>,
+    /// Whether its model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: bool,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -266,6 +280,8 @@ pub struct VersionPatch {
     pub endpoints: Option<EndpointsPatch>,
     /// New served name, or clear it (back to the model's name).
     pub served_model: Option<Option<ServedModel>>,
+    /// Whether its model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: Option<bool>,
     /// New framework, or clear it.
     pub framework: Option<Option<Framework>>,
     /// New description, or clear it.
@@ -279,6 +295,7 @@ impl VersionPatch {
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_none()
             && self.served_model.is_none()
+            && self.supports_stream_usage.is_none()
             && self.framework.is_none()
             && self.description.is_none()
             && self.metadata.is_none()

@@ -88,6 +88,10 @@ fn a_version_cached_by_a_build_without_served_names_reads_as_served_under_its_ow
     let version: ModelVersion = serde_json::from_value(cached).expect("an older entry reads");
     assert_eq!(version.served_model, None);
     assert_eq!(version.served_name(), "llama");
+    assert!(
+        version.supports_stream_usage,
+        "its servers were asked for usage before"
+    );
 }
 
 #[test]
@@ -256,6 +260,7 @@ fn a_cached_version_shows_older_builds_its_first_endpoint_and_reads_theirs_as_on
             },
         ],
         served_model: None,
+        supports_stream_usage: true,
         framework: None,
         description: None,
         metadata: maas_domain::values::Metadata::default(),
@@ -279,4 +284,55 @@ fn a_cached_version_shows_older_builds_its_first_endpoint_and_reads_theirs_as_on
             has_upstream_api_key: true,
         }]
     );
+}
+
+#[tokio::test]
+async fn whether_a_versions_servers_are_asked_for_stream_usage_follows_its_changes() {
+    let world = InMemory::new();
+    let owner = world.actor("owner", Role::Member).await;
+    let name = model_name("m");
+    world
+        .registry
+        .create_model(&owner, new_model("m"))
+        .await
+        .expect("created");
+    let created = world
+        .registry
+        .create_version(
+            &owner,
+            &name,
+            NewVersion {
+                supports_stream_usage: false,
+                ..servable_version("s3://b/1", "http://tgi:8080/v1")
+            },
+        )
+        .await
+        .expect("created");
+    assert!(!created.supports_stream_usage);
+    let target = Target::parse("m").expect("a target");
+    let routed = world
+        .registry
+        .resolve_target(&owner, &target)
+        .await
+        .expect("routed");
+    assert!(!routed.supports_stream_usage);
+    world
+        .registry
+        .update_version(
+            &owner,
+            &name,
+            version(1),
+            VersionPatch {
+                supports_stream_usage: Some(true),
+                ..VersionPatch::default()
+            },
+        )
+        .await
+        .expect("changed");
+    let routed = world
+        .registry
+        .resolve_target(&owner, &target)
+        .await
+        .expect("routed");
+    assert!(routed.supports_stream_usage, "at once");
 }

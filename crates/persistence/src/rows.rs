@@ -77,6 +77,7 @@ pub(crate) struct VersionRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     served_model: Option<String>,
+    supports_stream_usage: bool,
 }
 
 impl VersionRow {
@@ -100,6 +101,7 @@ impl VersionRow {
                 .map(ServedModel::parse)
                 .transpose()
                 .map_err(|e| corrupt("model_versions.served_model", e))?,
+            supports_stream_usage: self.supports_stream_usage,
             framework: self
                 .framework
                 .map(Framework::parse)
@@ -159,6 +161,7 @@ pub(crate) struct NewVersionRow {
     description: Option<String>,
     metadata: serde_json::Value,
     served_model: Option<String>,
+    supports_stream_usage: bool,
 }
 
 impl NewVersionRow {
@@ -179,6 +182,7 @@ impl NewVersionRow {
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
             served_model: new.served_model.map(|s| s.as_str().to_owned()),
+            supports_stream_usage: new.supports_stream_usage,
         }
     }
 }
@@ -215,6 +219,7 @@ pub(crate) struct VersionChanges {
     description: Option<Option<String>>,
     metadata: Option<serde_json::Value>,
     served_model: Option<Option<String>>,
+    supports_stream_usage: Option<bool>,
 }
 
 impl VersionChanges {
@@ -231,6 +236,7 @@ impl VersionChanges {
             description: text(&patch.description, Description::as_str),
             metadata: patch.metadata.as_ref().map(|m| m.as_value().clone()),
             served_model: text(&patch.served_model, ServedModel::as_str),
+            supports_stream_usage: patch.supports_stream_usage,
         }
     }
 }

@@ -69,6 +69,8 @@ diesel::table! {
         served_model -> Nullable<Text>,
         /// The model servers: `[{"url", "weight", "upstream_api_key"?}]`, credentials sealed.
         endpoints -> Jsonb,
+        /// Whether the model servers accept `stream_options.include_usage`.
+        supports_stream_usage -> Bool,
     }
 }
 

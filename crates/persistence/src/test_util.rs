@@ -451,6 +451,7 @@ pub fn new_version(source_uri: &str) -> NewVersion {
             .unwrap_or_else(|e| panic!("fixture source_uri: {e}")),
         endpoints: EndpointList::none(),
         served_model: None,
+        supports_stream_usage: true,
         framework: None,
         description: None,
         metadata: Metadata::default(),

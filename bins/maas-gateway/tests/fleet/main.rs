@@ -1,11 +1,12 @@
-//! Routing to real model-server fleets: the model server's own name for the model, and several
-//! model servers per version.
+//! Routing to real model-server fleets: the model server's own name for the model, several
+//! model servers per version, and streams metered whatever the client asks.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod endpoints;
 mod served_model;
+mod stream_usage;
 
 use common::TestApp;
 use serde_json::Value;

@@ -127,6 +127,10 @@ pub struct CreateVersion {
     /// forwarded to it (1–256 characters, no control characters); by default the model's name.
     #[schema(example = "meta-llama/Llama-3.1-8B-Instruct")]
     pub served_model: Option<String>,
+    /// Whether the model servers accept `stream_options.include_usage` (default true): the
+    /// gateway adds it to streamed calls that do not ask for usage, so that their tokens are
+    /// metered. `false` for servers that refuse it: such calls go as sent.
+    pub supports_stream_usage: Option<bool>,
     /// Framework name.
     pub framework: Option<String>,
     /// At most 4096 characters.
@@ -157,6 +161,7 @@ impl CreateVersion {
                 _ => EndpointList::none(),
             },
             served_model: opt(self.served_model, ServedModel::parse)?,
+            supports_stream_usage: self.supports_stream_usage.unwrap_or(true),
             framework: opt(self.framework, Framework::parse)?,
             description: opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?.unwrap_or_default(),
@@ -182,6 +187,8 @@ pub struct UpdateVersion {
     /// New name of the model on its server; `null`: the model's name again.
     #[serde(default, deserialize_with = "double_option")]
     pub served_model: Option<Option<String>>,
+    /// Whether the model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: Option<bool>,
     /// New framework; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub framework: Option<Option<String>>,
@@ -199,6 +206,7 @@ impl UpdateVersion {
         Ok(VersionPatch {
             endpoints: endpoints_of(self.endpoints, self.endpoint_url, self.upstream_api_key)?,
             served_model: opt_opt(self.served_model, ServedModel::parse)?,
+            supports_stream_usage: self.supports_stream_usage,
             framework: opt_opt(self.framework, Framework::parse)?,
             description: opt_opt(self.description, Description::parse)?,
             metadata: metadata(self.metadata)?,
@@ -246,6 +254,8 @@ pub struct VersionResponse {
     pub endpoints: Vec<EndpointResponse>,
     /// The model server's own name for the model (`null`: the model's name).
     pub served_model: Option<String>,
+    /// Whether the model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: bool,
     /// Framework name.
     pub framework: Option<String>,
     /// Free text.
@@ -270,6 +280,7 @@ impl From<ModelVersion> for VersionResponse {
             source_uri: v.source_uri.as_str().to_owned(),
             endpoints: v.endpoints.into_iter().map(Into::into).collect(),
             served_model: v.served_model.map(|s| s.as_str().to_owned()),
+            supports_stream_usage: v.supports_stream_usage,
             framework: v.framework.map(|f| f.as_str().to_owned()),
             description: v.description.map(|d| d.as_str().to_owned()),
             metadata: v.metadata.into_inner(),

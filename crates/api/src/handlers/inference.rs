@@ -74,9 +74,10 @@ struct Forwarding<'a> {
 }
 
 /// A call's body: an OpenAI call's, whose `model` is the model server's name for the model on
-/// the way there and the client's on the way back, or any other, forwarded as it is.
+/// the way there and the client's on the way back (and which, on a route that streams, is made
+/// to ask for a stream's usage), or any other, forwarded as it is.
 enum CallBody {
-    OpenAi(OpenAiBody),
+    OpenAi { body: OpenAiBody, streams: bool },
     Raw(Bytes),
 }
 
@@ -94,12 +95,14 @@ impl<'a> Forwarding<'a> {
     fn to(self, version: &ModelVersion) -> (Sending<'a>, Option<AnswerRewrite>) {
         let (body, rewrite) = match self.body {
             CallBody::Raw(bytes) => (bytes, None),
-            CallBody::OpenAi(call) => {
+            CallBody::OpenAi { body, streams } => {
+                let ask_usage = streams && version.supports_stream_usage;
+                let (sent, asked) = body.for_call(version.served_name(), ask_usage);
                 let rewrite = AnswerRewrite {
-                    client_model: call.model().to_owned(),
-                    strip_usage_event: false,
+                    client_model: body.model().to_owned(),
+                    strip_usage_event: asked,
                 };
-                (call.for_model(version.served_name()), Some(rewrite))
+                (sent, Some(rewrite))
             }
         };
         let sending = Sending {
@@ -347,9 +350,11 @@ async fn openai(
     let slot = take_slot(&state)?;
     let (target, body) = read_openai_request(&req, payload, &state).await?;
     let call = Call::new(&state, &req, &actor, route, &target);
+    // Chat and text completions stream; embeddings do not.
+    let streams = path != "embeddings";
     call.run(
         &target,
-        Forwarding::post(path, None, CallBody::OpenAi(body)),
+        Forwarding::post(path, None, CallBody::OpenAi { body, streams }),
         slot,
     )
     .await

@@ -296,6 +296,7 @@ impl RegistryRepository for InMemoryRegistry {
                 source_uri: new.source_uri,
                 endpoints,
                 served_model: new.served_model,
+                supports_stream_usage: new.supports_stream_usage,
                 framework: new.framework,
                 description: new.description,
                 metadata: new.metadata,
@@ -439,6 +440,9 @@ impl RegistryRepository for InMemoryRegistry {
             }
             if let Some(served_model) = patch.served_model {
                 stored_version.served_model = served_model;
+            }
+            if let Some(supported) = patch.supports_stream_usage {
+                stored_version.supports_stream_usage = supported;
             }
             if let Some(framework) = patch.framework {
                 stored_version.framework = framework;

@@ -74,6 +74,23 @@ async fn a_served_name_is_stored_changed_and_cleared() {
         .expect("cleared");
     assert_eq!(cleared.served_model, None);
     assert_eq!(cleared.served_name(), "llama");
+    assert!(cleared.supports_stream_usage, "by default");
+    let refusing = repo
+        .update_version(
+            &name,
+            version(1),
+            VersionPatch {
+                supports_stream_usage: Some(false),
+                ..VersionPatch::default()
+            },
+        )
+        .await
+        .expect("changed");
+    assert!(!refusing.supports_stream_usage);
+    assert_eq!(
+        repo.get_version(&name, version(1)).await.expect("read"),
+        refusing
+    );
 }
 
 fn url(raw: &str) -> EndpointUrl {

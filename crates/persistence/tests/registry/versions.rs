@@ -30,6 +30,7 @@ fn full_version() -> NewVersion {
             KeyChange::Keep,
         ),
         served_model: None,
+        supports_stream_usage: true,
         framework: Some(Framework::parse("pytorch".into()).expect("framework")),
         description: Some(Description::parse("fine-tuned".into()).expect("text")),
         metadata: Metadata::parse(json!({"quant": "q4"})).expect("object"),

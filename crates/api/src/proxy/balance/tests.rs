@@ -30,6 +30,7 @@ fn fleet_of(weights: &[i64]) -> ModelVersion {
             })
             .collect(),
         served_model: None,
+        supports_stream_usage: true,
         framework: None,
         description: None,
         metadata: maas_domain::values::Metadata::default(),

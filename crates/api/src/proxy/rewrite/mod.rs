@@ -27,8 +27,10 @@ use super::meter::Meter;
 pub struct AnswerRewrite {
     /// The `model` the client asked for, which the answer's `model` is set back to.
     pub client_model: String,
-    /// The gateway asked the model server for a stream's usage the client did not ask for:
-    /// the final event that carries only `usage` is metered and not passed on.
+    /// The gateway asked the model server for a stream's usage the client did not ask for
+    /// ([`OpenAiBody::for_call`]): the final event that carries only `usage` (an empty
+    /// `choices`) is metered and not passed on, so that the client gets the stream it asked
+    /// for. Usage the server puts in an event with choices is passed on as it is.
     pub strip_usage_event: bool,
 }
 
