@@ -90,13 +90,16 @@ impl Registry {
 
     /// The credentials of `version`'s model servers, in the order of its endpoints, decrypted
     /// (in this process only; fetched once per version and change, see [`SecretMemo`], and not
-    /// at all when no endpoint has one).
+    /// at all when no endpoint has one: then the list is empty).
     pub async fn upstream_secrets(
         &self,
         version: &ModelVersion,
     ) -> Result<EndpointSecrets, DomainError> {
         if !version.endpoints.iter().any(|e| e.has_upstream_api_key) {
-            return Ok(version.endpoints.iter().map(|_| None).collect());
+            // The common case, on every call: no allocation.
+            static NONE: std::sync::LazyLock<EndpointSecrets> =
+                std::sync::LazyLock::new(|| Vec::new().into());
+            return Ok(NONE.clone());
         }
         if let Some(secrets) = self.secrets.get(version) {
             return Ok(secrets);

@@ -13,7 +13,8 @@ use crate::values::EndpointUrl;
 /// Most endpoints a version may have.
 pub const MAX_ENDPOINTS: usize = 32;
 
-/// The credentials of a version's endpoints, in their order (`None`: that endpoint has none).
+/// The credentials of a version's endpoints, in their order (`None`, or past the end: that
+/// endpoint has none).
 pub type EndpointSecrets = std::sync::Arc<[Option<UpstreamSecret>]>;
 
 /// The name a version's model server knows the model by (vLLM's `--served-model-name`, an

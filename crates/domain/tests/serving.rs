@@ -178,7 +178,7 @@ async fn each_endpoints_credential_is_fetched_once_per_change_and_never_when_the
         .await
         .expect("created");
     let secrets = world.registry.upstream_secrets(&plain).await.expect("read");
-    assert_eq!(&secrets[..], [None, None]);
+    assert!(secrets.iter().all(Option::is_none), "{secrets:?}");
     let fetches = || world.registry_store.controls().calls("upstream_secrets");
     assert_eq!(fetches(), 0, "nothing to fetch");
 

@@ -101,18 +101,17 @@ impl Balancer {
     /// The fleet of `version`: the one kept while its endpoints and weights are the same,
     /// else a new one, every endpoint in rotation.
     pub fn fleet(&self, version: &ModelVersion, now: Instant) -> Arc<Fleet> {
-        let shape = shape_of(version);
         let found = self
             .fleets
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&version.id)
-            .filter(|fleet| fleet.shape == shape)
+            .filter(|fleet| fleet.serves(version))
             .cloned();
         let fleet = match found {
             Some(fleet) => fleet,
             None => {
-                let fleet = Arc::new(Fleet::new(self, version, shape));
+                let fleet = Arc::new(Fleet::new(self, version, shape_of(version)));
                 let mut fleets = self.fleets.write().unwrap_or_else(PoisonError::into_inner);
                 self.forget_idle(&mut fleets, now);
                 fleets.insert(version.id, Arc::clone(&fleet));
@@ -217,6 +216,17 @@ impl Fleet {
             fleet.show_state(index, true);
         }
         fleet
+    }
+
+    /// Whether it was built from `version`'s endpoints and weights (compared in place: this
+    /// runs on every call).
+    fn serves(&self, version: &ModelVersion) -> bool {
+        self.shape.len() == version.endpoints.len()
+            && self
+                .shape
+                .iter()
+                .zip(&version.endpoints)
+                .all(|((url, weight), e)| *url == e.url && *weight == e.weight.get())
     }
 
     fn used(&self, now: Instant) {
