@@ -67,7 +67,7 @@ struct Call<'a> {
 /// What goes to the model server of the resolved version.
 struct Forwarding<'a> {
     method: hyper::Method,
-    /// Below the version's `endpoint_url`.
+    /// Below the URL of the version's endpoint.
     path: &'a str,
     query: Option<&'a str>,
     body: CallBody,
