@@ -5,7 +5,8 @@
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
 //! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
 //! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
-//! holds, such as `1e400`; in a stream, in its final chunk). A test may also make one stub
+//! holds, such as `1e400`; in a stream, in its final chunk), `stub_dimensions` (an embedding of
+//! that many numbers). A test may also make one stub
 //! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
 //! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
 
@@ -225,9 +226,14 @@ async fn handle(
         );
     }
     if path.ends_with("/embeddings") {
+        // `stub_dimensions` makes a long vector (its answer's `model` comes after it).
+        let embedding = match request["stub_dimensions"].as_u64() {
+            Some(n) => json!(vec![0.125; n as usize]),
+            None => json!([0.1, 0.2, 0.3]),
+        };
         return HttpResponse::Ok().json(json!({
             "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
             "model": request["model"],
             "usage": {"prompt_tokens": 7, "total_tokens": 7},
         }));

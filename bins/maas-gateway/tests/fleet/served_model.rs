@@ -118,6 +118,28 @@ async fn without_a_served_name_the_model_server_gets_the_models_name() {
     let received: Value = serde_json::from_slice(&stub.last().body).expect("JSON");
     assert_eq!(received["model"], "emb");
 
+    // A long answer whose `model` comes after its first 64 KiB: rewritten all the same. It is
+    // sent with its new Content-Length when its value came in the first pieces read, else
+    // without one; either way what the client gets is whole and of the length it was told.
+    let res = app
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": "emb:1", "input": "x", "stub_dimensions": 20_000}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let length = header(&res, "content-length").map(str::to_owned);
+    let bytes = res.bytes().await.expect("the whole answer");
+    if let Some(length) = length {
+        assert_eq!(length, bytes.len().to_string());
+    }
+    let answer: Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert_eq!(answer["model"], "emb:1");
+    assert_eq!(
+        answer["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(20_000)
+    );
+
     // A new served name is used from the next call on.
     let res = app
         .patch_json(

@@ -314,3 +314,81 @@ where
     }
     held
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::usage::UsageQueue;
+
+    /// A body of known length that comes in these pieces.
+    struct Pieces(VecDeque<Bytes>, u64);
+
+    impl hyper::body::Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.1)
+        }
+    }
+
+    /// A rewritten JSON answer of `pieces`, settled: how many pieces were read first, and the
+    /// change of length then known.
+    async fn settled(pieces: Vec<String>) -> (usize, Option<i64>) {
+        let total = pieces.iter().map(|p| p.len() as u64).sum();
+        let (queue, _receiver) = UsageQueue::new(1);
+        let meter = Meter::new(
+            crate::usage::tests::event(),
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000,
+        );
+        let rewrite = AnswerRewrite {
+            client_model: "asked".to_owned(),
+            strip_usage_event: false,
+        };
+        let pieces = Pieces(pieces.into_iter().map(Bytes::from).collect(), total);
+        let mut body = MeteredBody::new(pieces, meter, Duration::from_secs(5))
+            .rewriting(Rewriter::new(&rewrite, false, true));
+        let held = settle(&mut body).await;
+        (held.len(), body.length_change())
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_answer_is_read_up_to_its_model_within_the_limit_and_no_further() {
+        let early = vec![
+            r#"{"id":"1","#.to_owned(),
+            r#""model":"a-longer-name"}"#.to_owned(),
+            " ".to_owned(),
+        ];
+        assert_eq!(
+            settled(early).await,
+            (2, Some(-8)),
+            "read until it was passed"
+        );
+        let late = vec![
+            format!(r#"{{"data":"{}","#, "x".repeat(70 * 1024)),
+            r#""model":"m"}"#.to_owned(),
+        ];
+        assert_eq!(
+            settled(late).await,
+            (1, None),
+            "past the limit: streamed without a length"
+        );
+        assert!(is_json("application/json; charset=utf-8") && is_json("application/problem+json"));
+        assert!(!is_json("text/event-stream"));
+    }
+}
