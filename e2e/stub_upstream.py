@@ -16,7 +16,8 @@ Routes, all answering at once and deterministically so that a test can predict e
     POST /v1/embeddings        one 4-float vector per input (`encoding_format` float or base64)
     GET  /v1/models            OpenAI's list format with one model, `stub-model`
     *    /v1/echo[/...]        echoes method, path, query, headers and body as JSON
-    GET  /_stub/requests       every request received so far: method, path, headers (not bodies)
+    GET  /_stub/requests       every request received so far: method, path, headers, the body's
+                               `model` (not the bodies)
     DELETE /_stub/requests     forgets them
     POST /_stub/release/TOKEN  lets a held stream go on (see below)
     GET  /_stub/holds          each held stream: released in time or not, and how it ended
@@ -217,6 +218,10 @@ class Handler(BaseHTTPRequestHandler):
     def handle_any(self):
         url = urlsplit(self.path)
         raw = self.read_body()
+        try:
+            sent = json.loads(raw) if raw else None
+        except ValueError:
+            sent = None
         self.recorder.add(
             {
                 "method": self.command,
@@ -224,6 +229,7 @@ class Handler(BaseHTTPRequestHandler):
                 "query": url.query,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_bytes": len(raw),
+                "model": sent.get("model") if isinstance(sent, dict) else None,
             }
         )
         path = url.path.rstrip("/") or "/"

@@ -165,6 +165,24 @@ def a_streamed_chat_completion_arrives_in_chunks_that_reassemble_to_the_answer()
 
 
 @test
+def a_stream_that_does_not_ask_for_usage_gets_none_and_names_the_clients_model():
+    forget_stub_requests()
+    stream = client().chat.completions.create(
+        model=MODEL + "@canary",
+        messages=[{"role": "user", "content": "no usage please"}],
+        stream=True,
+    )
+    chunks = list(stream)
+    assert chunks, "no chunks"
+    # The gateway asked the model server for usage (to meter the call) and kept the usage-only
+    # final chunk from the client, which gets the stream it asked for.
+    assert all(chunk.usage is None and chunk.choices for chunk in chunks), chunks
+    assert all(chunk.model == MODEL + "@canary" for chunk in chunks), chunks
+    seen = [r for r in stub_requests() if r["path"] == "/v1/chat/completions"]
+    assert [r["model"] for r in seen] == [MODEL], seen
+
+
+@test
 def a_stream_reaches_the_client_while_the_upstream_is_still_producing_it():
     token = "unbuffered-%d" % time.monotonic_ns()
     stream = held_stream(token)
@@ -263,9 +281,13 @@ def name_colon_version_selects_that_version():
 
 
 @test
-def the_body_reaches_the_upstream_as_sent_with_the_model_field_unchanged():
+def the_upstream_gets_the_served_model_name_and_the_client_sees_its_own():
+    forget_stub_requests()
     completion, _ = chat(MODEL + "@canary", "model field")
-    # The stub answers with the `model` it received: the gateway forwards the body as is.
+    # The version has no served_model: the model server knows the model by its registry name.
+    seen = [r for r in stub_requests() if r["path"] == "/v1/chat/completions"]
+    assert [r["model"] for r in seen] == [MODEL], seen
+    # The stub answers with the `model` it received; the gateway sets it back to the client's.
     assert completion.model == MODEL + "@canary", completion.model
 
 

@@ -170,6 +170,11 @@ impl Settings {
                 "server.admin_port must differ from server.port".to_owned(),
             ));
         }
+        if self.upstream.retry_budget_percent > 100 {
+            return Err(SettingsError(
+                "upstream.retry_budget_percent must be at most 100".to_owned(),
+            ));
+        }
         // A batch is taken from the queue, so it never holds more than the queue; a larger
         // setting would only reserve memory that is never used.
         let most = self.usage.queue_capacity;

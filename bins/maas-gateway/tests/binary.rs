@@ -585,8 +585,9 @@ async fn secrets_rotate_encrypts_every_stored_credential_under_the_current_key()
     db.execute("INSERT INTO models (name) VALUES ('legacy')")
         .await;
     db.execute(
-        "INSERT INTO model_versions (model_id, version, source_uri, upstream_api_key) \
-         SELECT id, 1, 's3://b/1', 'sk-plain-legacy' FROM models WHERE name = 'legacy'",
+        "INSERT INTO model_versions (model_id, version, source_uri, endpoint_url, upstream_api_key) \
+         SELECT id, 1, 's3://b/1', 'http://m:8000/v1', 'sk-plain-legacy' FROM models \
+         WHERE name = 'legacy'",
     )
     .await;
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -609,7 +610,7 @@ async fn secrets_rotate_encrypts_every_stored_credential_under_the_current_key()
         1
     );
     assert_eq!(
-        db.scalar("SELECT count(*) FROM model_versions WHERE upstream_api_key LIKE '%sk-plain%'")
+        db.scalar("SELECT count(*) FROM model_versions WHERE upstream_api_key LIKE '%sk-plain%' OR endpoints::text LIKE '%sk-plain%'")
             .await,
         0
     );

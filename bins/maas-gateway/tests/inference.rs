@@ -134,7 +134,16 @@ async fn a_chat_completion_is_forwarded_as_is_and_answered_with_gateway_headers(
     let seen = stub.last();
     assert_eq!(seen.path, "/v1/chat/completions");
     let forwarded: Value = serde_json::from_slice(&seen.body).expect("json body");
-    assert_eq!(forwarded, body, "the body goes upstream untouched");
+    let mut served = body.clone();
+    served["model"] = json!("chat");
+    assert_eq!(
+        forwarded, served,
+        "the body goes upstream as sent, but for the model server's name for the model"
+    );
+    assert_eq!(
+        answer["model"], "chat:1",
+        "and the answer comes back with the client's"
+    );
     assert_eq!(
         seen.header("authorization"),
         Some("Bearer sk-upstream-1"),
@@ -656,8 +665,9 @@ async fn a_stream_of_bare_newlines_neither_freezes_a_worker_nor_loses_its_usage(
     let app = spawn_app().await;
     let stub = start_stub().await;
     servable(&app, &stub, "flood").await;
-    let request =
-        json!({"model": "flood:1", "stream": true, "stub_newlines": FLOOD, "stub_hold": true});
+    // The client asks for the usage event, so it comes through (else it is metered, dropped).
+    let request = json!({"model": "flood:1", "stream": true, "stub_newlines": FLOOD,
+        "stub_hold": true, "stream_options": {"include_usage": true}});
     let res = tokio::time::timeout(bound, chat(&app, request))
         .await
         .expect("the answer's headers");
@@ -911,7 +921,8 @@ async fn token_counts_a_model_server_forges_are_recorded_as_unknown_and_counted(
     ] {
         let res = chat(
             &app,
-            json!({"model": "forged:1", "stream": stream, "stub_usage": usage}),
+            json!({"model": "forged:1", "stream": stream, "stub_usage": usage,
+                "stream_options": {"include_usage": true}}),
         )
         .await;
         assert_eq!(res.status(), 200, "{usage}");

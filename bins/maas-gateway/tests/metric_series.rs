@@ -48,9 +48,14 @@ async fn models_past_max_models_share_the_series_of_other() {
     for model in ["third", "fourth"] {
         assert!(
             !metrics.contains(&format!("model=\"{model}\"")),
-            "{model} has no series of its own: {metrics}"
+            "{model} has no series of its own (nor endpoint states): {metrics}"
         );
     }
+    assert!(
+        metrics
+            .contains(r#"maas_upstream_endpoint_state{model="first",version="1",endpoint="0"} 1"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"maas_tokens_total{model="other",kind="prompt"} 14"#),
         "{metrics}"

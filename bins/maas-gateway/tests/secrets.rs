@@ -198,3 +198,47 @@ async fn without_an_encryption_key_credentials_are_refused_and_everything_else_i
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_endpoints_credential_is_encrypted_absent_from_redis_and_sent_to_its_own_server() {
+    let app = spawn_app().await;
+    let stubs = [start_stub().await, start_stub().await];
+    app.create_model("fleet").await;
+    let res = app
+        .post_json(
+            "/api/v1/models/fleet/versions",
+            &json!({"source_uri": "s3://m/1", "endpoints": [
+                {"url": stubs[0].base, "upstream_api_key": "sk-fleet-zero"},
+                {"url": stubs[1].base, "upstream_api_key": "sk-fleet-one"},
+            ]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let version = res.text().await.expect("body");
+    assert!(!version.contains("sk-fleet"), "{version}");
+    // Until each has had calls (each misses all 60 with probability 2^-60).
+    for _ in 0..60 {
+        assert_eq!(chat_status(&app, "fleet").await, 200);
+    }
+    for (stub, key) in stubs.iter().zip(["sk-fleet-zero", "sk-fleet-one"]) {
+        let seen = stub.seen();
+        assert!(!seen.is_empty());
+        let expected = format!("Bearer {key}");
+        assert!(
+            seen.iter()
+                .all(|s| s.header("authorization") == Some(expected.as_str()))
+        );
+    }
+    let in_redis = everything_in_redis(&app).await;
+    assert!(in_redis.contains("fleet"), "the version is cached");
+    assert!(!in_redis.contains("sk-fleet"), "the credentials are not");
+    let plain = app
+        .db
+        .scalar("SELECT count(*) FROM model_versions WHERE endpoints::text LIKE '%sk-fleet%' OR upstream_api_key LIKE '%sk-fleet%'")
+        .await;
+    assert_eq!(plain, 0, "not in plain text in Postgres");
+    for stub in stubs {
+        stub.stop().await;
+    }
+    app.stop().await;
+}

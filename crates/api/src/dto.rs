@@ -2,6 +2,7 @@
 
 mod aliases;
 mod identity;
+mod versions;
 
 pub use aliases::{
     AliasResponse, AliasVersionResponse, ResolvedAliasResponse, SetAlias, SetAliasVersion,
@@ -11,17 +12,12 @@ pub use identity::{
     CreateKey, CreateUser, CreatedKeyResponse, KeyList, KeyResponse, ListKeysQuery, ListUsersQuery,
     UpdateKey, UpdateUser, UserResponse,
 };
+pub use versions::{CreateVersion, EndpointBody, EndpointResponse, UpdateVersion, VersionResponse};
 
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
-use maas_domain::inference::UpstreamSecret;
-use maas_domain::model::{
-    Grant, Model, ModelPatch, ModelVersion, NewModel, NewVersion, Page as DomainPage, VersionPatch,
-    Visibility,
-};
-use maas_domain::values::{
-    Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags, VersionNumber,
-};
+use maas_domain::model::{Grant, Model, ModelPatch, NewModel, Page as DomainPage, Visibility};
+use maas_domain::values::{Description, Metadata, ModelName, Tags, VersionNumber};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -210,120 +206,6 @@ pub struct ListVersionsQuery {
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-/// Body of `POST /api/v1/models/{name}/versions`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVersion {
-    /// Where the artifact lives (e.g. `s3://bucket/model.safetensors`).
-    pub source_uri: String,
-    /// Base URL of the OpenAI-compatible server serving this version (absolute http/https).
-    #[schema(example = "http://vllm:8000/v1")]
-    pub endpoint_url: Option<String>,
-    /// Sent to the model server as `Authorization: Bearer`; stored server-side, never returned.
-    pub upstream_api_key: Option<String>,
-    /// Framework name.
-    pub framework: Option<String>,
-    /// At most 4096 characters.
-    pub description: Option<String>,
-    /// A JSON object of at most 64 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
-}
-
-impl CreateVersion {
-    /// Validates every field.
-    pub fn into_domain(self) -> Result<NewVersion, ValidationError> {
-        Ok(NewVersion {
-            source_uri: SourceUri::parse(self.source_uri)?,
-            endpoint_url: opt(self.endpoint_url, EndpointUrl::parse)?,
-            upstream_api_key: opt(self.upstream_api_key, UpstreamSecret::parse)?,
-            framework: opt(self.framework, Framework::parse)?,
-            description: opt(self.description, Description::parse)?,
-            metadata: metadata(self.metadata)?.unwrap_or_default(),
-        })
-    }
-}
-
-/// Body of `PATCH /api/v1/models/{name}/versions/{version}`; `source_uri` cannot change.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateVersion {
-    /// New endpoint; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    pub endpoint_url: Option<Option<String>>,
-    /// New upstream credential; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    pub upstream_api_key: Option<Option<String>>,
-    /// New framework; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    pub framework: Option<Option<String>>,
-    /// New description; `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
-    pub description: Option<Option<String>>,
-    /// Replacement metadata object.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
-}
-
-impl UpdateVersion {
-    /// Validates every field given.
-    pub fn into_domain(self) -> Result<VersionPatch, ValidationError> {
-        Ok(VersionPatch {
-            endpoint_url: opt_opt(self.endpoint_url, EndpointUrl::parse)?,
-            upstream_api_key: opt_opt(self.upstream_api_key, UpstreamSecret::parse)?,
-            framework: opt_opt(self.framework, Framework::parse)?,
-            description: opt_opt(self.description, Description::parse)?,
-            metadata: metadata(self.metadata)?,
-        })
-    }
-}
-
-/// A version of a model.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VersionResponse {
-    /// Stable id.
-    pub id: Uuid,
-    /// The model's name.
-    pub model: String,
-    /// 1, 2, 3… per model.
-    pub version: i32,
-    /// Where the artifact lives.
-    pub source_uri: String,
-    /// Base URL of the model server.
-    pub endpoint_url: Option<String>,
-    /// Whether an upstream credential is set (the credential itself is never returned).
-    pub has_upstream_api_key: bool,
-    /// Framework name.
-    pub framework: Option<String>,
-    /// Free text.
-    pub description: Option<String>,
-    /// JSON object.
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Last change.
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<ModelVersion> for VersionResponse {
-    fn from(v: ModelVersion) -> Self {
-        Self {
-            id: v.id,
-            model: v.model.into_inner(),
-            version: v.version.get(),
-            source_uri: v.source_uri.as_str().to_owned(),
-            endpoint_url: v.endpoint_url.map(|u| u.as_str().to_owned()),
-            has_upstream_api_key: v.has_upstream_api_key,
-            framework: v.framework.map(|f| f.as_str().to_owned()),
-            description: v.description.map(|d| d.as_str().to_owned()),
-            metadata: v.metadata.into_inner(),
-            created_at: v.created_at,
-            updated_at: v.updated_at,
-        }
-    }
 }
 
 /// Body of `POST /api/v1/models/{name}/grants`.

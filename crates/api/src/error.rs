@@ -7,7 +7,7 @@ use maas_domain::{DomainError, ValidationError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::proxy::UpstreamError;
+use crate::proxy::{EndpointIndex, UpstreamError};
 use crate::request_id::current_request_id;
 
 /// Media type of every error body.
@@ -108,7 +108,9 @@ impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout => Self::UpstreamTimeout,
-            UpstreamError::Unreachable(reason) => Self::UpstreamUnreachable(reason),
+            UpstreamError::Unreachable(reason) | UpstreamError::NotConnected(reason) => {
+                Self::UpstreamUnreachable(reason)
+            }
             UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
             UpstreamError::AddressNotAllowed(reason) => Self::UpstreamAddressNotAllowed(reason),
             UpstreamError::Busy => Self::Overloaded,
@@ -270,6 +272,8 @@ pub struct Routed {
     pub model: String,
     /// The version number.
     pub version: i32,
+    /// The index of the endpoint it last went to, if it went to one (`x-maas-endpoint`).
+    pub endpoint: Option<usize>,
 }
 
 impl OpenAiError {
@@ -337,6 +341,13 @@ impl ResponseError for OpenAiError {
                 header::HeaderName::from_static("x-maas-version"),
                 HeaderValue::from(routed.version),
             );
+            if let Some(index) = routed.endpoint {
+                headers.insert(
+                    header::HeaderName::from_static("x-maas-endpoint"),
+                    HeaderValue::from(index),
+                );
+                response.extensions_mut().insert(EndpointIndex(index));
+            }
         }
         response
     }

@@ -155,6 +155,16 @@ pub fn limit_models(max: usize) {
     MODEL_LABELS.set_max(max);
 }
 
+/// The `model` label of `model`'s series: its name while `metrics.max_models` allows, else
+/// [`OTHER_MODELS`].
+pub fn model_label(model: &str) -> &str {
+    if MODEL_LABELS.admit(model) {
+        model
+    } else {
+        OTHER_MODELS
+    }
+}
+
 /// Adds `delta` to `http_requests_in_flight` (while the thread is alive; a thread shutting down
 /// records nothing).
 pub fn add_in_flight(delta: f64) {

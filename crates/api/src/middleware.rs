@@ -10,6 +10,7 @@ use actix_web::{Error, web};
 
 use crate::error::ErrorDetail;
 use crate::meters;
+use crate::proxy::EndpointIndex;
 pub use crate::request_id::current_request_id;
 use crate::request_id::{is_acceptable, with_request_id};
 use crate::state::AppState;
@@ -82,19 +83,21 @@ pub async fn request_context(
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let method = response.request().method().as_str();
         let path = response.request().path();
-        let error = response
-            .response()
-            .extensions()
-            .get::<ErrorDetail>()
-            .map(|d| d.0.clone());
+        let extensions = response.response().extensions();
+        let error = extensions.get::<ErrorDetail>().map(|d| d.0.clone());
+        // The index of the model server's endpoint an inference call went to (never its URL).
+        let endpoint = extensions.get::<EndpointIndex>().map(|e| e.0);
+        drop(extensions);
         if status.is_server_error() {
             slog::error!(log, "request";
                 "request_id" => &id, "method" => method, "route" => &route, "path" => path,
-                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
+                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error,
+                "endpoint" => endpoint);
         } else {
             slog::info!(log, "request";
                 "request_id" => &id, "method" => method, "route" => &route, "path" => path,
-                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error);
+                "status" => status.as_u16(), "latency_ms" => latency_ms, "error" => error,
+                "endpoint" => endpoint);
         }
     }
 

@@ -180,6 +180,18 @@ pub struct UpstreamSettings {
     /// Inference calls this replica serves at once; past it, new ones get 503 with
     /// `Retry-After` before their body is read (each may hold up to `max_body_bytes`).
     pub max_concurrent_calls: usize,
+    /// An endpoint that fails this many calls in a row (no connection, no answer in time, or
+    /// 502/503/504) is taken out of its version's rotation on this replica; 0: never.
+    pub eject_after_failures: u32,
+    /// How long an endpoint is out the first time; doubled each time its trial call fails
+    /// (at most 5 minutes), back to this once a call succeeds.
+    pub eject_seconds: u64,
+    /// A call that cannot have reached a model server (no connection made, or 503 before any
+    /// body byte) is sent again to another endpoint of its version at most this many times.
+    pub max_retries: u32,
+    /// Retries on this replica may add at most this share of its calls, over 10 s (and 10 per
+    /// 10 s whatever the traffic), so that a failing fleet does not get twice the load.
+    pub retry_budget_percent: u32,
 }
 
 impl Default for UpstreamSettings {
@@ -192,6 +204,10 @@ impl Default for UpstreamSettings {
             allowed_networks: Vec::new(),
             denied_networks: DEFAULT_DENIED_NETWORKS.to_vec(),
             max_concurrent_calls: 1024,
+            eject_after_failures: 3,
+            eject_seconds: 10,
+            max_retries: 2,
+            retry_budget_percent: 20,
         }
     }
 }

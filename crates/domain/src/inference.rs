@@ -86,11 +86,16 @@ impl Target {
 pub struct UpstreamSecret(String);
 
 impl UpstreamSecret {
-    /// 1–4096 visible ASCII characters.
+    /// 1–4096 visible ASCII characters; errors name `upstream_api_key`.
     pub fn parse(raw: String) -> Result<Self, ValidationError> {
+        Self::parse_as("upstream_api_key", raw)
+    }
+
+    /// As [`parse`](Self::parse), naming `field` in the error.
+    pub fn parse_as(field: &str, raw: String) -> Result<Self, ValidationError> {
         if raw.is_empty() || raw.len() > 4096 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ValidationError::new(
-                "upstream_api_key",
+                field,
                 "must be 1 to 4096 visible ASCII characters",
             ));
         }

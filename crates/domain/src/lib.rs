@@ -31,6 +31,7 @@ pub mod model;
 pub mod ports;
 pub mod redact;
 pub mod registry;
+pub mod serving;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 pub mod usage;

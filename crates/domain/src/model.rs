@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::alias::AliasSplit;
-use crate::inference::UpstreamSecret;
+use crate::serving::{Endpoint, EndpointList, EndpointWeight, EndpointsPatch, ServedModel};
 use crate::values::{
     AliasName, Description, EndpointUrl, Framework, Metadata, ModelName, SourceUri, Tags,
     VersionNumber,
@@ -122,6 +122,7 @@ impl ModelPatch {
 
 /// One version of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "VersionRecord", into = "VersionRecord")]
 pub struct ModelVersion {
     /// Stable identifier.
     pub id: Uuid,
@@ -131,12 +132,15 @@ pub struct ModelVersion {
     pub version: VersionNumber,
     /// Where the artifact lives.
     pub source_uri: SourceUri,
-    /// Base URL of the model server serving this version.
-    pub endpoint_url: Option<EndpointUrl>,
-    /// Whether a credential for the model server is stored (it is never part of this entity,
-    /// which is cached: see [`crate::Registry::upstream_secret`]).
-    #[serde(default)]
-    pub has_upstream_api_key: bool,
+    /// The model servers serving this version, in order (none: it cannot serve calls). Their
+    /// credentials are never part of this entity, which is cached: see
+    /// [`crate::Registry::upstream_secrets`].
+    pub endpoints: Vec<Endpoint>,
+    /// The model server's own name for the model (`None`: the model's name in the registry).
+    pub served_model: Option<ServedModel>,
+    /// Whether its model servers accept `stream_options.include_usage`, which the gateway adds
+    /// to streamed calls that do not ask for usage, so that they are metered.
+    pub supports_stream_usage: bool,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -149,15 +153,119 @@ pub struct ModelVersion {
     pub updated_at: DateTime<Utc>,
 }
 
+impl ModelVersion {
+    /// The name the model server knows the model by: `served_model`, else the model's name.
+    pub fn served_name(&self) -> &str {
+        self.served_model
+            .as_ref()
+            .map_or_else(|| self.model.as_str(), ServedModel::as_str)
+    }
+
+    /// The first endpoint's URL (what `endpoint_url` was before versions had several).
+    pub fn endpoint_url(&self) -> Option<&EndpointUrl> {
+        self.endpoints.first().map(|e| &e.url)
+    }
+
+    /// Whether the first endpoint has a credential.
+    pub fn has_upstream_api_key(&self) -> bool {
+        self.endpoints
+            .first()
+            .is_some_and(|e| e.has_upstream_api_key)
+    }
+}
+
+/// A [`ModelVersion`] as cached. Replicas of other builds share the cache during a rolling
+/// upgrade: `endpoint_url` and `has_upstream_api_key` (the first endpoint's) are still written
+/// for builds that know no `endpoints`, and an entry of such a build, without `endpoints`,
+/// `served_model` or later fields, reads as one endpoint of weight 1.
+#[derive(Serialize, Deserialize)]
+struct VersionRecord {
+    id: Uuid,
+    model: ModelName,
+    version: VersionNumber,
+    source_uri: SourceUri,
+    endpoint_url: Option<EndpointUrl>,
+    #[serde(default)]
+    has_upstream_api_key: bool,
+    #[serde(default)]
+    endpoints: Option<Vec<Endpoint>>,
+    #[serde(default)]
+    served_model: Option<ServedModel>,
+    #[serde(default = "supported")]
+    supports_stream_usage: bool,
+    framework: Option<Framework>,
+    description: Option<Description>,
+    metadata: Metadata,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// What a version cached before `supports_stream_usage` existed is: every server was asked.
+fn supported() -> bool {
+    true
+}
+
+impl From<VersionRecord> for ModelVersion {
+    fn from(r: VersionRecord) -> Self {
+        let endpoints = r.endpoints.unwrap_or_else(|| {
+            r.endpoint_url
+                .into_iter()
+                .map(|url| Endpoint {
+                    url,
+                    weight: EndpointWeight::default(),
+                    has_upstream_api_key: r.has_upstream_api_key,
+                })
+                .collect()
+        });
+        Self {
+            id: r.id,
+            model: r.model,
+            version: r.version,
+            source_uri: r.source_uri,
+            endpoints,
+            served_model: r.served_model,
+            supports_stream_usage: r.supports_stream_usage,
+            framework: r.framework,
+            description: r.description,
+            metadata: r.metadata,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<ModelVersion> for VersionRecord {
+    fn from(v: ModelVersion) -> Self {
+        Self {
+            endpoint_url: v.endpoint_url().cloned(),
+            has_upstream_api_key: v.has_upstream_api_key(),
+            id: v.id,
+            model: v.model,
+            version: v.version,
+            source_uri: v.source_uri,
+            endpoints: Some(v.endpoints),
+            served_model: v.served_model,
+            supports_stream_usage: v.supports_stream_usage,
+            framework: v.framework,
+            description: v.description,
+            metadata: v.metadata,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
 /// What is needed to add a version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewVersion {
     /// Where the artifact lives.
     pub source_uri: SourceUri,
-    /// Base URL of the model server.
-    pub endpoint_url: Option<EndpointUrl>,
-    /// Credential sent to the model server.
-    pub upstream_api_key: Option<UpstreamSecret>,
+    /// Its model servers, with their credentials (none: it cannot serve calls yet).
+    pub endpoints: EndpointList,
+    /// The model server's own name for the model (`None`: the model's name).
+    pub served_model: Option<ServedModel>,
+    /// Whether its model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: bool,
     /// Framework name.
     pub framework: Option<Framework>,
     /// Free text.
@@ -169,10 +277,12 @@ pub struct NewVersion {
 /// A partial update of a version; `source_uri` is immutable.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VersionPatch {
-    /// New endpoint, or clear it.
-    pub endpoint_url: Option<Option<EndpointUrl>>,
-    /// New upstream credential, or clear it.
-    pub upstream_api_key: Option<Option<UpstreamSecret>>,
+    /// New endpoints, or only the first one's credential.
+    pub endpoints: Option<EndpointsPatch>,
+    /// New served name, or clear it (back to the model's name).
+    pub served_model: Option<Option<ServedModel>>,
+    /// Whether its model servers accept `stream_options.include_usage`.
+    pub supports_stream_usage: Option<bool>,
     /// New framework, or clear it.
     pub framework: Option<Option<Framework>>,
     /// New description, or clear it.
@@ -184,8 +294,9 @@ pub struct VersionPatch {
 impl VersionPatch {
     /// True when the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.endpoint_url.is_none()
-            && self.upstream_api_key.is_none()
+        self.endpoints.is_none()
+            && self.served_model.is_none()
+            && self.supports_stream_usage.is_none()
             && self.framework.is_none()
             && self.description.is_none()
             && self.metadata.is_none()

@@ -70,15 +70,16 @@ pub trait RegistryRepository: Send + Sync {
     ) -> Result<ModelVersion, RepoError>;
     /// The highest existing version.
     async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
-    /// The credential stored for a version's model server, decrypted; `None` when it has none.
-    async fn upstream_secret(
+    /// The credentials stored for a version's endpoints, decrypted, in the order of its
+    /// endpoints (`None` for one that has none).
+    async fn upstream_secrets(
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Option<UpstreamSecret>, RepoError>;
-    /// The highest version that has an `endpoint_url`.
+    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError>;
+    /// The highest version that has an endpoint.
     async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
-    /// Every model with at least one version that has an `endpoint_url` and that passes
+    /// Every model with at least one version that has an endpoint and that passes
     /// `filter`'s `usable_by` and `names` (its `tag` and `q` are ignored), ordered by name.
     async fn list_servable_models(
         &self,

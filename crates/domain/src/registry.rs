@@ -29,17 +29,18 @@ mod aliases;
 use crate::cursor;
 use crate::error::DomainError;
 use crate::identity::Principal;
-use crate::inference::{Selector, ServableModel, Target, UpstreamSecret};
+use crate::inference::{Selector, ServableModel, Target};
 use crate::model::{
     Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, Page, ReservedNames,
     VersionPatch, Visibility,
 };
 use crate::ports::{Cache, CacheLookup, Field, RegistryRepository, Scope};
+use crate::serving::{EndpointSecrets, EndpointsPatch};
 use crate::values::{ModelName, PageLimit, Username, VersionNumber};
 
-mod secrets;
+mod secret_memo;
 
-use secrets::SecretMemo;
+use secret_memo::SecretMemo;
 
 /// The model registry's use-cases.
 #[derive(Clone)]
@@ -80,32 +81,41 @@ impl Registry {
         self
     }
 
-    fn check_secret_storage(&self, secret_given: bool) -> Result<(), DomainError> {
-        if secret_given && !self.secret_storage {
-            return Err(crate::error::ValidationError::new(
-                "upstream_api_key",
+    /// Refuses a new credential (named by `field`) when the store cannot keep it.
+    fn check_secret_storage(&self, field: Option<String>) -> Result<(), DomainError> {
+        match field {
+            Some(field) if !self.secret_storage => Err(crate::error::ValidationError::new(
+                field,
                 "cannot be stored: the gateway has no secrets.encryption_key to encrypt it with",
             )
-            .into());
+            .into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// The credential for `version`'s model server, decrypted (in this process only; fetched
-    /// once per version and change, see [`SecretMemo`]).
-    pub async fn upstream_secret(
+    /// The credentials of `version`'s model servers, in the order of its endpoints, decrypted
+    /// (in this process only; fetched once per version and change, see [`SecretMemo`], and not
+    /// at all when no endpoint has one: then the list is empty).
+    pub async fn upstream_secrets(
         &self,
         version: &ModelVersion,
-    ) -> Result<Option<UpstreamSecret>, DomainError> {
-        if let Some(secret) = self.secrets.get(version) {
-            return Ok(secret);
+    ) -> Result<EndpointSecrets, DomainError> {
+        if !version.endpoints.iter().any(|e| e.has_upstream_api_key) {
+            // The common case, on every call: no allocation.
+            static NONE: std::sync::LazyLock<EndpointSecrets> =
+                std::sync::LazyLock::new(|| Vec::new().into());
+            return Ok(NONE.clone());
         }
-        let secret = self
+        if let Some(secrets) = self.secrets.get(version) {
+            return Ok(secrets);
+        }
+        let secrets: EndpointSecrets = self
             .repo
-            .upstream_secret(&version.model, version.version)
-            .await?;
-        self.secrets.put(version, secret.clone());
-        Ok(secret)
+            .upstream_secrets(&version.model, version.version)
+            .await?
+            .into();
+        self.secrets.put(version, secrets.clone());
+        Ok(secrets)
     }
 
     /// Names (and prefixes) only admins may create.
@@ -290,7 +300,7 @@ impl Registry {
         model: &ModelName,
         new: NewVersion,
     ) -> Result<ModelVersion, DomainError> {
-        self.check_secret_storage(new.upstream_api_key.is_some())?;
+        self.check_secret_storage(new.endpoints.new_secret_field())?;
         self.authorize(actor, model).await?;
         let result = self.repo.create_version(model, new).await;
         self.invalidate(model).await;
@@ -343,10 +353,24 @@ impl Registry {
         version: VersionNumber,
         patch: VersionPatch,
     ) -> Result<ModelVersion, DomainError> {
-        self.check_secret_storage(matches!(patch.upstream_api_key, Some(Some(_))))?;
+        self.check_secret_storage(
+            patch
+                .endpoints
+                .as_ref()
+                .and_then(EndpointsPatch::new_secret_field),
+        )?;
         self.authorize(actor, model).await?;
         if patch.is_empty() {
             return self.version(model, version).await;
+        }
+        if let Some(EndpointsPatch::FirstKey(Some(_))) = &patch.endpoints
+            && self.version(model, version).await?.endpoints.is_empty()
+        {
+            return Err(crate::error::ValidationError::new(
+                "upstream_api_key",
+                "the version has no endpoint to send it to: give endpoint_url or endpoints",
+            )
+            .into());
         }
         let result = self.repo.update_version(model, version, patch).await;
         self.invalidate(model).await;
@@ -424,7 +448,7 @@ impl Registry {
     /// `name:version`, or for a bare name the `production` alias when set, else the highest
     /// version with an endpoint. An alias that splits calls between versions sends all of
     /// `actor`'s key's calls to one of them ([`crate::alias`]). A model `actor` may not use is
-    /// not found.
+    /// not found, and so is a version without endpoints.
     pub async fn resolve_target(
         &self,
         actor: &Principal,
@@ -439,9 +463,9 @@ impl Registry {
             Selector::Default => self.default_target(model).await?.pick(actor.key_id),
         }
         .ok_or_else(|| model_not_found(model))?;
-        if version.endpoint_url.is_none() {
+        if version.endpoints.is_empty() {
             return Err(DomainError::NotFound(format!(
-                "version {} of model '{model}' has no endpoint_url to serve it",
+                "version {} of model '{model}' has no endpoint to serve it",
                 version.version
             )));
         }

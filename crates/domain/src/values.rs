@@ -330,9 +330,14 @@ fn short_text(field: &str, raw: &str) -> Result<(), ValidationError> {
 pub struct EndpointUrl(String);
 
 impl EndpointUrl {
-    /// Accepts only absolute `http` or `https` URLs with a host and no credentials.
+    /// Accepts only absolute `http` or `https` URLs with a host and no credentials; errors
+    /// name `endpoint_url`.
     pub fn parse(raw: String) -> Result<Self, ValidationError> {
-        let field = "endpoint_url";
+        Self::parse_as("endpoint_url", raw)
+    }
+
+    /// As [`parse`](Self::parse), naming `field` in the error.
+    pub fn parse_as(field: &str, raw: String) -> Result<Self, ValidationError> {
         if raw.len() > MAX_SHORT_TEXT_LEN {
             return Err(ValidationError::new(
                 field,

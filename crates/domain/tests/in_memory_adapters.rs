@@ -113,7 +113,7 @@ async fn a_deleted_version_takes_its_aliases_with_it_and_errors_name_what_is_mis
     assert_eq!(
         repo.latest_servable_version(&name).await,
         Err(RepoError::NotFound(
-            "model 'llama' has no version with an endpoint_url".into()
+            "model 'llama' has no version with an endpoint".into()
         ))
     );
 }

@@ -106,7 +106,7 @@ async fn a_version_without_an_endpoint_is_not_servable_however_it_is_named() {
     for target in ["llama:3", "llama@canary", "llama@latest"] {
         let outcome = served(&world, target).await;
         assert!(
-            matches!(&outcome, Err(DomainError::NotFound(m)) if m.contains("no endpoint_url")),
+            matches!(&outcome, Err(DomainError::NotFound(m)) if m.contains("no endpoint")),
             "{target}: {outcome:?}"
         );
     }
@@ -135,7 +135,7 @@ async fn a_bare_name_follows_production_even_to_a_version_that_cannot_serve() {
     let outcome = served(&world, "llama").await;
 
     assert!(
-        matches!(&outcome, Err(DomainError::NotFound(m)) if m.contains("no endpoint_url")),
+        matches!(&outcome, Err(DomainError::NotFound(m)) if m.contains("no endpoint")),
         "production is not skipped for a servable version: {outcome:?}"
     );
 }
@@ -143,8 +143,12 @@ async fn a_bare_name_follows_production_even_to_a_version_that_cannot_serve() {
 #[tokio::test]
 async fn a_version_gets_an_endpoint_and_can_serve() {
     let (world, admin) = llama().await;
+    let endpoints = maas_domain::serving::EndpointList::shorthand(
+        maas_domain::test_util::endpoint("http://v3:8000/v1"),
+        maas_domain::serving::KeyChange::Keep,
+    );
     let patch = VersionPatch {
-        endpoint_url: Some(Some(maas_domain::test_util::endpoint("http://v3:8000/v1"))),
+        endpoints: Some(maas_domain::serving::EndpointsPatch::Replace(endpoints)),
         ..VersionPatch::default()
     };
     world

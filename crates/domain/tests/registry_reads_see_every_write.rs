@@ -7,6 +7,7 @@ use maas_domain::identity::{Principal, Role};
 use maas_domain::inference::Target;
 use maas_domain::model::{ModelPatch, VersionPatch};
 use maas_domain::ports::{Field, Scope};
+use maas_domain::serving::{EndpointList, EndpointsPatch, KeyChange};
 use maas_domain::test_util::{
     InMemory, admin_reader, alias_name, description, endpoint, model_name, new_model,
     servable_version, targets, version,
@@ -99,8 +100,9 @@ async fn a_version_read_after_an_update_is_the_updated_version() {
         .await
         .expect("cached");
 
+    let moved = EndpointList::shorthand(endpoint("http://moved:8000/v1"), KeyChange::Keep);
     let patch = VersionPatch {
-        endpoint_url: Some(Some(endpoint("http://moved:8000/v1"))),
+        endpoints: Some(EndpointsPatch::Replace(moved)),
         ..VersionPatch::default()
     };
     world
@@ -114,7 +116,7 @@ async fn a_version_read_after_an_update_is_the_updated_version() {
         .get_version(&admin_reader(), &llama, version(1))
         .await
         .expect("found");
-    assert_eq!(read.endpoint_url, Some(endpoint("http://moved:8000/v1")));
+    assert_eq!(read.endpoint_url(), Some(&endpoint("http://moved:8000/v1")));
 }
 
 #[tokio::test]

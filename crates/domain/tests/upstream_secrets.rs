@@ -5,14 +5,19 @@ use maas_domain::DomainError;
 use maas_domain::identity::Role;
 use maas_domain::inference::Target;
 use maas_domain::model::{NewVersion, VersionPatch};
+use maas_domain::serving::EndpointsPatch;
 use maas_domain::test_util::{
-    InMemory, model_name, new_model, servable_version, upstream_secret, version,
+    InMemory, keyed_version, model_name, new_model, servable_version, upstream_secret, version,
 };
 
 fn keyed(secret: &str) -> NewVersion {
-    NewVersion {
-        upstream_api_key: Some(upstream_secret(secret)),
-        ..servable_version("s3://b/1", "http://m:8000/v1")
+    keyed_version("s3://b/1", "http://m:8000/v1", secret)
+}
+
+fn first_key(secret: Option<&str>) -> VersionPatch {
+    VersionPatch {
+        endpoints: Some(EndpointsPatch::FirstKey(secret.map(upstream_secret))),
+        ..VersionPatch::default()
     }
 }
 
@@ -31,7 +36,7 @@ async fn a_calls_credential_is_fetched_once_per_version_change_and_follows_chang
         .create_version(&owner, &name, keyed("sk-one"))
         .await
         .expect("created");
-    assert!(created.has_upstream_api_key);
+    assert!(created.has_upstream_api_key());
     let target = Target::parse("keyed").expect("a target");
     for _ in 0..3 {
         let routed = world
@@ -39,19 +44,19 @@ async fn a_calls_credential_is_fetched_once_per_version_change_and_follows_chang
             .resolve_target(&owner, &target)
             .await
             .expect("routed");
-        let secret = world.registry.upstream_secret(&routed).await.expect("read");
-        assert_eq!(secret, Some(upstream_secret("sk-one")));
+        let secrets = world
+            .registry
+            .upstream_secrets(&routed)
+            .await
+            .expect("read");
+        assert_eq!(&secrets[..], [Some(upstream_secret("sk-one"))]);
     }
-    let fetches = || world.registry_store.controls().calls("upstream_secret");
+    let fetches = || world.registry_store.controls().calls("upstream_secrets");
     assert_eq!(fetches(), 1, "once, then from this process's memory");
 
-    let patch = VersionPatch {
-        upstream_api_key: Some(Some(upstream_secret("sk-two"))),
-        ..VersionPatch::default()
-    };
     world
         .registry
-        .update_version(&owner, &name, version(1), patch)
+        .update_version(&owner, &name, version(1), first_key(Some("sk-two")))
         .await
         .expect("changed");
     let routed = world
@@ -59,10 +64,14 @@ async fn a_calls_credential_is_fetched_once_per_version_change_and_follows_chang
         .resolve_target(&owner, &target)
         .await
         .expect("routed");
-    let secret = world.registry.upstream_secret(&routed).await.expect("read");
+    let secrets = world
+        .registry
+        .upstream_secrets(&routed)
+        .await
+        .expect("read");
     assert_eq!(
-        secret,
-        Some(upstream_secret("sk-two")),
+        &secrets[..],
+        [Some(upstream_secret("sk-two"))],
         "the change, at once"
     );
     assert_eq!(fetches(), 2);
@@ -94,22 +103,14 @@ async fn without_secret_storage_a_credential_is_refused_naming_the_setting() {
         )
         .await
         .expect("without a credential, fine");
-    let patch = VersionPatch {
-        upstream_api_key: Some(Some(upstream_secret("sk"))),
-        ..VersionPatch::default()
-    };
     assert!(
         registry
-            .update_version(&owner, &name, version(1), patch)
+            .update_version(&owner, &name, version(1), first_key(Some("sk")))
             .await
             .is_err()
     );
-    let clear = VersionPatch {
-        upstream_api_key: Some(None),
-        ..VersionPatch::default()
-    };
     registry
-        .update_version(&owner, &name, version(1), clear)
+        .update_version(&owner, &name, version(1), first_key(None))
         .await
         .expect("clearing needs no key");
     assert_eq!(world.registry_store.controls().calls("create_version"), 1);

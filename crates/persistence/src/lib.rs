@@ -5,8 +5,8 @@
 //! ([`PgRegistryRepository`] for `RegistryRepository`, [`PgIdentityRepository`] for
 //! `IdentityRepository`, [`PgUsageRepository`] for `UsageRepository`, [`PgHealth`] for
 //! `HealthCheck`). It is the only crate that opens database connections; nothing here needs libpq
-//! or OpenSSL. Of an API key it stores only the SHA-256; a version's upstream credential is stored
-//! as-is (it must reach the model server) and no row type holding it implements `Debug`.
+//! or OpenSSL. Of an API key it stores only the SHA-256; the upstream credentials of a version's
+//! endpoints are stored encrypted ([`secrets`]) and no row type holding them implements `Debug`.
 //!
 //! Another service uses it in four steps: settings, wait, migrate, pool.
 //!
@@ -44,6 +44,7 @@
 //! their own from [`test_util::TestDatabase`] (feature `test-util`).
 
 mod aliases;
+mod endpoints;
 mod error;
 mod grants;
 mod health;

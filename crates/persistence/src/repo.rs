@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{Failure, corrupt, observe};
 use crate::pool::{PgPool, PooledConnection};
-use crate::rows::{ModelChanges, ModelRow, NewModelRow, VersionChanges, VersionRow, rows_for};
+use crate::rows::{ModelChanges, ModelRow, NewModelRow, VersionRow, rows_for};
 use crate::schema::{model_grants, model_versions, models, users};
 use crate::secrets::SecretKeys;
 
@@ -48,8 +48,9 @@ impl PgRegistryRepository {
     }
 
     /// Writes every stored upstream credential again, encrypted under the current key (those
-    /// under a previous key, and those stored in plain text before encryption existed), in one
-    /// transaction; returns how many were rewritten. `maas-gateway secrets rotate`.
+    /// under a previous key, and those stored in plain text before encryption existed), every
+    /// endpoint's of every version, in one transaction; returns how many were rewritten.
+    /// `maas-gateway secrets rotate`.
     ///
     /// # Errors
     /// No current key, a credential under a key that is not configured, or the database.
@@ -64,23 +65,24 @@ impl PgRegistryRepository {
             let mut conn = self.conn().await?;
             let secrets = &self.secrets;
             conn.transaction::<_, Failure, _>(async |conn| {
-                let stored: Vec<(Uuid, Option<String>)> = model_versions::table
-                    .filter(model_versions::upstream_api_key.is_not_null())
-                    .select((model_versions::id, model_versions::upstream_api_key))
+                let stored: Vec<(Uuid, serde_json::Value)> = model_versions::table
+                    .filter(has_credentials())
+                    .select((model_versions::id, model_versions::endpoints))
                     .for_update()
                     .load(conn)
                     .await?;
                 let mut rewritten = 0;
-                for (id, value) in stored {
-                    let Some(value) = value.filter(|v| !secrets.is_current(v)) else {
+                for (id, endpoints) in stored {
+                    let Some((endpoints, n)) = crate::endpoints::rotated(endpoints, secrets)?
+                    else {
                         continue;
                     };
-                    let sealed = secrets.seal(&secrets.open(&value)?)?;
+                    // The trigger seals the first endpoint's column the same.
                     diesel::update(model_versions::table.find(id))
-                        .set(model_versions::upstream_api_key.eq(sealed))
+                        .set(model_versions::endpoints.eq(endpoints))
                         .execute(conn)
                         .await?;
-                    rewritten += 1;
+                    rewritten += n;
                 }
                 Ok(rewritten)
             })
@@ -97,15 +99,16 @@ impl PgRegistryRepository {
     pub async fn plaintext_secrets(&self) -> Result<i64, RepoError> {
         observe("plaintext_secrets", async {
             let mut conn = self.conn().await?;
-            Ok(model_versions::table
-                .filter(model_versions::upstream_api_key.is_not_null())
-                .filter(
-                    model_versions::upstream_api_key
-                        .not_like(format!("{}%", crate::secrets::PREFIX)),
-                )
-                .count()
-                .get_result(&mut conn)
-                .await?)
+            let stored: Vec<serde_json::Value> = model_versions::table
+                .filter(has_credentials())
+                .select(model_versions::endpoints)
+                .load(&mut conn)
+                .await?;
+            let mut count = 0;
+            for endpoints in stored {
+                count += crate::endpoints::plaintext(endpoints)?;
+            }
+            Ok(i64::try_from(count).unwrap_or(i64::MAX))
         })
         .await
     }
@@ -114,6 +117,14 @@ impl PgRegistryRepository {
     async fn conn(&self) -> Result<PooledConnection<'_>, Failure> {
         Ok(self.pool.get().await?)
     }
+}
+
+/// Versions with at least one endpoint credential (`endpoints` holds the key
+/// `upstream_api_key` in one of its objects).
+fn has_credentials() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "jsonb_path_exists(model_versions.endpoints, '$[*].upstream_api_key')",
+    )
 }
 
 /// The owner of a model that could not be created because its owner is gone.
@@ -307,13 +318,8 @@ impl RegistryRepository for PgRegistryRepository {
         new: NewVersion,
     ) -> Result<ModelVersion, RepoError> {
         observe("create_version", async {
-            let sealed = new
-                .upstream_api_key
-                .as_ref()
-                .map(|k| self.secrets.seal(k))
-                .transpose()?;
             let mut conn = self.conn().await?;
-            crate::versions::create(&mut conn, model, new, sealed).await
+            crate::versions::create(&mut conn, model, new, &self.secrets).await
         })
         .await
     }
@@ -368,23 +374,23 @@ impl RegistryRepository for PgRegistryRepository {
         .await
     }
 
-    async fn upstream_secret(
+    async fn upstream_secrets(
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Option<UpstreamSecret>, RepoError> {
-        observe("upstream_secret", async {
+    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError> {
+        observe("upstream_secrets", async {
             let mut conn = self.conn().await?;
-            let stored: Option<Option<String>> = model_versions::table
+            let stored: Option<serde_json::Value> = model_versions::table
                 .inner_join(models::table)
                 .filter(models::name.eq(model.as_str()))
                 .filter(model_versions::version.eq(version.get()))
-                .select(model_versions::upstream_api_key)
+                .select(model_versions::endpoints)
                 .first(&mut conn)
                 .await
                 .optional()?;
             match stored {
-                Some(stored) => Ok(stored.map(|s| self.secrets.open(&s)).transpose()?),
+                Some(stored) => Ok(crate::endpoints::opened(stored, &self.secrets)?),
                 None => Err(missing(&mut conn, model, version_not_found(model, version)).await),
             }
         })
@@ -417,7 +423,7 @@ impl RegistryRepository for PgRegistryRepository {
         observe("latest_servable_version", async {
             let mut conn = self.conn().await?;
             // Walks model_versions_servable_idx backwards: versions without an endpoint are
-            // not in it.
+            // not in it (endpoint_url is the first endpoint's, kept by the table's trigger).
             let row = model_versions::table
                 .inner_join(models::table)
                 .filter(models::name.eq(model.as_str()))
@@ -431,7 +437,7 @@ impl RegistryRepository for PgRegistryRepository {
                 Some(row) => Ok(row.into_domain(model)?),
                 None => {
                     let none = RepoError::NotFound(format!(
-                        "model '{model}' has no version with an endpoint_url"
+                        "model '{model}' has no version with an endpoint"
                     ));
                     Err(missing(&mut conn, model, none).await)
                 }
@@ -485,9 +491,8 @@ impl RegistryRepository for PgRegistryRepository {
         patch: VersionPatch,
     ) -> Result<ModelVersion, RepoError> {
         observe("update_version", async {
-            let changes = VersionChanges::new(patch, &self.secrets)?;
             let mut conn = self.conn().await?;
-            crate::versions::update(&mut conn, model, version, changes).await
+            crate::versions::update(&mut conn, model, version, patch, &self.secrets).await
         })
         .await
     }

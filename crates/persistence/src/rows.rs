@@ -14,15 +14,15 @@ use maas_domain::identity::{
 use maas_domain::model::{
     Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
 };
+use maas_domain::serving::ServedModel;
 use maas_domain::values::{
-    Description, EndpointUrl, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
+    Description, Framework, Metadata, ModelName, PageLimit, SourceUri, Tags, Username,
     VersionNumber,
 };
 use uuid::Uuid;
 
 use crate::error::corrupt;
 use crate::schema::{api_keys, model_versions, models, users};
-use crate::secrets::SecretKeys;
 
 /// A row of `models`.
 #[derive(Debug, Queryable, Selectable)]
@@ -64,20 +64,21 @@ impl TryFrom<ModelRow> for Model {
     }
 }
 
-/// A row of `model_versions`. Not `Debug`: it holds the upstream credential in plain text.
+/// A row of `model_versions`. Not `Debug`: it holds the upstream credentials (sealed).
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = model_versions, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct VersionRow {
     id: Uuid,
     version: i32,
     source_uri: String,
-    endpoint_url: Option<String>,
-    upstream_api_key: Option<String>,
+    endpoints: serde_json::Value,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    served_model: Option<String>,
+    supports_stream_usage: bool,
 }
 
 impl VersionRow {
@@ -94,13 +95,14 @@ impl VersionRow {
             version: self.number()?,
             source_uri: SourceUri::parse(self.source_uri)
                 .map_err(|e| corrupt("model_versions.source_uri", e))?,
-            endpoint_url: self
-                .endpoint_url
-                .map(EndpointUrl::parse)
+            // Credentials are read, decrypted, only by `upstream_secrets`.
+            endpoints: crate::endpoints::shown(self.endpoints)?,
+            served_model: self
+                .served_model
+                .map(ServedModel::parse)
                 .transpose()
-                .map_err(|e| corrupt("model_versions.endpoint_url", e))?,
-            // Read, decrypted, only by `upstream_secret`.
-            has_upstream_api_key: self.upstream_api_key.is_some(),
+                .map_err(|e| corrupt("model_versions.served_model", e))?,
+            supports_stream_usage: self.supports_stream_usage,
             framework: self
                 .framework
                 .map(Framework::parse)
@@ -146,39 +148,42 @@ impl From<NewModel> for NewModelRow {
     }
 }
 
-/// The columns of a new `model_versions` row, once its number is allocated. Not `Debug`: it
-/// holds the upstream credential.
+/// The columns of a new `model_versions` row, once its number is allocated (`endpoint_url` and
+/// `upstream_api_key` are set from `endpoints` by the table's trigger). Not `Debug`: it holds
+/// the upstream credentials (sealed).
 #[derive(Insertable)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct NewVersionRow {
     model_id: Uuid,
     version: i32,
     source_uri: String,
-    endpoint_url: Option<String>,
-    upstream_api_key: Option<String>,
+    endpoints: serde_json::Value,
     framework: Option<String>,
     description: Option<String>,
     metadata: serde_json::Value,
+    served_model: Option<String>,
+    supports_stream_usage: bool,
 }
 
 impl NewVersionRow {
-    /// Version `version` of model `model_id`, with its credential as sealed by
-    /// [`SecretKeys::seal`] (`new.upstream_api_key` itself is never stored).
+    /// Version `version` of model `model_id`, with its endpoints as stored (their credentials
+    /// sealed by [`crate::secrets::SecretKeys::seal`]).
     pub(crate) fn new(
         model_id: Uuid,
         version: i32,
         new: NewVersion,
-        sealed: Option<String>,
+        endpoints: serde_json::Value,
     ) -> Self {
         Self {
             model_id,
             version,
             source_uri: new.source_uri.as_str().to_owned(),
-            endpoint_url: new.endpoint_url.map(|u| u.as_str().to_owned()),
-            upstream_api_key: sealed,
+            endpoints,
             framework: new.framework.map(|f| f.as_str().to_owned()),
             description: new.description.map(|d| d.as_str().to_owned()),
             metadata: new.metadata.into_inner(),
+            served_model: new.served_model.map(|s| s.as_str().to_owned()),
+            supports_stream_usage: new.supports_stream_usage,
         }
     }
 }
@@ -205,30 +210,35 @@ impl From<ModelPatch> for ModelChanges {
 }
 
 /// The changed columns of a version: `None` keeps a column, `Some(None)` sets it to NULL. Not
-/// `Debug`: it may hold the upstream credential.
+/// `Debug`: it may hold upstream credentials (sealed).
 #[derive(AsChangeset)]
 #[diesel(table_name = model_versions)]
 pub(crate) struct VersionChanges {
-    endpoint_url: Option<Option<String>>,
-    upstream_api_key: Option<Option<String>>,
+    /// Set by [`crate::versions::update`], which reads the stored ones first.
+    pub(crate) endpoints: Option<serde_json::Value>,
     framework: Option<Option<String>>,
     description: Option<Option<String>>,
     metadata: Option<serde_json::Value>,
+    served_model: Option<Option<String>>,
+    supports_stream_usage: Option<bool>,
 }
 
 impl VersionChanges {
-    /// The columns `patch` changes, a new credential sealed by `secrets`.
-    pub(crate) fn new(patch: VersionPatch, secrets: &SecretKeys) -> Result<Self, RepoError> {
-        Ok(Self {
-            endpoint_url: patch.endpoint_url.map(|u| u.map(|u| u.as_str().to_owned())),
-            upstream_api_key: patch
-                .upstream_api_key
-                .map(|k| k.map(|k| secrets.seal(&k)).transpose())
-                .transpose()?,
-            framework: patch.framework.map(|f| f.map(|f| f.as_str().to_owned())),
-            description: patch.description.map(|d| d.map(|d| d.as_str().to_owned())),
-            metadata: patch.metadata.map(Metadata::into_inner),
-        })
+    /// The columns `patch` changes but `endpoints` (which depend on the stored ones).
+    pub(crate) fn new(patch: &VersionPatch) -> Self {
+        fn text<T>(value: &Option<Option<T>>, show: impl Fn(&T) -> &str) -> Option<Option<String>> {
+            value
+                .as_ref()
+                .map(|v| v.as_ref().map(|v| show(v).to_owned()))
+        }
+        Self {
+            endpoints: None,
+            framework: text(&patch.framework, Framework::as_str),
+            description: text(&patch.description, Description::as_str),
+            metadata: patch.metadata.as_ref().map(|m| m.as_value().clone()),
+            served_model: text(&patch.served_model, ServedModel::as_str),
+            supports_stream_usage: patch.supports_stream_usage,
+        }
     }
 }
 

@@ -51,9 +51,9 @@ diesel::table! {
         version -> Int4,
         /// Where the artifact lives.
         source_uri -> Text,
-        /// Model server base URL.
+        /// The first endpoint's URL, kept by a trigger (for the servable index and older builds).
         endpoint_url -> Nullable<Text>,
-        /// Credential sent to the model server, as-is; never returned by the API.
+        /// The first endpoint's credential, sealed, kept by a trigger; never returned by the API.
         upstream_api_key -> Nullable<Text>,
         /// Framework name.
         framework -> Nullable<Text>,
@@ -65,6 +65,12 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last change.
         updated_at -> Timestamptz,
+        /// The model server's own name for the model; NULL: the model's name.
+        served_model -> Nullable<Text>,
+        /// The model servers: `[{"url", "weight", "upstream_api_key"?}]`, credentials sealed.
+        endpoints -> Jsonb,
+        /// Whether the model servers accept `stream_options.include_usage`.
+        supports_stream_usage -> Bool,
     }
 }
 

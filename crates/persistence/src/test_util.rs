@@ -29,6 +29,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role};
 use maas_domain::inference::{UpstreamSecret, UsageEvent};
 use maas_domain::model::{NewModel, NewVersion, Visibility};
+use maas_domain::serving::{EndpointList, KeyChange};
 use maas_domain::values::{
     AliasName, Description, EndpointUrl, Metadata, ModelName, SourceUri, Tags, Username,
     VersionNumber,
@@ -448,8 +449,9 @@ pub fn new_version(source_uri: &str) -> NewVersion {
     NewVersion {
         source_uri: SourceUri::parse(source_uri.to_owned())
             .unwrap_or_else(|e| panic!("fixture source_uri: {e}")),
-        endpoint_url: None,
-        upstream_api_key: None,
+        endpoints: EndpointList::none(),
+        served_model: None,
+        supports_stream_usage: true,
         framework: None,
         description: None,
         metadata: Metadata::default(),
@@ -458,11 +460,10 @@ pub fn new_version(source_uri: &str) -> NewVersion {
 
 /// A version with a source URI and the model server at `endpoint_url`.
 pub fn servable_version(source_uri: &str, endpoint_url: &str) -> NewVersion {
+    let url = EndpointUrl::parse(endpoint_url.to_owned())
+        .unwrap_or_else(|e| panic!("fixture endpoint_url: {e}"));
     NewVersion {
-        endpoint_url: Some(
-            EndpointUrl::parse(endpoint_url.to_owned())
-                .unwrap_or_else(|e| panic!("fixture endpoint_url: {e}")),
-        ),
+        endpoints: EndpointList::shorthand(url, KeyChange::Keep),
         ..new_version(source_uri)
     }
 }

@@ -5,7 +5,8 @@ use diesel::dsl::{max, now};
 use diesel::prelude::*;
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use maas_domain::model::{ModelVersion, NewVersion};
+use maas_domain::RepoError;
+use maas_domain::model::{ModelVersion, NewVersion, VersionPatch};
 use maas_domain::values::{ModelName, VersionNumber};
 use uuid::Uuid;
 
@@ -13,14 +14,17 @@ use crate::error::Failure;
 use crate::repo::{missing, model_not_found, version_not_found};
 use crate::rows::{NewVersionRow, VersionChanges, VersionRow};
 use crate::schema::{model_versions, models};
+use crate::secrets::SecretKeys;
 
-/// Adds the next version of `model`, with its upstream credential already `sealed`.
+/// Adds the next version of `model`, its credentials sealed by `secrets`.
 pub(crate) async fn create(
     conn: &mut AsyncPgConnection,
     model: &ModelName,
-    new: NewVersion,
-    sealed: Option<String>,
+    mut new: NewVersion,
+    secrets: &SecretKeys,
 ) -> Result<ModelVersion, Failure> {
+    let endpoints = std::mem::take(&mut new.endpoints);
+    let endpoints = crate::endpoints::write(endpoints.resolve(&[]), secrets)?;
     let created = conn
         .transaction::<_, DieselError, _>(async |conn| {
             // Takes the model's row lock until commit, so concurrent creates queue up here; a
@@ -36,7 +40,7 @@ pub(crate) async fn create(
                     .get_result(conn)
                     .await?;
             diesel::insert_into(model_versions::table)
-                .values(NewVersionRow::new(model_id, number, new, sealed))
+                .values(NewVersionRow::new(model_id, number, new, endpoints))
                 .returning(VersionRow::as_returning())
                 .get_result(conn)
                 .await
@@ -48,8 +52,49 @@ pub(crate) async fn create(
     }
 }
 
-/// Applies `changes` to one version.
+/// Applies `patch` to one version, new credentials sealed by `secrets`. A change of endpoints
+/// reads the stored ones first (under the row's lock): a credential not given is kept.
 pub(crate) async fn update(
+    conn: &mut AsyncPgConnection,
+    model: &ModelName,
+    version: VersionNumber,
+    patch: VersionPatch,
+    secrets: &SecretKeys,
+) -> Result<ModelVersion, Failure> {
+    let mut changes = VersionChanges::new(&patch);
+    let Some(endpoints) = patch.endpoints else {
+        return apply(conn, model, version, changes).await;
+    };
+    conn.transaction::<_, Failure, _>(async |conn| {
+        let model_id = models::table
+            .filter(models::name.eq(model.as_str()))
+            .select(models::id);
+        let stored: Option<serde_json::Value> = model_versions::table
+            .filter(model_versions::model_id.eq_any(model_id))
+            .filter(model_versions::version.eq(version.get()))
+            .select(model_versions::endpoints)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(stored) = stored else {
+            return Err(missing(conn, model, version_not_found(model, version)).await);
+        };
+        let current: Vec<_> = crate::endpoints::read(stored)?
+            .into_iter()
+            .map(|(e, sealed)| (e.url, e.weight, sealed))
+            .collect();
+        let resolved = endpoints
+            .apply(&current)
+            .map_err(|e| RepoError::Conflict(e.to_string()))?;
+        changes.endpoints = Some(crate::endpoints::write(resolved, secrets)?);
+        apply(conn, model, version, changes).await
+    })
+    .await
+}
+
+/// Sets `changes` on one version.
+async fn apply(
     conn: &mut AsyncPgConnection,
     model: &ModelName,
     version: VersionNumber,

@@ -46,6 +46,15 @@ pub const USAGE_REJECTED_TOTAL: &str = "maas_usage_rejected_total";
 /// `concurrency_limit`: `upstream.max_concurrent_calls` calls were already in flight).
 pub const UPSTREAM_REFUSED_TOTAL: &str = "maas_upstream_refused_total";
 
+/// Gauge of each endpoint of a version on this replica, labelled `model`, `version` and
+/// `endpoint` (its index in the version's list): 1 in rotation, 0 taken out after failures.
+pub const UPSTREAM_ENDPOINT_STATE: &str = "maas_upstream_endpoint_state";
+/// Counter of calls sent again to another endpoint because the first could not have reached a
+/// model server, labelled `model`.
+pub const UPSTREAM_RETRIES_TOTAL: &str = "maas_upstream_retries_total";
+/// Counter of endpoints taken out of rotation after failing, labelled `model`.
+pub const UPSTREAM_EJECTIONS_TOTAL: &str = "maas_upstream_ejections_total";
+
 /// Label values of [`CACHE_REQUESTS_TOTAL`].
 pub mod cache_result {
     /// Found in the in-process tier: no network round trip.

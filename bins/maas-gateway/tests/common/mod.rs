@@ -84,6 +84,8 @@ pub struct Options {
     pub reserved_names: Vec<String>,
     /// `secrets.encryption_key` (a fixed test key by default; `None`: no key).
     pub encryption_key: Option<String>,
+    /// Where the app's log records go (`None`: nowhere).
+    pub logs: Option<maas_cache::test_util::CapturedLogs>,
 }
 
 /// The tests' `secrets.encryption_key`: 32 bytes, base64.
@@ -120,6 +122,7 @@ impl Default for Options {
             body_read_timeout_seconds: 30,
             reserved_names: Vec::new(),
             encryption_key: Some(TEST_ENCRYPTION_KEY.to_owned()),
+            logs: None,
         }
     }
 }
@@ -205,7 +208,11 @@ pub async fn spawn_with(options: Options) -> TestApp {
     } else {
         None
     };
-    let app = Application::build(settings, &maas_telemetry::logging::discard_logger())
+    let logger = options.logs.as_ref().map_or_else(
+        maas_telemetry::logging::discard_logger,
+        maas_cache::test_util::CapturedLogs::logger,
+    );
+    let app = Application::build(settings, &logger)
         .await
         .expect("the gateway starts");
     if options.cache && options.local_cache && options.redis_url.is_none() {

@@ -5,9 +5,12 @@
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
 //! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
 //! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
-//! holds, such as `1e400`; in a stream, in its final chunk).
+//! holds, such as `1e400`; in a stream, in its final chunk), `stub_dimensions` (an embedding of
+//! that many numbers). A test may also make one stub
+//! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
+//! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +42,10 @@ struct Shared {
     cancelled: AtomicBool,
     /// Lets a held stream (`stub_hold`) go on.
     release: tokio::sync::Notify,
+    /// Every call is answered with this status (0: as the body asks).
+    forced_status: AtomicU16,
+    /// Every call waits this long before its answer (0: as the body asks).
+    forced_delay_ms: AtomicU64,
 }
 
 pub struct Stub {
@@ -64,6 +71,22 @@ impl Stub {
     /// Lets the held stream (`stub_hold`) send the rest of its body.
     pub fn release(&self) {
         self.shared.release.notify_one();
+    }
+
+    /// From now on, every call is answered with `status` and an OpenAI error body.
+    pub fn answer_with(&self, status: u16) {
+        self.shared.forced_status.store(status, Ordering::SeqCst);
+    }
+
+    /// From now on, every call waits `ms` before it is answered.
+    pub fn delay(&self, ms: u64) {
+        self.shared.forced_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Stops listening and drops every connection at once, as a crashed server would; what it
+    /// saw stays readable.
+    pub async fn kill(&self) {
+        self.handle.stop(false).await;
     }
 
     pub async fn stop(self) {
@@ -143,10 +166,18 @@ async fn handle(
     };
     shared.seen.lock().expect("lock").push(seen.clone());
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Some(ms) = request["stub_delay_ms"].as_u64() {
+    let forced_delay = shared.forced_delay_ms.load(Ordering::SeqCst);
+    if let Some(ms) = (forced_delay != 0)
+        .then_some(forced_delay)
+        .or_else(|| request["stub_delay_ms"].as_u64())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(status) = request["stub_status"].as_u64() {
+    let forced = shared.forced_status.load(Ordering::SeqCst);
+    if let Some(status) = (forced != 0)
+        .then_some(u64::from(forced))
+        .or_else(|| request["stub_status"].as_u64())
+    {
         let status = actix_web::http::StatusCode::from_u16(status as u16).expect("status");
         return HttpResponse::build(status)
             .content_type("application/json")
@@ -195,20 +226,26 @@ async fn handle(
         );
     }
     if path.ends_with("/embeddings") {
+        // `stub_dimensions` makes a long vector (its answer's `model` comes after it).
+        let embedding = match request["stub_dimensions"].as_u64() {
+            Some(n) => json!(vec![0.125; n as usize]),
+            None => json!([0.1, 0.2, 0.3]),
+        };
         return HttpResponse::Ok().json(json!({
             "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
             "model": request["model"],
             "usage": {"prompt_tokens": 7, "total_tokens": 7},
         }));
     }
     if request["stream"].as_bool() == Some(true) {
+        let model = &request["model"];
         let mut chunks: Vec<String> = ["Hel", "lo"]
             .iter()
-            .map(|t| json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
+            .map(|t| json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
             .collect();
         chunks.push(with_usage(
-            json!({"object": "chat.completion.chunk", "choices": [], "usage": "USAGE"}),
+            json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
         ));
         return sse(chunks);
     }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError as _, web};
 use bytes::Bytes;
 use chrono::Utc;
-use maas_domain::DomainError;
 use maas_domain::ValidationError;
 use maas_domain::identity::Principal;
 use maas_domain::inference::{Target, UpstreamSecret, UsageEvent};
@@ -21,8 +20,8 @@ use crate::extract::{content_length, is_json, read_body};
 use crate::meters;
 use crate::middleware::RequestStarted;
 use crate::proxy::{
-    self, Answer, CallSlot, Delivery, Outbound, UpstreamError, millis, raw_call_path,
-    raw_call_query, request_headers, upstream_uri,
+    self, Answer, AnswerRewrite, BodyError, CallSlot, Delivery, FleetFailure, OpenAiBody, Outbound,
+    UpstreamError, millis, raw_call_path, raw_call_query, request_headers, upstream_uri,
 };
 use crate::request_id::current_request_id;
 use crate::state::AppState;
@@ -68,14 +67,22 @@ struct Call<'a> {
 /// What goes to the model server of the resolved version.
 struct Forwarding<'a> {
     method: hyper::Method,
-    /// Below the version's `endpoint_url`.
+    /// Below the URL of the version's endpoint.
     path: &'a str,
     query: Option<&'a str>,
-    body: Bytes,
+    body: CallBody,
+}
+
+/// A call's body: an OpenAI call's, whose `model` is the model server's name for the model on
+/// the way there and the client's on the way back (and which, on a route that streams, is made
+/// to ask for a stream's usage), or any other, forwarded as it is.
+enum CallBody {
+    OpenAi { body: OpenAiBody, streams: bool },
+    Raw(Bytes),
 }
 
 impl<'a> Forwarding<'a> {
-    fn post(path: &'a str, query: Option<&'a str>, body: Bytes) -> Self {
+    fn post(path: &'a str, query: Option<&'a str>, body: CallBody) -> Self {
         Self {
             method: hyper::Method::POST,
             path,
@@ -83,6 +90,37 @@ impl<'a> Forwarding<'a> {
             body,
         }
     }
+
+    /// What is sent for a call routed to `version`, and what its answer needs changed.
+    fn to(self, version: &ModelVersion) -> (Sending<'a>, Option<AnswerRewrite>) {
+        let (body, rewrite) = match self.body {
+            CallBody::Raw(bytes) => (bytes, None),
+            CallBody::OpenAi { body, streams } => {
+                let ask_usage = streams && version.supports_stream_usage;
+                let (sent, asked) = body.for_call(version.served_name(), ask_usage);
+                let rewrite = AnswerRewrite {
+                    client_model: body.model().to_owned(),
+                    strip_usage_event: asked,
+                };
+                (sent, Some(rewrite))
+            }
+        };
+        let sending = Sending {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            body,
+        };
+        (sending, rewrite)
+    }
+}
+
+/// A call's request as it goes to the model server of its version.
+struct Sending<'a> {
+    method: hyper::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    body: Bytes,
 }
 
 impl<'a> Call<'a> {
@@ -111,8 +149,9 @@ impl<'a> Call<'a> {
         slot: CallSlot,
     ) -> Result<HttpResponse, OpenAiError> {
         let version = self.resolve(target).await?;
-        let answer = self.forward(&version, forwarding).await?;
-        Ok(self.meter(&version, answer, slot))
+        let (sending, rewrite) = forwarding.to(&version);
+        let answer = self.forward(&version, sending).await?;
+        Ok(self.meter(&version, answer, slot, rewrite).await)
     }
 
     fn event(&self, version: Option<i32>, status: u16) -> UsageEvent {
@@ -144,9 +183,14 @@ impl<'a> Call<'a> {
         err.into()
     }
 
-    /// Records a call routed to `version` that failed at or before the upstream, and hands the
-    /// error back naming the version.
-    fn failed_at(&self, version: &ModelVersion, err: ApiError) -> OpenAiError {
+    /// Records a call routed to `version` (and to its endpoint `endpoint`, if it got that far)
+    /// that failed at or before the upstream, and hands the error back naming them.
+    fn failed_at(
+        &self,
+        version: &ModelVersion,
+        endpoint: Option<usize>,
+        err: ApiError,
+    ) -> OpenAiError {
         let number = version.version.get();
         self.record_failure(Some(number), &err);
         OpenAiError::routed(
@@ -154,6 +198,7 @@ impl<'a> Call<'a> {
             Routed {
                 model: version.model.as_str().to_owned(),
                 version: number,
+                endpoint,
             },
         )
     }
@@ -167,63 +212,68 @@ impl<'a> Call<'a> {
             .map_err(|e| self.failed(ApiError::Domain(e)))
     }
 
-    /// Phase two: the call sent to `version`'s model server, until its answer's headers are in.
+    /// Phase two: the call sent to one of `version`'s model servers (the balancer's pick, and
+    /// another when it cannot have reached the first), until its answer's headers are in.
     /// Counted by the status the caller gets (`maas_upstream_requests_total`; a model server's
     /// status that is no HTTP status as `invalid`). A call refused by the address policy is
-    /// counted (`maas_upstream_refused_total`) and logged with its model and version.
+    /// counted (`maas_upstream_refused_total`) and logged with its model, version and endpoint.
     async fn forward(
         &self,
         version: &ModelVersion,
-        forwarding: Forwarding<'_>,
+        sending: Sending<'_>,
     ) -> Result<Answer, OpenAiError> {
-        let secret = self
+        let secrets = self
             .state
             .registry
-            .upstream_secret(version)
+            .upstream_secrets(version)
             .await
-            .map_err(|e| self.failed_at(version, ApiError::Domain(e)))?;
-        let outbound = self.outbound(version, secret.as_ref(), forwarding)?;
+            .map_err(|e| self.failed_at(version, None, ApiError::Domain(e)))?;
+        let upstream = &self.state.upstream;
+        let fleet = upstream.balancer().fleet(version, Instant::now());
         let model = version.model.as_str();
-        match proxy::send(&self.state.upstream, self.started, outbound).await {
+        let outbound = |index: usize| {
+            let secret = secrets.get(index).and_then(Option::as_ref);
+            self.outbound(version, index, secret, &sending)
+        };
+        match proxy::send_to_fleet(upstream, &fleet, model, self.started, outbound).await {
             Ok(answer) => {
                 meters::count_upstream(model, answer.status());
                 Ok(answer)
             }
-            Err(err) => {
-                if let UpstreamError::AddressNotAllowed(reason) = &err {
+            Err(FleetFailure { error, endpoint }) => {
+                if let UpstreamError::AddressNotAllowed(reason) = &error {
                     meters::count_upstream_refused(REFUSED_ADDRESS);
                     slog::warn!(self.state.logger, "inference call refused: endpoint address not allowed";
                         "model" => model, "version" => version.version.get(),
-                        "reason" => reason.as_str(),
+                        "endpoint" => endpoint, "reason" => reason.as_str(),
                         "request_id" => current_request_id());
                 }
-                let invalid_status = match err {
+                let invalid_status = match error {
                     UpstreamError::InvalidStatus(status) => Some(status),
                     _ => None,
                 };
-                let err = ApiError::from(err);
+                let err = ApiError::from(error);
                 let counted = invalid_status.unwrap_or_else(|| err.status_code().as_u16());
                 meters::count_upstream(model, counted);
-                Err(self.failed_at(version, err))
+                Err(self.failed_at(version, endpoint, err))
             }
         }
     }
 
-    /// Where and what the call sends: the version's endpoint joined with the call's path, and
-    /// the headers that may go upstream (with the version's credential, if it has one).
+    /// Where and what the call sends to endpoint `index` of `version`: its URL joined with the
+    /// call's path, and the headers that may go upstream (with its credential, if it has one).
     fn outbound(
         &self,
         version: &ModelVersion,
+        index: usize,
         secret: Option<&UpstreamSecret>,
-        forwarding: Forwarding<'_>,
-    ) -> Result<Outbound, OpenAiError> {
-        let Some(endpoint) = &version.endpoint_url else {
-            let number = version.version.get();
-            let err = DomainError::NotFound(format!("version {number} has no endpoint_url"));
-            return Err(self.failed_at(version, ApiError::Domain(err)));
-        };
-        let uri = upstream_uri(endpoint.as_str(), forwarding.path, forwarding.query)
-            .map_err(|e| self.failed_at(version, e.into()))?;
+        sending: &Sending<'_>,
+    ) -> Result<Outbound, UpstreamError> {
+        let endpoint = version
+            .endpoints
+            .get(index)
+            .ok_or_else(|| UpstreamError::NotConnected("no such endpoint".to_owned()))?;
+        let uri = upstream_uri(endpoint.url.as_str(), sending.path, sending.query)?;
         let headers = request_headers(
             self.req.headers(),
             current_request_id().as_deref(),
@@ -231,28 +281,37 @@ impl<'a> Call<'a> {
             self.req.peer_addr().map(|peer| peer.ip()),
         );
         Ok(Outbound {
-            method: forwarding.method,
+            method: sending.method.clone(),
             uri,
             headers,
-            body: forwarding.body,
+            body: sending.body.clone(),
         })
     }
 
     /// Phase three: the answer streamed back to the client through its meter, which records the
-    /// call's usage when the body is over.
-    fn meter(&self, version: &ModelVersion, answer: Answer, slot: CallSlot) -> HttpResponse {
+    /// call's usage when the body is over (an OpenAI call's answer with the client's `model`).
+    async fn meter(
+        &self,
+        version: &ModelVersion,
+        answer: Answer,
+        slot: CallSlot,
+        rewrite: Option<AnswerRewrite>,
+    ) -> HttpResponse {
         let number = version.version.get();
         let event = self.event(Some(number), answer.status());
-        answer.into_response(Delivery {
-            model: version.model.as_str(),
-            version: number,
-            event,
-            started: self.started,
-            queue: self.state.usage_queue.clone(),
-            idle: self.state.upstream.timeout(),
-            max_tokens: self.state.upstream.max_tokens_per_call(),
-            slot,
-        })
+        answer
+            .into_response(Delivery {
+                model: version.model.as_str(),
+                version: number,
+                event,
+                started: self.started,
+                queue: self.state.usage_queue.clone(),
+                idle: self.state.upstream.timeout(),
+                max_tokens: self.state.upstream.max_tokens_per_call(),
+                slot,
+                rewrite,
+            })
+            .await
     }
 }
 
@@ -280,12 +339,6 @@ fn body_limit(state: &AppState) -> usize {
     state.upstream_settings.max_body_bytes
 }
 
-/// The fields of an OpenAI request body the gateway reads; the body is forwarded untouched.
-#[derive(Deserialize)]
-struct Envelope {
-    model: Option<serde_json::Value>,
-}
-
 async fn openai(
     req: HttpRequest,
     payload: web::Payload,
@@ -297,8 +350,14 @@ async fn openai(
     let slot = take_slot(&state)?;
     let (target, body) = read_openai_request(&req, payload, &state).await?;
     let call = Call::new(&state, &req, &actor, route, &target);
-    call.run(&target, Forwarding::post(path, None, body), slot)
-        .await
+    // Chat and text completions stream; embeddings do not.
+    let streams = path != "embeddings";
+    call.run(
+        &target,
+        Forwarding::post(path, None, CallBody::OpenAi { body, streams }),
+        slot,
+    )
+    .await
 }
 
 /// An OpenAI request's target (its `model`) and its body, read within the body limit.
@@ -306,7 +365,7 @@ async fn read_openai_request(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Target, Bytes), OpenAiError> {
+) -> Result<(Target, OpenAiBody), OpenAiError> {
     if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType(
             "the request body must be JSON (content-type: application/json)".into(),
@@ -314,14 +373,11 @@ async fn read_openai_request(
         .into());
     }
     let body = read_body(payload.into_inner(), content_length(req), body_limit(state)).await?;
-    let envelope: Envelope =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let model = match envelope.model {
-        Some(serde_json::Value::String(model)) => model,
-        Some(_) => return Err(ValidationError::new("model", "must be a string").into()),
-        None => return Err(ValidationError::new("model", "is required").into()),
-    };
-    Ok((Target::parse(&model)?, body))
+    let body = OpenAiBody::parse(body).map_err(|e| match e {
+        BodyError::Malformed(reason) => ApiError::MalformedJson(reason),
+        BodyError::Invalid(invalid) => ApiError::from(invalid),
+    })?;
+    Ok((Target::parse(body.model())?, body))
 }
 
 /// OpenAI chat completions, forwarded to `{endpoint_url}/chat/completions`.
@@ -437,8 +493,12 @@ pub async fn invoke(
         "/v1/models/{name}/invoke/{path}",
         &target,
     );
-    call.run(&target, Forwarding::post(rest, Some(&query), body), slot)
-        .await
+    call.run(
+        &target,
+        Forwarding::post(rest, Some(&query), CallBody::Raw(body)),
+        slot,
+    )
+    .await
 }
 
 /// Unknown `/v1` paths, in OpenAI's error shape.

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maas_domain::ValidationError;
-use maas_domain::values::EndpointUrl;
+use maas_domain::serving::{EndpointList, EndpointsPatch};
 use url::Host;
 
 use super::{model_name, page_limit, version_number};
@@ -32,7 +32,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let name = model_name(path.into_inner())?;
     let new = body.0.into_domain()?;
-    check_endpoint(&state, new.endpoint_url.as_ref())?;
+    check_endpoints(&state, &new.endpoints)?;
     let version = state.registry.create_version(&actor.0, &name, new).await?;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -104,7 +104,9 @@ pub async fn update(
     let (name, version) = path.into_inner();
     let (name, version) = (model_name(name)?, version_number(&version)?);
     let patch = body.0.into_domain()?;
-    check_endpoint(&state, patch.endpoint_url.as_ref().and_then(Option::as_ref))?;
+    if let Some(EndpointsPatch::Replace(endpoints)) = &patch.endpoints {
+        check_endpoints(&state, endpoints)?;
+    }
     let version = state
         .registry
         .update_version(&actor.0, &name, version, patch)
@@ -134,29 +136,31 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// An `endpoint_url` whose host is an address the gateway would not connect to
-/// (`upstream.allowed_networks`, `upstream.denied_networks`) is refused when it is written, in
-/// whatever spelling the URL parser reads as that address (`2130706433`, `0x7f.1`, `0177.0.0.1`,
-/// `0`, `[::ffff:127.0.0.1]`). A host name is not resolved here: it is checked, as every
-/// address is, when the gateway connects.
-fn check_endpoint(state: &AppState, endpoint: Option<&EndpointUrl>) -> Result<(), ApiError> {
-    let Some(url) = endpoint.and_then(|e| url::Url::parse(e.as_str()).ok()) else {
-        return Ok(());
-    };
-    let address = match url.host() {
-        Some(Host::Ipv4(address)) => IpAddr::V4(address),
-        Some(Host::Ipv6(address)) => IpAddr::V6(address),
-        Some(Host::Domain(_)) | None => return Ok(()),
-    };
-    if state.upstream.policy().allows(address) {
-        return Ok(());
+/// An endpoint whose host is an address the gateway would not connect to
+/// (`upstream.allowed_networks`, `upstream.denied_networks`) is refused when it is written (422
+/// naming it: `endpoint_url`, `endpoints[2].url`), in whatever spelling the URL parser reads as
+/// that address (`2130706433`, `0x7f.1`, `0177.0.0.1`, `0`, `[::ffff:127.0.0.1]`). A host name
+/// is not resolved here: it is checked, as every address is, when the gateway connects.
+fn check_endpoints(state: &AppState, endpoints: &EndpointList) -> Result<(), ApiError> {
+    for (i, endpoint) in endpoints.items().iter().enumerate() {
+        let Ok(url) = url::Url::parse(endpoint.url.as_str()) else {
+            continue;
+        };
+        let address = match url.host() {
+            Some(Host::Ipv4(address)) => IpAddr::V4(address),
+            Some(Host::Ipv6(address)) => IpAddr::V6(address),
+            Some(Host::Domain(_)) | None => continue,
+        };
+        if !state.upstream.policy().allows(address) {
+            return Err(ValidationError::new(
+                endpoints.field(i, "url"),
+                format!(
+                    "endpoint address not allowed: the gateway does not connect to {address} \
+                     (upstream.denied_networks)"
+                ),
+            )
+            .into());
+        }
     }
-    Err(ValidationError::new(
-        "endpoint_url",
-        format!(
-            "endpoint address not allowed: the gateway does not connect to {address} \
-             (upstream.denied_networks)"
-        ),
-    )
-    .into())
+    Ok(())
 }

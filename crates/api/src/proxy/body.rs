@@ -9,19 +9,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::balance::Lease;
 use super::client::CallSlot;
 use super::meter::Meter;
+use super::rewrite::Rewriter;
 
 /// Status recorded for a call whose client went away before the body was complete (nginx's
 /// convention).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// The upstream body, passed through chunk by chunk. Dropping it (the client went away) drops
-/// the upstream response, which cancels the upstream call. A body that sends nothing for
-/// `upstream.timeout_seconds` is cut off (the call is recorded with status 504).
+/// The upstream body, passed through chunk by chunk (an OpenAI call's through its
+/// [`Rewriter`]). Dropping it (the client went away) drops the upstream response, which cancels
+/// the upstream call. A body that sends nothing for `upstream.timeout_seconds` is cut off (the
+/// call is recorded with status 504).
 pub struct MeteredBody<B> {
     inner: B,
     meter: Meter,
+    /// Changes the answer's `model` (and drops a stream's usage-only event) on the way.
+    rewriter: Option<Rewriter>,
+    /// The upstream body is over and what the rewriter held back was passed on.
+    ended: bool,
     /// The upstream's `Content-Length`, if it sent one.
     expected: Option<u64>,
     seen: u64,
@@ -34,6 +41,8 @@ pub struct MeteredBody<B> {
     /// The call's place among `upstream.max_concurrent_calls`: given back when the body is
     /// over (dropped at the end, after the meter recorded the call).
     slot: Option<CallSlot>,
+    /// The call's hold on its endpoint: in flight there until the body is over.
+    lease: Option<Lease>,
 }
 
 impl<B: hyper::body::Body> MeteredBody<B> {
@@ -46,24 +55,50 @@ impl<B: hyper::body::Body> MeteredBody<B> {
             expected: inner.size_hint().exact(),
             inner,
             meter,
+            rewriter: None,
+            ended: false,
             seen: 0,
             idle,
             idle_timer: None,
             progressed: false,
             slot: None,
+            lease: None,
         }
     }
 
-    /// The same body, holding `slot` until it is over or dropped.
+    /// The same body, holding `slot` (and the endpoint's `lease`) until it is over or dropped.
     #[must_use]
-    pub fn holding(mut self, slot: CallSlot) -> Self {
+    pub fn holding(mut self, slot: CallSlot, lease: Option<Lease>) -> Self {
         self.slot = Some(slot);
+        self.lease = lease;
         self
     }
 
-    /// The body's exact length, if the upstream sent one.
+    /// The same body, passed through `rewriter`.
+    #[must_use]
+    pub(crate) fn rewriting(mut self, rewriter: Option<Rewriter>) -> Self {
+        self.rewriter = rewriter;
+        self
+    }
+
+    /// Whether the body is rewritten on its way.
+    pub fn is_rewritten(&self) -> bool {
+        self.rewriter.is_some()
+    }
+
+    /// The body's exact length, if the upstream sent one (the upstream's: see
+    /// [`length_change`](Self::length_change) for a rewritten body's).
     pub fn exact_length(&self) -> Option<u64> {
         self.expected
+    }
+
+    /// How many bytes longer (or shorter) than the upstream's body this one comes out, once
+    /// that is known: at once for a body passed as it is, after the rewritten value for a
+    /// rewritten JSON answer, never for a rewritten stream.
+    pub fn length_change(&self) -> Option<i64> {
+        self.rewriter
+            .as_ref()
+            .map_or(Some(0), Rewriter::length_change)
     }
 
     /// Called when the upstream has nothing yet: (re)arms the idle timer if a chunk came since
@@ -92,6 +127,9 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         loop {
             return match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -100,10 +138,20 @@ where
                         continue;
                     };
                     this.progressed = true;
-                    this.meter.observe(&chunk);
                     this.seen = this.seen.saturating_add(chunk.len() as u64);
+                    let chunk = match &mut this.rewriter {
+                        Some(rewriter) => rewriter.pass(chunk, &mut this.meter),
+                        None => {
+                            this.meter.observe(&chunk);
+                            chunk
+                        }
+                    };
                     if this.expected.is_some_and(|n| this.seen >= n) {
                         this.meter.finish(None);
+                    }
+                    if chunk.is_empty() {
+                        // All of it held back or dropped by the rewriter.
+                        continue;
                     }
                     Poll::Ready(Some(Ok(chunk)))
                 }
@@ -116,7 +164,12 @@ where
                 Poll::Ready(None) => {
                     this.meter.finish(None);
                     this.slot = None;
-                    Poll::Ready(None)
+                    this.lease = None;
+                    this.ended = true;
+                    match this.rewriter.as_mut().and_then(Rewriter::finish) {
+                        Some(rest) => Poll::Ready(Some(Ok(rest))),
+                        None => Poll::Ready(None),
+                    }
                 }
                 Poll::Pending if this.idle_expired(cx) => {
                     this.meter.finish(Some(504));

@@ -18,6 +18,7 @@ use maas_telemetry::metrics::{HandleMemo, memoised};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::UpstreamError;
+use super::balance::Balancer;
 use super::guard::{AddressRefused, Guarded, PolicyResolver};
 use super::policy::AddressPolicy;
 use crate::settings::{UpstreamSettings, UsageSettings};
@@ -62,6 +63,8 @@ pub struct Upstream {
     slots: Arc<Semaphore>,
     /// `usage.max_tokens_per_call`.
     max_tokens_per_call: u64,
+    /// Which endpoint of a version each call goes to, and their health on this replica.
+    balancer: Arc<Balancer>,
 }
 
 /// A call's place among `upstream.max_concurrent_calls`: held from before its body is read
@@ -151,6 +154,7 @@ impl Upstream {
             policy: Arc::new(settings.address_policy()),
             slots: Arc::new(Semaphore::new(slots)),
             max_tokens_per_call: UsageSettings::default().max_tokens_per_call,
+            balancer: Arc::new(Balancer::new(settings)),
         })
     }
 
@@ -164,6 +168,11 @@ impl Upstream {
     /// Largest token count of one call's `usage` that is believed.
     pub fn max_tokens_per_call(&self) -> u64 {
         self.max_tokens_per_call
+    }
+
+    /// Which endpoint of a version each call goes to.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
     }
 
     /// Which addresses calls may go to (also checked when a version's endpoint is written).
@@ -202,8 +211,9 @@ impl Upstream {
     ///
     /// # Errors
     /// [`UpstreamError::Timeout`] past the timeout, [`UpstreamError::AddressNotAllowed`] when
-    /// the endpoint has no address the policy allows, [`UpstreamError::Unreachable`] when no
-    /// connection could be made or it broke before the headers.
+    /// the endpoint has no address the policy allows, [`UpstreamError::NotConnected`] when no
+    /// connection could be made (the request was not sent), [`UpstreamError::Unreachable`] when
+    /// it broke before the headers.
     pub async fn send(
         &self,
         method: Method,
@@ -219,6 +229,7 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(match refusal(&e) {
                 Some(refused) => UpstreamError::AddressNotAllowed(refused.to_string()),
+                None if e.is_connect() => UpstreamError::NotConnected(error_chain(&e)),
                 None => UpstreamError::Unreachable(error_chain(&e)),
             }),
             Ok(Ok(response)) => Ok(response),

@@ -8,13 +8,20 @@
 //! - [`headers`]: which request and response headers go on, and the ones the gateway sets;
 //! - [`target`]: the upstream URL, and the checks on a raw call's path and query;
 //! - [`meter`]: the [`Meter`] that reads an answer's `usage` and records the call;
+//! - [`rewrite`]: the `model` of an OpenAI call set to the model server's name on the way in
+//!   and back to the client's on the way out, nothing else of the bytes touched;
 //! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off;
-//! - [`forward`]: one call sent ([`send`]) and its [`Answer`] turned into the streamed response.
+//! - [`balance`]: choosing the peer: which endpoint of a version a call goes to (power of two
+//!   choices by weight), the endpoints' passive health, the retry budget;
+//! - [`forward`]: a call sent to its version's endpoints ([`send_to_fleet`], retried on another
+//!   only when it cannot have reached a model server) and its [`Answer`] turned into the
+//!   streamed response.
 //!
 //! Its failures are [`UpstreamError`]s, which know nothing of HTTP: `crate::error` alone turns
 //! them into statuses and problem bodies. Nothing here imports the error mapping, the
 //! middleware or the app state.
 
+pub mod balance;
 pub mod body;
 pub mod client;
 pub mod forward;
@@ -22,14 +29,17 @@ pub mod guard;
 pub mod headers;
 pub mod meter;
 pub mod policy;
+pub mod rewrite;
 pub mod target;
 
+pub use balance::{Balancer, EndpointIndex, Fleet, Lease};
 pub use body::{CLIENT_CLOSED_REQUEST, MeteredBody};
 pub use client::{CallSlot, Upstream, UpstreamResponse};
-pub use forward::{Answer, Delivery, Outbound, send};
+pub use forward::{Answer, Delivery, FleetFailure, Outbound, send, send_to_fleet};
 pub use headers::{request_headers, response_headers};
 pub use meter::{Meter, millis};
 pub use policy::{AddressPolicy, IpNetwork};
+pub use rewrite::{AnswerRewrite, BodyError, OpenAiBody};
 pub use target::{raw_call_path, raw_call_query, upstream_uri, upstream_url};
 
 /// Why a call could not be sent to its model server, or got no answer from it.
@@ -38,8 +48,12 @@ pub enum UpstreamError {
     /// The model server sent no response headers within `upstream.timeout_seconds`.
     #[error("the model server did not answer in time")]
     Timeout,
-    /// No connection could be made, or it broke before the response headers; the reason is the
-    /// client's error and its sources, for the log.
+    /// No connection could be made (refused, reset or timed out while connecting), so the
+    /// request was not sent; the reason is the client's error and its sources, for the log.
+    #[error("the model server is unreachable: {0}")]
+    NotConnected(String),
+    /// The connection broke after the request was (perhaps) sent, before the response
+    /// headers; the reason is the client's error and its sources, for the log.
     #[error("the model server is unreachable: {0}")]
     Unreachable(String),
     /// The call's path would leave the version's endpoint, or makes no URL; says why.

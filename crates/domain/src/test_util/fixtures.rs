@@ -10,6 +10,7 @@ use crate::identity::{
 };
 use crate::inference::{UpstreamSecret, UsageEvent};
 use crate::model::{NewModel, NewVersion, Visibility};
+use crate::serving::{EndpointList, EndpointWeight, KeyChange, NewEndpoint};
 use crate::values::{
     AliasName, Description, EndpointUrl, Metadata, ModelName, SourceUri, Tags, Username,
     VersionNumber,
@@ -117,18 +118,54 @@ pub fn new_version(source_uri: &str) -> NewVersion {
     NewVersion {
         source_uri: SourceUri::parse(source_uri.to_owned())
             .unwrap_or_else(|e| panic!("fixture source_uri: {e}")),
-        endpoint_url: None,
-        upstream_api_key: None,
+        endpoints: EndpointList::none(),
+        served_model: None,
+        supports_stream_usage: true,
         framework: None,
         description: None,
         metadata: Metadata::default(),
     }
 }
 
-/// A version with a source URI and the model server at `endpoint_url`.
+/// A version with a source URI and the model server at `endpoint_url` (written as the
+/// `endpoint_url` shorthand).
 pub fn servable_version(source_uri: &str, endpoint_url: &str) -> NewVersion {
     NewVersion {
-        endpoint_url: Some(endpoint(endpoint_url)),
+        endpoints: EndpointList::shorthand(endpoint(endpoint_url), KeyChange::Keep),
+        ..new_version(source_uri)
+    }
+}
+
+/// A version served by `endpoint_url` with credential `secret` (the shorthand).
+pub fn keyed_version(source_uri: &str, endpoint_url: &str, secret: &str) -> NewVersion {
+    NewVersion {
+        endpoints: EndpointList::shorthand(
+            endpoint(endpoint_url),
+            KeyChange::Set(upstream_secret(secret)),
+        ),
+        ..new_version(source_uri)
+    }
+}
+
+/// An endpoint to write: `url` with `weight` and, when given, the credential `secret`.
+pub fn new_endpoint(url: &str, weight: i64, secret: Option<&str>) -> NewEndpoint {
+    NewEndpoint {
+        url: endpoint(url),
+        weight: EndpointWeight::parse_as("weight", weight)
+            .unwrap_or_else(|e| panic!("fixture weight {weight}: {e}")),
+        upstream_api_key: secret.map_or(KeyChange::Keep, |s| KeyChange::Set(upstream_secret(s))),
+    }
+}
+
+/// The endpoint list `endpoints`, checked.
+pub fn endpoint_list(endpoints: Vec<NewEndpoint>) -> EndpointList {
+    EndpointList::parse(endpoints).unwrap_or_else(|e| panic!("fixture endpoints: {e}"))
+}
+
+/// A version served by several endpoints.
+pub fn fleet_version(source_uri: &str, endpoints: Vec<NewEndpoint>) -> NewVersion {
+    NewVersion {
+        endpoints: endpoint_list(endpoints),
         ..new_version(source_uri)
     }
 }

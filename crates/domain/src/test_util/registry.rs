@@ -22,6 +22,7 @@ use crate::model::{
     Visibility,
 };
 use crate::ports::RegistryRepository;
+use crate::serving::{Endpoint, Resolved};
 use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
 /// The model registry in memory.
@@ -56,9 +57,9 @@ struct Entry {
     aliases: BTreeMap<AliasName, (AliasSplit, DateTime<Utc>)>,
     /// Users granted the model, and when.
     grants: BTreeMap<Uuid, DateTime<Utc>>,
-    /// Versions' upstream credentials, apart from the versions (as Postgres keeps them in a
-    /// column the entity never carries).
-    secrets: BTreeMap<VersionNumber, UpstreamSecret>,
+    /// Versions' upstream credentials by endpoint, apart from the versions (as Postgres keeps
+    /// them beside what the entity carries).
+    secrets: BTreeMap<VersionNumber, Vec<Option<UpstreamSecret>>>,
 }
 
 fn model_not_found(model: &ModelName) -> RepoError {
@@ -71,6 +72,12 @@ fn version_not_found(model: &ModelName, version: VersionNumber) -> RepoError {
 
 fn not_granted(model: &ModelName, username: &Username) -> RepoError {
     RepoError::NotFound(format!("model '{model}' is not granted to '{username}'"))
+}
+
+/// Endpoints to store as the entity shows them, and their credentials apart.
+fn stored(resolved: Vec<Resolved<UpstreamSecret>>) -> (Vec<Endpoint>, Vec<Option<UpstreamSecret>>) {
+    let split = |r: Resolved<_>| r.split(Ok::<_, std::convert::Infallible>);
+    resolved.into_iter().filter_map(|r| split(r).ok()).unzip()
 }
 
 fn entry<'a>(
@@ -284,13 +291,15 @@ impl RegistryRepository for InMemoryRegistry {
             let number = VersionNumber::new(entry.next_version.into())
                 .map_err(|e| RepoError::Internal(format!("create_version: {e}")))?;
             entry.next_version = entry.next_version.saturating_add(1);
+            let (endpoints, secrets) = stored(new.endpoints.resolve(&[]));
             let version = ModelVersion {
                 id: Uuid::new_v4(),
                 model: model.clone(),
                 version: number,
                 source_uri: new.source_uri,
-                endpoint_url: new.endpoint_url,
-                has_upstream_api_key: new.upstream_api_key.is_some(),
+                endpoints,
+                served_model: new.served_model,
+                supports_stream_usage: new.supports_stream_usage,
                 framework: new.framework,
                 description: new.description,
                 metadata: new.metadata,
@@ -298,9 +307,7 @@ impl RegistryRepository for InMemoryRegistry {
                 updated_at: now,
             };
             entry.versions.insert(number, version.clone());
-            if let Some(secret) = new.upstream_api_key {
-                entry.secrets.insert(number, secret);
-            }
+            entry.secrets.insert(number, secrets);
             entry.model.latest_version = Some(number);
             entry.model.updated_at = now;
             Ok(version)
@@ -342,17 +349,17 @@ impl RegistryRepository for InMemoryRegistry {
         .await
     }
 
-    async fn upstream_secret(
+    async fn upstream_secrets(
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Option<UpstreamSecret>, RepoError> {
-        self.run("upstream_secret", |models, _| {
+    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError> {
+        self.run("upstream_secrets", |models, _| {
             let entry = entry(models, model)?;
             if !entry.versions.contains_key(&version) {
                 return Err(version_not_found(model, version));
             }
-            Ok(entry.secrets.get(&version).cloned())
+            Ok(entry.secrets.get(&version).cloned().unwrap_or_default())
         })
         .await
     }
@@ -375,12 +382,10 @@ impl RegistryRepository for InMemoryRegistry {
                 .versions
                 .values()
                 .rev()
-                .find(|v| v.endpoint_url.is_some())
+                .find(|v| !v.endpoints.is_empty())
                 .cloned()
                 .ok_or_else(|| {
-                    RepoError::NotFound(format!(
-                        "model '{model}' has no version with an endpoint_url"
-                    ))
+                    RepoError::NotFound(format!("model '{model}' has no version with an endpoint"))
                 })
         })
         .await
@@ -394,7 +399,7 @@ impl RegistryRepository for InMemoryRegistry {
             .run("list_servable_models", |models, _| {
                 Ok(models
                     .values()
-                    .filter(|e| e.versions.values().any(|v| v.endpoint_url.is_some()))
+                    .filter(|e| e.versions.values().any(|v| !v.endpoints.is_empty()))
                     .filter(|e| usable(e, filter))
                     .map(|e| (e.model.name.clone(), e.model.created_at, e.model.owner_id))
                     .collect::<Vec<_>>())
@@ -419,31 +424,40 @@ impl RegistryRepository for InMemoryRegistry {
     ) -> Result<ModelVersion, RepoError> {
         self.run("update_version", |models, now| {
             let entry = entry(models, model)?;
-            let stored = entry
+            let stored_version = entry
                 .versions
                 .get_mut(&version)
                 .ok_or_else(|| version_not_found(model, version))?;
-            if let Some(endpoint_url) = patch.endpoint_url {
-                stored.endpoint_url = endpoint_url;
+            if let Some(change) = patch.endpoints {
+                let secrets = entry.secrets.entry(version).or_default();
+                let current: Vec<_> = stored_version
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.url.clone(), e.weight, secrets.get(i).cloned().flatten()))
+                    .collect();
+                let resolved = change
+                    .apply(&current)
+                    .map_err(|e| RepoError::Conflict(e.to_string()))?;
+                (stored_version.endpoints, *secrets) = stored(resolved);
             }
-            if let Some(upstream_api_key) = patch.upstream_api_key {
-                stored.has_upstream_api_key = upstream_api_key.is_some();
-                match upstream_api_key {
-                    Some(secret) => entry.secrets.insert(version, secret),
-                    None => entry.secrets.remove(&version),
-                };
+            if let Some(served_model) = patch.served_model {
+                stored_version.served_model = served_model;
+            }
+            if let Some(supported) = patch.supports_stream_usage {
+                stored_version.supports_stream_usage = supported;
             }
             if let Some(framework) = patch.framework {
-                stored.framework = framework;
+                stored_version.framework = framework;
             }
             if let Some(description) = patch.description {
-                stored.description = description;
+                stored_version.description = description;
             }
             if let Some(metadata) = patch.metadata {
-                stored.metadata = metadata;
+                stored_version.metadata = metadata;
             }
-            stored.updated_at = now;
-            Ok(stored.clone())
+            stored_version.updated_at = now;
+            Ok(stored_version.clone())
         })
         .await
     }

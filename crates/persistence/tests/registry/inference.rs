@@ -5,6 +5,7 @@ use maas_domain::RepoError;
 use maas_domain::identity::Role;
 use maas_domain::model::{ModelFilter, NewVersion, VersionPatch};
 use maas_domain::ports::{IdentityRepository, RegistryRepository};
+use maas_domain::serving::{EndpointList, EndpointsPatch, KeyChange};
 use maas_domain::values::EndpointUrl;
 use maas_persistence::PgIdentityRepository;
 use maas_persistence::test_util::{
@@ -19,15 +20,25 @@ async fn secret(
     repo: &maas_persistence::PgRegistryRepository,
     n: i64,
 ) -> Option<maas_domain::inference::UpstreamSecret> {
-    repo.upstream_secret(&model_name("llama"), version(n))
+    let secrets = repo
+        .upstream_secrets(&model_name("llama"), version(n))
         .await
-        .expect("read")
+        .expect("read");
+    secrets.into_iter().next().flatten()
 }
 
 fn with_secret(secret: &str) -> NewVersion {
+    let url = EndpointUrl::parse("http://vllm:8000/v1".into()).expect("url");
     NewVersion {
-        upstream_api_key: Some(upstream_secret(secret)),
-        ..servable_version("s3://b/llama", "http://vllm:8000/v1")
+        endpoints: EndpointList::shorthand(url, KeyChange::Set(upstream_secret(secret))),
+        ..new_version("s3://b/llama")
+    }
+}
+
+fn first_key(secret: Option<&str>) -> VersionPatch {
+    VersionPatch {
+        endpoints: Some(EndpointsPatch::FirstKey(secret.map(upstream_secret))),
+        ..VersionPatch::default()
     }
 }
 
@@ -43,9 +54,9 @@ async fn the_upstream_api_key_is_stored_sealed_and_read_back_apart_from_the_vers
         .create_version(&name, with_secret("sk-upstream-1"))
         .await
         .expect("created");
-    assert!(created.has_upstream_api_key);
+    assert!(created.has_upstream_api_key());
     let read = repo.get_version(&name, version(1)).await.expect("found");
-    assert!(read.has_upstream_api_key);
+    assert!(read.has_upstream_api_key());
     assert_eq!(
         secret(&repo, 1).await,
         Some(upstream_secret("sk-upstream-1")),
@@ -64,7 +75,7 @@ async fn the_upstream_api_key_is_stored_sealed_and_read_back_apart_from_the_vers
         .create_version(&name, new_version("s3://b/2"))
         .await
         .expect("created");
-    assert!(!plain.has_upstream_api_key);
+    assert!(!plain.has_upstream_api_key());
     assert_eq!(secret(&repo, 2).await, None);
 }
 
@@ -80,17 +91,10 @@ async fn a_version_patch_replaces_keeps_or_clears_the_upstream_api_key() {
         .expect("created");
 
     let replaced = repo
-        .update_version(
-            &name,
-            version(1),
-            VersionPatch {
-                upstream_api_key: Some(Some(upstream_secret("sk-new"))),
-                ..VersionPatch::default()
-            },
-        )
+        .update_version(&name, version(1), first_key(Some("sk-new")))
         .await
         .expect("updated");
-    assert!(replaced.has_upstream_api_key);
+    assert!(replaced.has_upstream_api_key());
     assert_eq!(secret(&repo, 1).await, Some(upstream_secret("sk-new")));
 
     let kept = repo
@@ -98,15 +102,16 @@ async fn a_version_patch_replaces_keeps_or_clears_the_upstream_api_key() {
             &name,
             version(1),
             VersionPatch {
-                endpoint_url: Some(Some(
+                endpoints: Some(EndpointsPatch::Replace(EndpointList::shorthand(
                     EndpointUrl::parse("http://tgi:8080/v1".into()).expect("url"),
-                )),
+                    KeyChange::Keep,
+                ))),
                 ..VersionPatch::default()
             },
         )
         .await
         .expect("updated");
-    assert!(kept.has_upstream_api_key);
+    assert!(kept.has_upstream_api_key());
     assert_eq!(
         secret(&repo, 1).await,
         Some(upstream_secret("sk-new")),
@@ -114,17 +119,10 @@ async fn a_version_patch_replaces_keeps_or_clears_the_upstream_api_key() {
     );
 
     let cleared = repo
-        .update_version(
-            &name,
-            version(1),
-            VersionPatch {
-                upstream_api_key: Some(None),
-                ..VersionPatch::default()
-            },
-        )
+        .update_version(&name, version(1), first_key(None))
         .await
         .expect("updated");
-    assert!(!cleared.has_upstream_api_key);
+    assert!(!cleared.has_upstream_api_key());
     assert_eq!(secret(&repo, 1).await, None);
 }
 
@@ -142,7 +140,7 @@ async fn a_stored_upstream_api_key_that_breaks_the_rule_is_an_internal_error_nam
         .await;
 
     let err = repo
-        .upstream_secret(&name, version(1))
+        .upstream_secrets(&name, version(1))
         .await
         .expect_err("corrupt");
     let RepoError::Internal(message) = &err else {
@@ -178,7 +176,7 @@ async fn the_latest_servable_version_skips_versions_without_an_endpoint() {
     let servable = repo.latest_servable_version(&name).await.expect("found");
     assert_eq!(servable.version, version(2));
     assert_eq!(
-        servable.endpoint_url.as_ref().map(EndpointUrl::as_str),
+        servable.endpoint_url().map(EndpointUrl::as_str),
         Some("http://b:8000/v1")
     );
     assert_eq!(
@@ -191,9 +189,10 @@ async fn the_latest_servable_version_skips_versions_without_an_endpoint() {
         &name,
         version(3),
         VersionPatch {
-            endpoint_url: Some(Some(
+            endpoints: Some(EndpointsPatch::Replace(EndpointList::shorthand(
                 EndpointUrl::parse("http://c:8000/v1".into()).expect("url"),
-            )),
+                KeyChange::Keep,
+            ))),
             ..VersionPatch::default()
         },
     )
@@ -221,7 +220,7 @@ async fn a_model_without_a_servable_version_and_a_missing_model_are_told_apart()
         .latest_servable_version(&name)
         .await
         .expect_err("no versions at all");
-    let none = RepoError::NotFound("model 'llama' has no version with an endpoint_url".into());
+    let none = RepoError::NotFound("model 'llama' has no version with an endpoint".into());
     assert_eq!(err, none);
 
     repo.create_version(&name, new_version("s3://b/1"))

@@ -2,6 +2,7 @@
 
 mod alias_splits;
 mod aliases;
+mod fleet;
 mod inference;
 mod models;
 mod secrets;

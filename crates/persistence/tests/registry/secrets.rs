@@ -4,10 +4,12 @@
 use maas_domain::RepoError;
 use maas_domain::model::NewVersion;
 use maas_domain::ports::RegistryRepository;
+use maas_domain::serving::{EndpointList, KeyChange};
+use maas_domain::values::EndpointUrl;
 use maas_persistence::PgRegistryRepository;
 use maas_persistence::secrets::{SecretKeys, SecretsSettings};
 use maas_persistence::test_util::{
-    TestDatabase, model_name, new_model, servable_version, upstream_secret, version,
+    TestDatabase, model_name, new_model, new_version, upstream_secret, version,
 };
 
 const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -31,25 +33,43 @@ async fn stored_column(db: &TestDatabase) -> i64 {
         .await
 }
 
+fn keyed(source_uri: &str, secret: &str) -> NewVersion {
+    let url = EndpointUrl::parse("http://m:8000/v1".into()).expect("url");
+    NewVersion {
+        endpoints: EndpointList::shorthand(url, KeyChange::Set(upstream_secret(secret))),
+        ..new_version(source_uri)
+    }
+}
+
 async fn keyed_model(repo: &PgRegistryRepository, secret: &str) {
     repo.create_model(new_model("keyed"))
         .await
         .expect("created");
-    let new = NewVersion {
-        upstream_api_key: Some(upstream_secret(secret)),
-        ..servable_version("s3://b/1", "http://m:8000/v1")
-    };
+    let new = keyed("s3://b/1", secret);
     let created = repo
         .create_version(&model_name("keyed"), new)
         .await
         .expect("created");
-    assert!(created.has_upstream_api_key);
+    assert!(created.has_upstream_api_key());
+}
+
+/// The first endpoint's credential of version 1 of `model`.
+async fn first_secret(
+    repo: &PgRegistryRepository,
+    model: &str,
+) -> Result<Option<String>, RepoError> {
+    repo.upstream_secrets(&model_name(model), version(1))
+        .await
+        .map(|s| {
+            s.into_iter()
+                .next()
+                .flatten()
+                .map(|s| s.expose().to_owned())
+        })
 }
 
 async fn secret_of(repo: &PgRegistryRepository) -> Result<Option<String>, RepoError> {
-    repo.upstream_secret(&model_name("keyed"), version(1))
-        .await
-        .map(|s| s.map(|s| s.expose().to_owned()))
+    first_secret(repo, "keyed").await
 }
 
 #[tokio::test]
@@ -68,10 +88,7 @@ async fn a_credential_is_stored_sealed_and_read_back_only_with_its_key() {
     ));
     // Without a key, nothing can be stored.
     let keyless = repo(&db, SecretKeys::default());
-    let new = NewVersion {
-        upstream_api_key: Some(upstream_secret("sk-x")),
-        ..servable_version("s3://b/2", "http://m:8000/v1")
-    };
+    let new = keyed("s3://b/2", "sk-x");
     assert!(
         keyless
             .create_version(&model_name("keyed"), new)
@@ -84,22 +101,23 @@ async fn a_credential_is_stored_sealed_and_read_back_only_with_its_key() {
 async fn rotation_rewrites_old_keys_and_plain_text_under_the_current_key() {
     let db = TestDatabase::new().await;
     keyed_model(&repo(&db, keys(Some(KEY_A), &[])), "sk-under-a").await;
-    // A credential from before encryption, written as it was then.
+    // A credential from before encryption, written as it was then (into the columns, as a
+    // build before endpoints writes: the first endpoint).
     db.execute("INSERT INTO models (name) VALUES ('legacy')")
         .await;
     db.execute(
-        "INSERT INTO model_versions (model_id, version, source_uri, upstream_api_key) \
-         SELECT id, 1, 's3://b/legacy', 'sk-plain-legacy' FROM models WHERE name = 'legacy'",
+        "INSERT INTO model_versions (model_id, version, source_uri, endpoint_url, upstream_api_key) \
+         SELECT id, 1, 's3://b/legacy', 'http://m:8000/v1', 'sk-plain-legacy' FROM models \
+         WHERE name = 'legacy'",
     )
     .await;
     let rotating = repo(&db, keys(Some(KEY_B), &[KEY_A]));
     assert_eq!(rotating.plaintext_secrets().await.expect("counted"), 1);
-    let legacy = rotating
-        .upstream_secret(&model_name("legacy"), version(1))
-        .await
-        .expect("read");
     assert_eq!(
-        legacy.map(|s| s.expose().to_owned()).as_deref(),
+        first_secret(&rotating, "legacy")
+            .await
+            .expect("read")
+            .as_deref(),
         Some("sk-plain-legacy")
     );
 
@@ -117,12 +135,11 @@ async fn rotation_rewrites_old_keys_and_plain_text_under_the_current_key() {
         secret_of(&only_b).await.expect("read").as_deref(),
         Some("sk-under-a")
     );
-    let legacy = only_b
-        .upstream_secret(&model_name("legacy"), version(1))
-        .await
-        .expect("read");
     assert_eq!(
-        legacy.map(|s| s.expose().to_owned()).as_deref(),
+        first_secret(&only_b, "legacy")
+            .await
+            .expect("read")
+            .as_deref(),
         Some("sk-plain-legacy")
     );
     assert!(

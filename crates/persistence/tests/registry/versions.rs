@@ -4,6 +4,7 @@ use futures_util::future::join_all;
 use maas_domain::RepoError;
 use maas_domain::model::{NewVersion, VersionPatch};
 use maas_domain::ports::RegistryRepository;
+use maas_domain::serving::{EndpointList, EndpointsPatch, KeyChange};
 use maas_domain::values::{
     Description, EndpointUrl, Framework, Metadata, PageLimit, SourceUri, VersionNumber,
 };
@@ -24,8 +25,12 @@ fn limit(n: i64) -> PageLimit {
 fn full_version() -> NewVersion {
     NewVersion {
         source_uri: SourceUri::parse("s3://bucket/llama.bin".into()).expect("uri"),
-        endpoint_url: Some(EndpointUrl::parse("http://vllm:8000/v1".into()).expect("url")),
-        upstream_api_key: None,
+        endpoints: EndpointList::shorthand(
+            EndpointUrl::parse("http://vllm:8000/v1".into()).expect("url"),
+            KeyChange::Keep,
+        ),
+        served_model: None,
+        supports_stream_usage: true,
         framework: Some(Framework::parse("pytorch".into()).expect("framework")),
         description: Some(Description::parse("fine-tuned".into()).expect("text")),
         metadata: Metadata::parse(json!({"quant": "q4"})).expect("object"),
@@ -48,7 +53,7 @@ async fn versions_are_numbered_from_one_and_the_model_tracks_the_latest() {
     assert_eq!(first.model, name);
     assert_eq!(first.source_uri.as_str(), "s3://bucket/llama.bin");
     assert_eq!(
-        first.endpoint_url.as_ref().map(EndpointUrl::as_str),
+        first.endpoint_url().map(EndpointUrl::as_str),
         Some("http://vllm:8000/v1")
     );
     assert_eq!(
@@ -66,7 +71,7 @@ async fn versions_are_numbered_from_one_and_the_model_tracks_the_latest() {
         .await
         .expect("created");
     assert_eq!(second.version, version(2));
-    assert_eq!(second.endpoint_url, None);
+    assert_eq!(second.endpoint_url(), None);
     assert_eq!(
         repo.get_model(&name).await.expect("found").latest_version,
         Some(version(2))
@@ -246,9 +251,10 @@ async fn a_version_patch_changes_only_what_it_names_and_bumps_updated_at() {
             &name,
             created.version,
             VersionPatch {
-                endpoint_url: Some(Some(
+                endpoints: Some(EndpointsPatch::Replace(EndpointList::shorthand(
                     EndpointUrl::parse("https://other:9000".into()).expect("url"),
-                )),
+                    KeyChange::Keep,
+                ))),
                 framework: Some(None),
                 ..VersionPatch::default()
             },
@@ -256,7 +262,7 @@ async fn a_version_patch_changes_only_what_it_names_and_bumps_updated_at() {
         .await
         .expect("updated");
     assert_eq!(
-        moved.endpoint_url.as_ref().map(EndpointUrl::as_str),
+        moved.endpoint_url().map(EndpointUrl::as_str),
         Some("https://other:9000")
     );
     assert_eq!(moved.framework, None, "cleared");
@@ -270,7 +276,7 @@ async fn a_version_patch_changes_only_what_it_names_and_bumps_updated_at() {
             &name,
             created.version,
             VersionPatch {
-                endpoint_url: Some(None),
+                endpoints: Some(EndpointsPatch::Replace(EndpointList::none())),
                 description: Some(None),
                 metadata: Some(Metadata::default()),
                 ..VersionPatch::default()
@@ -279,7 +285,7 @@ async fn a_version_patch_changes_only_what_it_names_and_bumps_updated_at() {
         .await
         .expect("updated");
     assert_eq!(
-        (emptied.endpoint_url.clone(), emptied.description.clone()),
+        (emptied.endpoint_url().cloned(), emptied.description.clone()),
         (None, None)
     );
     assert_eq!(emptied.metadata, Metadata::default());

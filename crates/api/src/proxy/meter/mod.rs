@@ -22,6 +22,7 @@ use crate::usage::UsageQueue;
 mod sse;
 
 use sse::SseLines;
+pub(super) use sse::{LINE_LIMIT, find_byte};
 
 /// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;
@@ -123,6 +124,23 @@ impl Meter {
                 self.buffer.drain(..drop);
             }
         }
+    }
+
+    /// Reads one complete line of server-sent events (without its `\n`), for a caller that
+    /// splits the stream into lines itself (and then feeds no chunk to [`observe`]); tells
+    /// whether the line carried a `usage` object. Read as `observe` reads each line.
+    ///
+    /// [`observe`]: Self::observe
+    pub(super) fn line(&mut self, line: &[u8]) -> bool {
+        let (event, tokens) = (&mut self.event, &mut self.tokens);
+        let mut carried = false;
+        sse::read_line(line, &mut |json| {
+            carried = true;
+            if let Some(usage) = usage_of(json) {
+                count(event, tokens, &usage);
+            }
+        });
+        carried
     }
 
     /// Reads the tokens of a non-streamed body, once it is complete.

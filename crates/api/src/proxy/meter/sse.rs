@@ -11,7 +11,7 @@
 
 /// Longest `data:` line read for usage, as a non-streamed body's whole-body limit: a longer line
 /// is streamed through untouched but not read (a final chunk with usage is a few hundred bytes).
-pub(super) const LINE_LIMIT: usize = super::USAGE_SCAN_LIMIT;
+pub(in crate::proxy) const LINE_LIMIT: usize = super::USAGE_SCAN_LIMIT;
 
 /// The field of a line the meter reads.
 const DATA: &[u8] = b"data:";
@@ -88,7 +88,7 @@ impl SseLines {
 
 /// A complete `line` (without its `\n`): hands `usage` its JSON when it is a `data:` line
 /// within the limit that carries a `usage` object.
-fn read_line(line: &[u8], usage: &mut impl FnMut(&[u8])) {
+pub(super) fn read_line(line: &[u8], usage: &mut impl FnMut(&[u8])) {
     if line.len() > LINE_LIMIT {
         return;
     }
@@ -142,7 +142,7 @@ fn has_usage_object(json: &[u8]) -> bool {
 /// distance between two newlines of a stream is short), then eight bytes at a time, a word with
 /// no `needle` in it passed over with a few arithmetic operations (no crate for what these
 /// lines do).
-fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+pub(in crate::proxy) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let head = haystack.len().min(8);
