@@ -3,9 +3,12 @@
 #
 #   bench/proxy.sh                            # about 7 minutes
 #   BENCH_ROUNDS=12 bench/proxy.sh           # longer constant-rate measurement
+#   BENCH_ENDPOINTS=3 BENCH_RATES="1000 5000" bench/proxy.sh   # a version of three endpoints
 #
 # An nginx on a loopback port stands in for a model server that answers at once (a fixed
-# chat.completion body). The same POST /v1/chat/completions is sent straight to nginx ("direct"),
+# chat.completion body naming the model by the server's own name, the version's served_model, which
+# the gateway rewrites to the client's; BENCH_ENDPOINTS=N makes it listen on N ports, the N
+# endpoints the gateway balances over). The same POST /v1/chat/completions is sent straight to nginx ("direct"),
 # through the gateway ("gateway"), whose version points at that nginx, and through a second nginx
 # that only proxies to the first ("nginx-proxy": what one more hop costs on this machine at best):
 #   1. the highest throughput of direct and gateway: wrk -t2 -c64, closed loop;
@@ -133,7 +136,9 @@ for port in "${extra_ports[@]}"; do
     endpoints_json+=",{\"url\":\"http://$host:$port/v1\",\"upstream_api_key\":\"bench-upstream-key\"}"
     extra_listen+="        listen $host:$port reuseport backlog=4096;"$'\n'
 done
-completion='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+# It names the model as a server does, by its own name (the version's served_model); the gateway
+# sends the answer on with the name its client asked for (the bytes of that one value rewritten).
+completion='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench-served","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
 mkdir -p "$nginx_dir/tmp"
 cat >"$nginx_dir/nginx.conf" <<EOF
 # Written by bench/proxy.sh; not a system service (runs in the foreground, all paths in here).
@@ -225,7 +230,7 @@ api() { admin_api "$@"; }
 echo "bench: seeding $model (version 1 on nginx, alias production) and a member's key" >&2
 api POST /api/v1/models "{\"name\":\"$model\",\"visibility\":\"public\"}" >/dev/null
 api POST "/api/v1/models/$model/versions" \
-    "{\"source_uri\":\"s3://bench/m.bin\",\"endpoints\":[$endpoints_json]}" >/dev/null
+    "{\"source_uri\":\"s3://bench/m.bin\",\"served_model\":\"bench-served\",\"endpoints\":[$endpoints_json]}" >/dev/null
 api PUT "/api/v1/models/$model/aliases/production" '{"version":1}' >/dev/null
 member_id=$(api POST /api/v1/users '{"username":"bench-member","role":"member"}' | json_field id)
 key=$(api POST /api/v1/keys "{\"name\":\"bench\",\"user_id\":\"$member_id\"}" | json_field key)
@@ -240,10 +245,11 @@ if [ -n "$gateway_b_pid" ]; then
 fi
 
 # Every path must answer the model server's exact completion before anything is measured (the
-# gateway also with the version it resolved).
+# gateway with the client's name for the model, and with the version it resolved).
+gateway_completion=${completion/\"bench-served\"/\"$model\"}
 check=$(curl -fsS --max-time 5 -D "$results_dir/check-headers.txt" -H "authorization: Bearer $key" \
     -H 'content-type: application/json' --data "$body" "$gateway_url")
-if [ "$check" != "$completion" ] || ! grep -qi '^x-maas-version: 1' "$results_dir/check-headers.txt"; then
+if [ "$check" != "$gateway_completion" ] || ! grep -qi '^x-maas-version: 1' "$results_dir/check-headers.txt"; then
     echo "bench: the gateway did not proxy the completion; it answered:" >&2
     cat "$results_dir/check-headers.txt" >&2
     echo "$check" >&2
@@ -256,7 +262,9 @@ echo "bench: checking and warming up the ${#paths[@]} paths (2,000 requests each
 for path in "${paths[@]}"; do
     answer=$(curl -fsS --max-time 5 -H "authorization: Bearer $key" -H 'content-type: application/json' \
         --data "$body" "${path#*=}")
-    [ "$answer" = "$completion" ] || { echo "bench: ${path%%=*} answered: $answer" >&2; exit 1; }
+    expected=$completion
+    [[ "${path%%=*}" == gateway* ]] && expected=$gateway_completion
+    [ "$answer" = "$expected" ] || { echo "bench: ${path%%=*} answered: $answer" >&2; exit 1; }
     oha "${oha_args[@]}" -n 2000 -c 16 "${path#*=}" >/dev/null
 done
 
@@ -484,7 +492,9 @@ EOF
         "$sustain_p99_ms" "${highest:-none of the rates tried}"
     printf '%s, %s cores (load average %s when measuring began); nginx %s worker(s) as the model\n' \
         "$(uname -sr)" "$(nproc --all)" "$load_at_start" "$nginx_workers"
-    printf 'server; gateway release build, access log on; oha %s, wrk %s.\n' \
+    printf 'server, as the %s endpoint(s) of the version (served_model set, so every answer'"'"'s model is\n' \
+        "$endpoint_count"
+    printf 'rewritten); gateway release build, access log on; oha %s, wrk %s.\n' \
         "$(oha --version | cut -d' ' -f2)" "$(wrk -v 2>&1 | head -n 1 | cut -d' ' -f2)"
     if [ -n "${BENCH_PIN_CPUS:-}" ]; then
         printf 'Load tool, nginx and gateway(s) pinned to CPU(s) %s (taskset); PostgreSQL and Redis not.\n' \
