@@ -6,7 +6,7 @@
 //!    request of the request-rate limits and an estimate of its tokens ([`estimate`]) in each
 //!    token limit of its key and user. It is admitted only if all admit it; a refused call
 //!    spends nothing.
-//! 2. Its usage event carries the [`Reservation`]. Once the answer is over the event is queued;
+//! 2. Its usage event carries the [`Reservation`](crate::ports::Reservation). Once the answer is over the event is queued;
 //!    the usage writer, off the response path, calls [`Quotas::settle`], which charges each call
 //!    what [`charge`] says (its real usage, nothing, or the reservation) and adjusts the
 //!    counters by the difference. The event is stored with that charge (`quota_tokens`).

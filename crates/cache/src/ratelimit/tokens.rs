@@ -44,7 +44,7 @@
 //! [`TokenLimiter::settle`] adjusts by `charge - reservation` the window's field of the
 //! reservation's second, if that second is still in the window (never below 0); an overrun
 //! settled after its second left the window is charged to the current second; and each month
-//! counter that exists. A batch is one script call (up to [`SETTLE_BATCH`] settlements).
+//! counter that exists. A batch is one script call (up to 64 settlements).
 //!
 //! # Leases
 //! None: a key with a token limit (its own, its user's, or a default) is decided by Redis on
