@@ -135,4 +135,47 @@ mod tests {
         );
         assert!(TokenQuotasPatch::default().is_empty() && !cleared.is_empty());
     }
+
+    #[test]
+    fn a_cached_key_record_from_before_token_quotas_is_not_read_as_having_none() {
+        use crate::identity::{ApiKey, KeyName, KeyRecord, Role, User};
+        use crate::values::Username;
+        let now = chrono::Utc::now();
+        let record = KeyRecord {
+            key: ApiKey {
+                id: uuid::Uuid::nil(),
+                user_id: uuid::Uuid::nil(),
+                name: KeyName::parse("k".into()).expect("valid"),
+                prefix: "maas2_abc".into(),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                rate_limit_rpm: None,
+                models: None,
+                tokens: TokenQuotas::default(),
+            },
+            user: User {
+                id: uuid::Uuid::nil(),
+                username: Username::parse("alice").expect("valid"),
+                role: Role::Member,
+                disabled: false,
+                created_at: now,
+                rate_limit_rpm: None,
+                tokens: TokenQuotas::default(),
+            },
+        };
+        let current = serde_json::to_value(&record).expect("serialized");
+        assert!(serde_json::from_value::<KeyRecord>(current.clone()).is_ok());
+        for part in ["key", "user"] {
+            let mut older = current.clone();
+            if let Some(fields) = older[part].as_object_mut() {
+                fields.remove("tokens");
+            }
+            assert!(
+                serde_json::from_value::<KeyRecord>(older).is_err(),
+                "a {part} without tokens is read again from the store"
+            );
+        }
+    }
 }
