@@ -57,6 +57,7 @@ pub async fn create_user(
         username: Username::parse_as("username", username).map_err(domain)?,
         role: Role::parse(role).map_err(domain)?,
         rate_limit_rpm: None,
+        tokens: maas_domain::identity::TokenQuotas::default(),
     };
     let accounts = operator_accounts(log, settings).await?;
     let user = accounts.create_user_as_operator(new).await?;

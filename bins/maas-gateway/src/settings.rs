@@ -10,7 +10,7 @@ use maas_api::{
     UpstreamSettings, UsageSettings,
 };
 use maas_cache::{CacheSettings, RedisSettings};
-use maas_domain::identity::PlaintextKey;
+use maas_domain::identity::{MonthlyTokens, PlaintextKey, TokensPerMinute};
 use maas_domain::model::ReservedNames;
 use maas_persistence::DatabaseSettings;
 use maas_persistence::secrets::{SecretKeys, SecretsSettings};
@@ -159,6 +159,35 @@ impl Settings {
         for (key, value) in positive {
             if value == 0 {
                 return Err(SettingsError(format!("{key} must be at least 1")));
+            }
+        }
+        let limits = &self.rate_limit;
+        let token_limits = [
+            (
+                "rate_limit.default_tpm",
+                limits.default_tpm,
+                TokensPerMinute::MAX,
+            ),
+            ("rate_limit.user_tpm", limits.user_tpm, TokensPerMinute::MAX),
+            (
+                "rate_limit.default_monthly_tokens",
+                limits.default_monthly_tokens,
+                MonthlyTokens::MAX,
+            ),
+            (
+                "rate_limit.user_monthly_tokens",
+                limits.user_monthly_tokens,
+                MonthlyTokens::MAX,
+            ),
+            (
+                "rate_limit.default_max_tokens",
+                Some(limits.default_max_tokens.max(1)),
+                MonthlyTokens::MAX,
+            ),
+        ];
+        for (key, value, max) in token_limits {
+            if value.is_some_and(|n| !(1..=max).contains(&n)) {
+                return Err(SettingsError(format!("{key} must be from 1 to {max}")));
             }
         }
         if self
@@ -536,6 +565,11 @@ mod tests {
         );
         let err = Settings::load_from(env(&[("MAAS_RATE_LIMIT__BURST", "0")])).expect_err("0");
         assert!(err.to_string().contains("rate_limit.burst"), "{err}");
+        let tpm = Settings::load_from(env(&[("MAAS_RATE_LIMIT__USER_TPM", "5000")])).expect("ok");
+        assert_eq!(tpm.rate_limit.user_tpm, Some(5_000));
+        let err =
+            Settings::load_from(env(&[("MAAS_RATE_LIMIT__DEFAULT_TPM", "0")])).expect_err("0");
+        assert!(err.to_string().contains("rate_limit.default_tpm"), "{err}");
     }
 
     #[test]

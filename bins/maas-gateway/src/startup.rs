@@ -13,7 +13,7 @@ use maas_cache::{LocalStore, RedisPool, RedisRateLimiter};
 use maas_domain::accounts::FailedAuthLimit;
 use maas_domain::identity::PlaintextKey;
 use maas_domain::ports::{Cache, NoCache};
-use maas_domain::{Accounts, Registry, Usage};
+use maas_domain::{Accounts, Quotas, Registry, Usage};
 use maas_persistence::PgPool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use slog::{Logger, info, warn};
@@ -133,13 +133,22 @@ impl Application {
         maas_api::meters::limit_models(settings.metrics.max_models);
         let (usage_queue, usage_receiver) =
             maas_api::usage::UsageQueue::new(settings.usage.queue_capacity);
-        let usage = Usage::new(Arc::new(maas_persistence::PgUsageRepository::new(
-            pg.clone(),
-        )));
+        let usage_store = Arc::new(maas_persistence::PgUsageRepository::new(pg.clone()));
+        let usage = Usage::new(usage_store.clone());
+        let quotas = Quotas::new(
+            Arc::new(limiter.clone()),
+            usage_store,
+            Arc::new(maas_persistence::PgIdentityRepository::new(pg.clone())),
+            settings.rate_limit.limits(),
+            settings
+                .rate_limit
+                .token_policy(settings.usage.max_tokens_per_call),
+        );
         let tasks = BackgroundTasks {
             usage_writer: tokio::spawn(maas_api::usage::write_usage(
                 usage_receiver,
                 usage.clone(),
+                Some(quotas.clone()),
                 settings.usage.batch_size,
                 log.clone(),
             )),
@@ -160,6 +169,7 @@ impl Application {
             accounts: accounts.clone(),
             rate_limiter: Arc::new(limiter.clone()),
             rate_limit: settings.rate_limit,
+            quotas,
             client_address: maas_api::client_address::ClientAddress::new(
                 &settings.auth.trusted_proxies,
             ),

@@ -1,7 +1,9 @@
 //! Authentication and rate limiting of `/api/v1` and `/v1`: one middleware that turns the
 //! request's API key into a [`Principal`] (refusing, before any lookup, a client address that
 //! failed too often), spends one unit of the key's rate limit and of its user's in one decision,
-//! and stamps the `RateLimit-*` headers of the tighter of the two on the response.
+//! and stamps the `RateLimit-*` headers of the tighter of the two on the response. An inference
+//! call of a principal with token limits is decided after its body is read instead, with its
+//! token reservation (see [`crate::quota`]); the middleware stamps what that decided.
 
 use std::future::{Ready, ready};
 
@@ -16,6 +18,7 @@ use maas_domain::ports::{RateDecision, RateRequest};
 use maas_telemetry::names;
 
 use crate::error::ApiError;
+use crate::quota::{self, Decided};
 use crate::state::AppState;
 
 /// The header carrying an API key when `Authorization: Bearer` is not used.
@@ -39,14 +42,17 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 /// The three `RateLimit-*` values of a response.
 #[derive(Debug, Clone, Copy)]
-struct Quota {
-    limit: u32,
-    remaining: u32,
-    reset_seconds: u64,
+pub(crate) struct Quota {
+    /// Requests per minute of the tighter allowance.
+    pub(crate) limit: u32,
+    /// Requests that could still be made at once.
+    pub(crate) remaining: u32,
+    /// Seconds until the allowance is full again.
+    pub(crate) reset_seconds: u64,
 }
 
 impl Quota {
-    fn stamp(self, headers: &mut HeaderMap) {
+    pub(crate) fn stamp(self, headers: &mut HeaderMap) {
         headers.insert(LIMIT, HeaderValue::from(self.limit));
         headers.insert(REMAINING, HeaderValue::from(self.remaining));
         headers.insert(RESET, HeaderValue::from(self.reset_seconds));
@@ -55,6 +61,14 @@ impl Quota {
 
 fn refuse<B>(
     req: ServiceRequest,
+    err: ApiError,
+    quota: Option<Quota>,
+) -> ServiceResponse<EitherBody<B>> {
+    refuse_request(req.into_parts().0, err, quota)
+}
+
+fn refuse_request<B>(
+    req: HttpRequest,
     err: ApiError,
     quota: Option<Quota>,
 ) -> ServiceResponse<EitherBody<B>> {
@@ -67,7 +81,7 @@ fn refuse<B>(
     if let Some(quota) = quota {
         quota.stamp(response.headers_mut());
     }
-    req.into_response(response).map_into_right_body()
+    ServiceResponse::new(req, response).map_into_right_body()
 }
 
 /// Authenticates the request and spends one unit of its key's rate limit (and its user's).
@@ -113,18 +127,39 @@ pub async fn authenticate(
         }
     };
 
-    let settings = state.rate_limit;
-    let request = settings.limits().request_for(&principal);
-    let quota = match state.rate_limiter.decide(&request).await {
+    if quota::defers(&state, &principal, req.method(), req.path()) {
+        req.extensions_mut().insert(principal);
+        req.extensions_mut().insert(quota::Deferred);
+        let response = next.call(req).await?;
+        return Ok(after_deferred(&state, response).await);
+    }
+    let request = state.rate_limit.limits().request_for(&principal);
+    let quota = match decide(&state, &request).await {
+        Ok(quota) => quota,
+        Err((err, quota)) => return Ok(refuse(req, err, quota)),
+    };
+
+    req.extensions_mut().insert(principal);
+    let mut response = next.call(req).await?;
+    quota.stamp(response.headers_mut());
+    Ok(response.map_into_left_body())
+}
+
+/// One request of `request`'s limits: its headers, or the refusal with them.
+async fn decide(
+    state: &AppState,
+    request: &RateRequest,
+) -> Result<Quota, (ApiError, Option<Quota>)> {
+    match state.rate_limiter.decide(request).await {
         RateDecision::Allowed {
             remaining,
             reset_seconds,
             allowance,
-        } => Quota {
+        } => Ok(Quota {
             limit: request.limit_of(allowance).rpm,
             remaining,
             reset_seconds,
-        },
+        }),
         RateDecision::Limited {
             retry_after_seconds,
             reset_seconds,
@@ -138,23 +173,49 @@ pub async fn authenticate(
             let err = ApiError::RateLimited {
                 retry_after_seconds,
             };
-            return Ok(refuse(req, err, Some(quota)));
+            Err((err, Some(quota)))
         }
-        RateDecision::Unavailable if settings.fail_open => unknown_usage(&request),
-        RateDecision::Unavailable => {
-            return Ok(refuse(req, ApiError::RateLimiterUnavailable, None));
+        RateDecision::Unavailable if state.rate_limit.fail_open => Ok(unknown_usage(request)),
+        RateDecision::Unavailable => Err((ApiError::RateLimiterUnavailable, None)),
+    }
+}
+
+/// A deferred request once its handler ran: the headers of what [`quota::reserve`] decided;
+/// or, when it never got there (a bad body, no free call slot, a route that is no inference
+/// call), the request is decided now as any other, and refused (its response replaced) when
+/// its rate is spent: nothing was forwarded for it.
+async fn after_deferred<B>(
+    state: &AppState,
+    response: ServiceResponse<B>,
+) -> ServiceResponse<EitherBody<B>> {
+    let decided = response.request().extensions().get::<Decided>().copied();
+    let decided = match decided {
+        Some(decided) => decided,
+        None => {
+            let principal = response.request().extensions().get::<Principal>().cloned();
+            let Some(principal) = principal else {
+                return response.map_into_left_body();
+            };
+            let request = state.rate_limit.limits().request_for(&principal);
+            match decide(state, &request).await {
+                Ok(quota) => Decided {
+                    requests: Some(quota),
+                    tokens: None,
+                },
+                Err((err, quota)) => {
+                    return refuse_request(response.into_parts().0, err, quota);
+                }
+            }
         }
     };
-
-    req.extensions_mut().insert(principal);
-    let mut response = next.call(req).await?;
-    quota.stamp(response.headers_mut());
-    Ok(response.map_into_left_body())
+    let mut response = response;
+    decided.stamp(response.headers_mut());
+    response.map_into_left_body()
 }
 
 /// The headers of an admission while the limiter cannot decide: nothing is known about the
 /// usage, so a full allowance of the tighter limit.
-fn unknown_usage(request: &RateRequest) -> Quota {
+pub(crate) fn unknown_usage(request: &RateRequest) -> Quota {
     let tighter = match request.user {
         Some(user) if user.limit.rpm < request.key.rpm => user.limit,
         _ => request.key,

@@ -65,6 +65,40 @@ pub enum ApiError {
         /// Seconds until one more request would be admitted.
         retry_after_seconds: u64,
     },
+    /// A token window of the key, or of all its user's keys, is at its `tpm`: OpenAI's wording.
+    #[error(
+        "Rate limit reached for {whose} on tokens per min (TPM): Limit {limit}, Used {used}, \
+         Requested {requested}. Please try again in {retry_in}."
+    )]
+    TokensLimited {
+        /// Seconds until the call would be admitted (rounded up).
+        retry_after_seconds: u64,
+        /// The same, as OpenAI writes it (`1.5s`, `20ms`).
+        retry_in: String,
+        /// `this API key` or `this user's keys`.
+        whose: &'static str,
+        /// The tokens per minute.
+        limit: u64,
+        /// Tokens in the window.
+        used: u64,
+        /// What the call asked to reserve.
+        requested: u64,
+    },
+    /// A monthly token quota of the key, or of all its user's keys, is used up.
+    #[error(
+        "You exceeded the monthly token quota of {whose} ({limit} tokens in {month}, UTC); it \
+         renews with the next month."
+    )]
+    QuotaExceeded {
+        /// Seconds until the month ends.
+        retry_after_seconds: u64,
+        /// `this API key` or `this user's keys`.
+        whose: &'static str,
+        /// The quota.
+        limit: u64,
+        /// The month, `2027-01`.
+        month: String,
+    },
     /// The client's address failed to authenticate too often lately
     /// (`auth.failed_per_ip_per_minute`); its requests are not looked at until it may retry.
     #[error("too many failed authentications from this address; retry in {retry_after_seconds} s")]
@@ -129,7 +163,10 @@ impl ApiError {
             Self::Domain(DomainError::Conflict(_)) => ("conflict", "Conflict"),
             Self::Domain(DomainError::Forbidden(_)) => ("forbidden", "Forbidden"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            Self::RateLimited { .. } | Self::TokensLimited { .. } => {
+                ("rate-limited", "Too many requests")
+            }
+            Self::QuotaExceeded { .. } => ("quota-exceeded", "Quota exceeded"),
             Self::TooManyFailedAuthentications { .. } => {
                 ("too-many-failed-authentications", "Too many requests")
             }
@@ -208,7 +245,10 @@ impl ApiError {
             Self::Unauthorized => ("authentication_error", "invalid_api_key"),
             Self::Domain(DomainError::Forbidden(_)) => ("permission_error", "forbidden"),
             Self::Domain(DomainError::Conflict(_)) => ("invalid_request_error", "conflict"),
-            Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            // OpenAI names the limit that refused in `type`.
+            Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
+            Self::TokensLimited { .. } => ("tokens", "rate_limit_exceeded"),
+            Self::QuotaExceeded { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::TooManyFailedAuthentications { .. } => {
                 ("rate_limit_error", "too_many_failed_authentications")
             }
@@ -363,9 +403,10 @@ impl ResponseError for ApiError {
             Self::Domain(DomainError::Conflict(_)) => StatusCode::CONFLICT,
             Self::Domain(DomainError::Forbidden(_)) => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::TokensLimited { .. }
+            | Self::QuotaExceeded { .. }
+            | Self::TooManyFailedAuthentications { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Domain(DomainError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -393,6 +434,14 @@ impl ResponseError for ApiError {
             }
             Self::RateLimited {
                 retry_after_seconds,
+            }
+            | Self::TokensLimited {
+                retry_after_seconds,
+                ..
+            }
+            | Self::QuotaExceeded {
+                retry_after_seconds,
+                ..
             }
             | Self::TooManyFailedAuthentications {
                 retry_after_seconds,

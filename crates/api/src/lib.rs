@@ -27,6 +27,7 @@ pub mod meters;
 pub mod middleware;
 pub mod openapi;
 pub mod proxy;
+pub mod quota;
 pub mod request_id;
 pub mod settings;
 pub mod state;

@@ -33,7 +33,8 @@ use crate::handlers::{aliases, grants, health, inference, keys, models, usage, u
         dto::CreateUser, dto::UpdateUser, dto::UserResponse, dto::Page<dto::UserResponse>,
         dto::CreateKey, dto::UpdateKey, dto::KeyResponse, dto::CreatedKeyResponse, dto::KeyList,
         dto::CreateGrant, dto::GrantResponse, dto::GrantList,
-        usage::UsageReport, usage::UsageItem, inference::OpenAiModel, inference::OpenAiModelList,
+        usage::UsageReport, usage::UsageItem, usage::QuotaReport, usage::QuotaUseItem,
+        usage::KeyQuotaItem, inference::OpenAiModel, inference::OpenAiModelList,
     )),
     tags(
         (name = "models", description = "The model registry"),

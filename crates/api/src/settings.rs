@@ -112,7 +112,8 @@ impl AuthSettings {
     }
 }
 
-/// The `rate_limit` section: requests per minute per key, and per user.
+/// The `rate_limit` section: requests per minute per key, and per user; tokens per minute and
+/// per month per key, and per user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
@@ -131,6 +132,20 @@ pub struct RateLimitSettings {
     /// milliseconds without a Redis round trip each (`0`: one round trip per request). See
     /// `maas_cache::ratelimit` for what it costs in precision.
     pub lease_ms: u64,
+    /// Tokens per minute of a key that has no `tpm` of its own; `None` (the default): no limit.
+    pub default_tpm: Option<u64>,
+    /// Tokens per calendar month (UTC) of a key that has no `monthly_tokens` of its own;
+    /// `None` (the default): no quota.
+    pub default_monthly_tokens: Option<u64>,
+    /// Tokens per minute of all the keys of a user without a `tpm` of its own together;
+    /// `None` (the default): none.
+    pub user_tpm: Option<u64>,
+    /// Tokens per month of all the keys of a user without a `monthly_tokens` of its own
+    /// together; `None` (the default): none.
+    pub user_monthly_tokens: Option<u64>,
+    /// What a call that names no `max_tokens` (nor `max_completion_tokens`) reserves for its
+    /// completion, and what a raw call does, for keys with token limits.
+    pub default_max_tokens: u64,
 }
 
 impl Default for RateLimitSettings {
@@ -141,6 +156,11 @@ impl Default for RateLimitSettings {
             burst: 20,
             fail_open: true,
             lease_ms: 250,
+            default_tpm: None,
+            default_monthly_tokens: None,
+            user_tpm: None,
+            user_monthly_tokens: None,
+            default_max_tokens: 1_024,
         }
     }
 }
@@ -152,6 +172,19 @@ impl RateLimitSettings {
             default_rpm: self.default_rpm,
             burst: self.burst,
             user_rpm: self.user_rpm,
+        }
+    }
+
+    /// The domain's token policy of these settings; a call's `max_tokens` is believed up to
+    /// `max_tokens` (`usage.max_tokens_per_call`).
+    pub fn token_policy(&self, max_tokens: u64) -> maas_domain::limits::TokenPolicy {
+        maas_domain::limits::TokenPolicy {
+            default_tpm: self.default_tpm,
+            default_monthly_tokens: self.default_monthly_tokens,
+            user_tpm: self.user_tpm,
+            user_monthly_tokens: self.user_monthly_tokens,
+            default_max_tokens: self.default_max_tokens,
+            max_tokens,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use maas_domain::ports::{HealthCheck, RateLimiter};
-use maas_domain::{Accounts, Registry, Usage};
+use maas_domain::{Accounts, Quotas, Registry, Usage};
 
 use crate::proxy::Upstream;
 use crate::settings::UpstreamSettings;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Default limits, burst and what to do when the limiter is down.
     pub rate_limit: crate::settings::RateLimitSettings,
+    /// Token quotas: which calls reserve tokens, their reservations and reports.
+    pub quotas: Quotas,
     /// How a request's client address is found (for the limit of failed authentications).
     pub client_address: crate::client_address::ClientAddress,
     /// The pooled client for model servers.

@@ -1,8 +1,10 @@
-//! The usage queue: inference calls push events without waiting; one background task writes
-//! them to Postgres in batches. A full queue drops (and counts) rather than blocks.
+//! The usage queue: inference calls push events without waiting; one background task settles
+//! their token reservations in Redis and writes them to Postgres, in batches. A full queue drops
+//! (and counts) rather than blocks; a dropped event's reservation stays as it was (the safe
+//! side).
 
-use maas_domain::Usage;
 use maas_domain::inference::UsageEvent;
+use maas_domain::{Quotas, Usage};
 use maas_telemetry::names;
 use tokio::sync::mpsc;
 
@@ -39,7 +41,10 @@ impl UsageQueue {
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Writes queued events in batches of up to `batch_size` until every [`UsageQueue`] is dropped
-/// (the server stopped), then returns: so awaiting it after shutdown flushes the queue.
+/// (the server stopped), then returns: so awaiting it after shutdown flushes the queue. Before a
+/// batch is written, the token reservations of its calls are settled with their usage through
+/// `quotas` (one limiter call per batch), off the response path; when the limiter fails they
+/// stay as they were, and are counted (`maas_quota_settlements_total{result="failed"}`).
 ///
 /// The writer wakes once per [`BATCH_WINDOW`], not once per event: after the first event of a
 /// window it sleeps for the window, then writes everything queued (in batches of `batch_size`).
@@ -49,6 +54,7 @@ pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2
 pub async fn write_usage(
     mut receiver: UsageReceiver,
     usage: Usage,
+    quotas: Option<Quotas>,
     batch_size: usize,
     log: slog::Logger,
 ) {
@@ -68,6 +74,9 @@ pub async fn write_usage(
                 }
             }
             let full = batch.len() == batch_size;
+            if let Some(quotas) = &quotas {
+                settle(quotas, &batch, &log).await;
+            }
             if let Err(e) = usage.record(&batch).await {
                 slog::error!(log, "writing usage events failed; they are lost";
                     "events" => batch.len(), "error" => e.to_string());
@@ -78,6 +87,24 @@ pub async fn write_usage(
             if !full {
                 break;
             }
+        }
+    }
+}
+
+/// Settles the reservations of a batch's calls.
+async fn settle(quotas: &Quotas, batch: &[UsageEvent], log: &slog::Logger) {
+    match quotas.settle(batch).await {
+        Ok(0) => {}
+        Ok(settled) => {
+            metrics::counter!(names::QUOTA_SETTLEMENTS_TOTAL, "result" => "settled")
+                .increment(settled as u64);
+        }
+        Err(e) => {
+            let reserved = batch.iter().filter(|e| e.reservation.is_some()).count();
+            slog::warn!(log, "settling token reservations failed; they stay as reserved";
+                "calls" => reserved, "error" => e.to_string());
+            metrics::counter!(names::QUOTA_SETTLEMENTS_TOTAL, "result" => "failed")
+                .increment(reserved as u64);
         }
     }
 }
@@ -100,6 +127,7 @@ pub(crate) mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             created_at: chrono::Utc::now(),
+            reservation: None,
         }
     }
 

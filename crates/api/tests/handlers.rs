@@ -39,6 +39,11 @@ impl World {
             accounts: self.ports.accounts.clone(),
             rate_limiter: self.limiter.clone(),
             rate_limit,
+            quotas: self.ports.quotas(
+                self.limiter.clone(),
+                rate_limit.limits(),
+                rate_limit.token_policy(10_000_000),
+            ),
             client_address: maas_api::client_address::ClientAddress::default(),
             upstream: maas_api::proxy::Upstream::new(&UpstreamSettings::default())
                 .expect("an upstream client"),
@@ -524,4 +529,223 @@ async fn an_alias_split_is_set_whole_and_read_back_and_bad_splits_name_the_field
             .contains("version 7"),
         "{body}"
     );
+}
+
+/// A member holding a key with `tpm` tokens a minute (created by an admin); the key.
+async fn metered_key(world: &World, name: &str, tpm: i64) -> String {
+    let root = world
+        .ports
+        .actor(&format!("root-of-{name}"), Role::Admin)
+        .await;
+    let user = world.ports.user(name, Role::Member).await;
+    let request = maas_domain::accounts::KeyRequest {
+        user_id: Some(user.id),
+        tokens: maas_domain::identity::TokenQuotas {
+            tpm: Some(maas_domain::identity::TokensPerMinute::new(tpm).expect("valid")),
+            monthly_tokens: None,
+        },
+        ..maas_domain::accounts::KeyRequest::named(
+            maas_domain::identity::KeyName::parse("metered".into()).expect("valid"),
+        )
+    };
+    let created = world
+        .ports
+        .accounts
+        .create_key(&root, request, chrono::Utc::now())
+        .await
+        .expect("created");
+    created.plaintext.expose().to_owned()
+}
+
+#[actix_web::test]
+async fn a_key_past_its_tokens_per_minute_is_429_of_type_tokens_with_openai_s_headers() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = metered_key(&world, "alice", 100).await;
+    let call = || {
+        as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+            .set_json(json!({"model": "nothing", "max_tokens": 100}))
+            .to_request()
+    };
+
+    // Admitted (the window was empty), reserving 100 + a quarter of the body's bytes: the
+    // model does not exist, which the call learns after its reservation.
+    let first = test::call_service(&app, call()).await;
+    assert_eq!(first.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        header(&first, "x-ratelimit-limit-tokens").as_deref(),
+        Some("100")
+    );
+    assert_eq!(
+        header(&first, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&first, "x-ratelimit-reset-tokens").as_deref(),
+        Some("1m1s")
+    );
+    assert_eq!(
+        header(&first, "x-ratelimit-limit-requests").as_deref(),
+        Some("1000000")
+    );
+    assert!(header(&first, "x-ratelimit-remaining-requests").is_some());
+    assert_eq!(
+        header(&first, "ratelimit-limit").as_deref(),
+        Some("1000000")
+    );
+
+    let refused = test::call_service(&app, call()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after").as_deref(), Some("61"));
+    assert_eq!(
+        header(&refused, "x-ratelimit-limit-tokens").as_deref(),
+        Some("100")
+    );
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&refused, "x-ratelimit-reset-tokens").as_deref(),
+        Some("1m1s")
+    );
+    assert!(
+        header(&refused, "ratelimit-remaining").is_some(),
+        "RateLimit-* too"
+    );
+    let (_, content_type, body) = answer(refused).await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(body["error"]["type"], "tokens", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("tokens per min (TPM): Limit 100"),
+        "{message}"
+    );
+
+    // A minute and a second on the limiter's clock, the window is empty again.
+    world.limiter.advance(std::time::Duration::from_secs(61));
+    assert_eq!(
+        test::call_service(&app, call()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[actix_web::test]
+async fn a_metered_call_whose_max_tokens_is_no_integer_is_422_and_still_spends_a_request() {
+    let world = World::new();
+    let limits = RateLimitSettings {
+        default_rpm: 1,
+        burst: 2,
+        ..RateLimitSettings::default()
+    };
+    let app = service(&world, limits).await;
+    let key = metered_key(&world, "alice", 1_000).await;
+    let bad = || {
+        as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+            .set_json(json!({"model": "m", "max_tokens": 1.5}))
+            .to_request()
+    };
+
+    let res = test::call_service(&app, bad()).await;
+    assert_eq!(header(&res, "ratelimit-remaining").as_deref(), Some("1"));
+    let (status, _, body) = answer(res).await;
+    assert_eq!(
+        (status, body["error"]["param"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("max_tokens"))
+    );
+    // So does a POST under /v1 that is no route.
+    let unknown = as_key(TestRequest::post().uri("/v1/nothing"), &key)
+        .set_json(json!({}))
+        .to_request();
+    let res = test::call_service(&app, unknown).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(header(&res, "ratelimit-remaining").as_deref(), Some("0"));
+    // The burst is spent: the next bad call is refused for its rate, in OpenAI's shape.
+    let (status, _, body) = answer(test::call_service(&app, bad()).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["type"], "requests", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+}
+
+#[actix_web::test]
+async fn a_key_without_token_limits_is_decided_once_before_its_body_and_has_no_token_headers() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = world.key("plain", Role::Member).await;
+    let call = as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+        .set_json(json!({"model": "nothing", "max_tokens": "not even read"}))
+        .to_request();
+
+    let res = test::call_service(&app, call).await;
+
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "max_tokens is not read"
+    );
+    assert!(header(&res, "ratelimit-limit").is_some());
+    assert_eq!(header(&res, "x-ratelimit-limit-tokens"), None);
+    let principal = world
+        .ports
+        .accounts
+        .authenticate(Some(&key), chrono::Utc::now())
+        .await
+        .expect("authenticated");
+    assert_eq!(world.limiter.checks_of(principal.key_id), 1, "one decision");
+    assert_eq!(
+        world.limiter.key_window(principal.key_id),
+        0,
+        "nothing reserved"
+    );
+}
+
+#[actix_web::test]
+async fn admins_set_a_keys_token_quotas_and_the_usage_report_shows_them() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let admin = world.key("root", Role::Admin).await;
+    let member = world.key("bob", Role::Member).await;
+    let list = as_key(TestRequest::get().uri("/api/v1/keys"), &member).to_request();
+    let (_, _, keys) = answer(test::call_service(&app, list).await).await;
+    let id = keys["items"][0]["id"].as_str().expect("an id").to_owned();
+    let patch = |key: &str, body: Value| {
+        as_key(TestRequest::patch().uri(&format!("/api/v1/keys/{id}")), key)
+            .set_json(body)
+            .to_request()
+    };
+
+    let own = test::call_service(&app, patch(&member, json!({"tpm": 10}))).await;
+    assert_eq!(own.status(), StatusCode::FORBIDDEN);
+    let (status, _, body) =
+        answer(test::call_service(&app, patch(&admin, json!({"tpm": 0}))).await).await;
+    assert_eq!(
+        (status, body["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("tpm"))
+    );
+    let (status, _, body) = answer(
+        test::call_service(
+            &app,
+            patch(&admin, json!({"tpm": 500, "monthly_tokens": 9000})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["tpm"].clone(), body["monthly_tokens"].clone()),
+        (json!(500), json!(9000))
+    );
+    assert_eq!(body["models"], Value::Null, "left as it was");
+
+    let report = as_key(TestRequest::get().uri("/api/v1/usage"), &member).to_request();
+    let (status, _, body) = answer(test::call_service(&app, report).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let quota = &body["quota"];
+    assert_eq!(quota["keys"][0]["key_id"], json!(id), "{body}");
+    assert_eq!(quota["keys"][0]["tokens_used"], 0);
+    assert_eq!(quota["keys"][0]["monthly_tokens"], 9000);
+    assert_eq!(quota["keys"][0]["monthly_tokens_left"], 9000);
+    assert_eq!(quota["keys"][0]["tpm"], 500);
+    assert_eq!(quota["user"]["monthly_tokens"], Value::Null);
 }

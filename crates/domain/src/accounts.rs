@@ -24,16 +24,18 @@ use uuid::Uuid;
 use crate::error::{DomainError, ValidationError};
 use crate::identity::{
     ApiKey, AuthFailure, KeyHash, KeyName, KeyRecord, ModelAllowlist, NewApiKey, NewUser,
-    PlaintextKey, Principal, RateLimitRpm, User, UserPatch,
+    PlaintextKey, Principal, RateLimitRpm, TokenQuotas, User, UserPatch,
 };
 use crate::model::Page;
 use crate::ports::{Cache, CacheLookup, Field, IdentityRepository, Scope};
 use crate::values::{PageLimit, Username};
 
 mod failures;
+mod keys;
 mod unknown;
 
 pub use failures::FailedAuthLimit;
+pub use keys::KeyUpdate;
 use unknown::UnknownKeys;
 
 /// Why authentication failed: the client sees one 401 either way, or 429 when throttled.
@@ -72,6 +74,8 @@ pub struct KeyRequest {
     /// The models it may be used with; `None`: every model its user may use (or, from a key
     /// with an allowlist, that key's allowlist).
     pub models: Option<ModelAllowlist>,
+    /// Admins only: its own token quotas.
+    pub tokens: TokenQuotas,
 }
 
 impl KeyRequest {
@@ -83,6 +87,7 @@ impl KeyRequest {
             user_id: None,
             rate_limit_rpm: None,
             models: None,
+            tokens: TokenQuotas::default(),
         }
     }
 }
@@ -366,125 +371,6 @@ impl Accounts {
         Ok(user)
     }
 
-    /// Creates a key for the actor, or (admins only) for another user and with its own limit.
-    /// From a key with a models allowlist, the new key's allowlist must be within it (absent:
-    /// the same). Past the user's active keys, a conflict.
-    pub async fn create_key(
-        &self,
-        actor: &Principal,
-        request: KeyRequest,
-        now: DateTime<Utc>,
-    ) -> Result<CreatedKey, DomainError> {
-        if (request.user_id.is_some_and(|id| id != actor.user_id)
-            || request.rate_limit_rpm.is_some())
-            && !actor.is_admin()
-        {
-            return Err(DomainError::Forbidden(
-                "only admins may create keys for other users or set rate_limit_rpm".to_owned(),
-            ));
-        }
-        if request.expires_at.is_some_and(|at| at <= now) {
-            return Err(ValidationError::new("expires_at", "must be in the future").into());
-        }
-        let models = within_actors_allowlist(actor, request.models)?;
-        self.issue_key(
-            request.user_id.unwrap_or(actor.user_id),
-            NewKeyParts {
-                name: request.name,
-                expires_at: request.expires_at,
-                rate_limit_rpm: request.rate_limit_rpm,
-                models,
-            },
-            self.max_keys_per_user,
-        )
-        .await
-    }
-
-    /// Changes the models a key of the actor (admins: any key) may be used with; `None`: every
-    /// model its user may use. From a key with an allowlist, only within it. The very next
-    /// request with the key sees the change, on every replica.
-    pub async fn set_key_models(
-        &self,
-        actor: &Principal,
-        id: Uuid,
-        models: Option<ModelAllowlist>,
-    ) -> Result<ApiKey, DomainError> {
-        let key = self.repo.get_key(id).await?;
-        if key.user_id != actor.user_id && !actor.is_admin() {
-            return Err(DomainError::NotFound(format!("API key {id} not found")));
-        }
-        let models = within_actors_allowlist(actor, models)?;
-        let (key, hash) = self.repo.set_key_models(id, models).await?;
-        self.cache.invalidate(&Scope::Key(hash)).await;
-        Ok(key)
-    }
-
-    /// Creates a key for a user without an actor: for operators at the command line.
-    pub async fn create_key_as_operator(
-        &self,
-        username: &Username,
-        name: KeyName,
-    ) -> Result<CreatedKey, DomainError> {
-        let user = self.repo.get_user(username).await?;
-        let parts = NewKeyParts {
-            name,
-            expires_at: None,
-            rate_limit_rpm: None,
-            models: None,
-        };
-        // Operators are not bound by max_keys_per_user: it protects the gateway from members.
-        self.issue_key(user.id, parts, None).await
-    }
-
-    async fn issue_key(
-        &self,
-        user_id: Uuid,
-        parts: NewKeyParts,
-        max_active: Option<u32>,
-    ) -> Result<CreatedKey, DomainError> {
-        let plaintext = PlaintextKey::generate()
-            .map_err(|e| DomainError::Internal(format!("no randomness: {e}")))?;
-        let new = NewApiKey {
-            user_id,
-            name: parts.name,
-            hash: plaintext.hash(),
-            prefix: plaintext.display_prefix(),
-            expires_at: parts.expires_at,
-            rate_limit_rpm: parts.rate_limit_rpm,
-            models: parts.models,
-        };
-        let key = self.repo.create_key(new, max_active).await?;
-        self.unknown.forget(&plaintext.hash());
-        self.cache.invalidate(&Scope::Key(plaintext.hash())).await;
-        Ok(CreatedKey { key, plaintext })
-    }
-
-    /// The keys of the actor, or (admins only) of `user_id`.
-    pub async fn list_keys(
-        &self,
-        actor: &Principal,
-        user_id: Option<Uuid>,
-    ) -> Result<Vec<ApiKey>, DomainError> {
-        let owner = user_id.unwrap_or(actor.user_id);
-        if owner != actor.user_id {
-            admin_only(actor)?;
-        }
-        Ok(self.repo.list_keys(owner).await?)
-    }
-
-    /// Revokes a key of the actor (admins: any key). The very next request with it is refused,
-    /// on every replica: the cached lookup is dropped before this returns.
-    pub async fn revoke_key(&self, actor: &Principal, id: Uuid) -> Result<ApiKey, DomainError> {
-        let key = self.repo.get_key(id).await?;
-        if key.user_id != actor.user_id && !actor.is_admin() {
-            // Same answer as a missing key: members cannot probe other users' key ids.
-            return Err(DomainError::NotFound(format!("API key {id} not found")));
-        }
-        let (key, hash) = self.repo.revoke_key(id).await?;
-        self.cache.invalidate(&Scope::Key(hash)).await;
-        Ok(key)
-    }
-
     /// At start-up: if no admin exists, creates user `admin` holding `key`. Safe when several
     /// replicas start at once. Returns the user when it was created.
     pub async fn bootstrap_admin(&self, key: &PlaintextKey) -> Result<Option<User>, DomainError> {
@@ -497,6 +383,7 @@ impl Accounts {
             expires_at: None,
             rate_limit_rpm: None,
             models: None,
+            tokens: TokenQuotas::default(),
         };
         let created = self.repo.bootstrap_admin(&username, new).await?;
         if created.is_some() {
@@ -504,30 +391,6 @@ impl Accounts {
             self.cache.invalidate(&Scope::Key(key.hash())).await;
         }
         Ok(created)
-    }
-}
-
-/// What a new key is made of, besides its user and the key itself.
-struct NewKeyParts {
-    name: KeyName,
-    expires_at: Option<DateTime<Utc>>,
-    rate_limit_rpm: Option<RateLimitRpm>,
-    models: Option<ModelAllowlist>,
-}
-
-/// The allowlist a key made or changed by `actor` gets: what was asked, which must be within
-/// the actor's own allowlist when it has one (nothing asked: the actor's).
-fn within_actors_allowlist(
-    actor: &Principal,
-    asked: Option<ModelAllowlist>,
-) -> Result<Option<ModelAllowlist>, DomainError> {
-    match (&actor.models, asked) {
-        (None, asked) => Ok(asked),
-        (Some(own), None) => Ok(Some(own.clone())),
-        (Some(own), Some(asked)) if asked.is_within(own) => Ok(Some(asked)),
-        (Some(_), Some(_)) => Err(DomainError::Forbidden(
-            "models: a key with an allowlist may only give keys models on its own list".to_owned(),
-        )),
     }
 }
 

@@ -9,9 +9,11 @@ use crate::values::{ModelName, Username};
 
 mod allowlist;
 mod key;
+mod quota;
 
 pub use allowlist::ModelAllowlist;
 pub use key::{KeyHash, PlaintextKey};
+pub use quota::{MonthlyTokens, TokenQuotas, TokenQuotasPatch, TokensPerMinute};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,6 +62,10 @@ pub struct User {
     /// build from before user limits is read again from the store rather than taken as "none".
     #[serde(deserialize_with = "Option::deserialize")]
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// The tokens all of the user's keys together may use (set by an admin), else
+    /// `rate_limit.user_tpm` and `rate_limit.user_monthly_tokens`, if set. Required in a cached
+    /// record, so that one cached by a build from before token quotas is read again.
+    pub tokens: TokenQuotas,
 }
 
 /// What is needed to create a user.
@@ -71,9 +77,11 @@ pub struct NewUser {
     pub role: Role,
     /// Limit of all the user's keys together, if not the default.
     pub rate_limit_rpm: Option<RateLimitRpm>,
+    /// Token quotas of all the user's keys together, where not the defaults.
+    pub tokens: TokenQuotas,
 }
 
-/// A change of a user's role, disabled flag or limit; `None` leaves it.
+/// A change of a user's role, disabled flag, limit or token quotas; `None` leaves it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserPatch {
     /// New role.
@@ -82,12 +90,17 @@ pub struct UserPatch {
     pub disabled: Option<bool>,
     /// A limit of the user's own, or back to the default (`Some(None)`).
     pub rate_limit_rpm: Option<Option<RateLimitRpm>>,
+    /// Token quotas of the user's own, or back to the defaults.
+    pub tokens: TokenQuotasPatch,
 }
 
 impl UserPatch {
     /// True when the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.role.is_none() && self.disabled.is_none() && self.rate_limit_rpm.is_none()
+        self.role.is_none()
+            && self.disabled.is_none()
+            && self.rate_limit_rpm.is_none()
+            && self.tokens.is_empty()
     }
 }
 
@@ -176,6 +189,9 @@ pub struct ApiKey {
     /// the store rather than taken as "every model".
     #[serde(deserialize_with = "Option::deserialize")]
     pub models: Option<ModelAllowlist>,
+    /// Its own token quotas (set by an admin), else the defaults. Required in a cached record,
+    /// so that one cached by a build from before token quotas is read again from the store.
+    pub tokens: TokenQuotas,
 }
 
 /// What is needed to store a key.
@@ -195,6 +211,8 @@ pub struct NewApiKey {
     pub rate_limit_rpm: Option<RateLimitRpm>,
     /// The models it may be used with; `None`: all its user may use.
     pub models: Option<ModelAllowlist>,
+    /// Its own token quotas.
+    pub tokens: TokenQuotas,
 }
 
 /// A key and its user, as the authentication lookup returns (and the cache holds) them.
@@ -223,6 +241,10 @@ pub struct Principal {
     pub user_rate_limit_rpm: Option<RateLimitRpm>,
     /// The models the key may be used with; `None`: every model the user may use.
     pub models: Option<ModelAllowlist>,
+    /// The key's own token quotas.
+    pub key_tokens: TokenQuotas,
+    /// The user's own token quotas (of all its keys together).
+    pub user_tokens: TokenQuotas,
 }
 
 impl Principal {
@@ -265,6 +287,8 @@ impl From<&KeyRecord> for Principal {
             rate_limit_rpm: r.key.rate_limit_rpm,
             user_rate_limit_rpm: r.user.rate_limit_rpm,
             models: r.key.models.clone(),
+            key_tokens: r.key.tokens,
+            user_tokens: r.user.tokens,
         }
     }
 }
@@ -319,6 +343,8 @@ mod tests {
             rate_limit_rpm: None,
             user_rate_limit_rpm: None,
             models: None,
+            key_tokens: TokenQuotas::default(),
+            user_tokens: TokenQuotas::default(),
         };
         assert!(member.may_change(Some(me)));
         assert!(!member.may_change(Some(Uuid::new_v4())));

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ValidationError;
+use crate::ports::Reservation;
 use crate::values::{AliasName, ModelName, VersionNumber};
 
 /// Which version of a model a call selects.
@@ -150,6 +151,19 @@ pub struct UsageEvent {
     pub completion_tokens: Option<i64>,
     /// When the call was made.
     pub created_at: DateTime<Utc>,
+    /// The tokens the call reserved in its key's and user's token limits, when they have
+    /// any: settled from this event (see [`crate::quotas`]); not stored as such (its charge is,
+    /// as [`quota_tokens`](Self::quota_tokens)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+}
+
+impl UsageEvent {
+    /// What the call is charged against its token quotas, when it reserved tokens (see
+    /// [`crate::quotas::charge`]).
+    pub fn quota_tokens(&self) -> Option<u64> {
+        self.reservation.map(|_| crate::quotas::charge(self))
+    }
 }
 
 /// How usage is grouped in reports.

@@ -29,6 +29,7 @@ pub mod inference;
 pub mod limits;
 pub mod model;
 pub mod ports;
+pub mod quotas;
 pub mod redact;
 pub mod registry;
 pub mod serving;
@@ -39,5 +40,6 @@ pub mod values;
 
 pub use accounts::Accounts;
 pub use error::{DomainError, RepoError, ValidationError};
+pub use quotas::Quotas;
 pub use registry::Registry;
 pub use usage::Usage;

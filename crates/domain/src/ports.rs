@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::alias::{AliasSplit, ResolvedAlias};
 use crate::error::{RepoError, ValidationError};
 use crate::identity::{
-    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, User, UserPatch,
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, TokenQuotasPatch, User,
+    UserPatch,
 };
 use crate::inference::{ServableModel, UpstreamSecret, UsageEvent, UsageQuery, UsageRow};
 use crate::model::{
@@ -23,8 +24,14 @@ use crate::model::{
 use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
 
 mod rate;
+mod tokens;
 
 pub use rate::{Allowance, RateDecision, RateLimit, RateLimiter, RateRequest, UserRateLimit};
+pub use tokens::{
+    Admission, Counters, LimiterUnavailable, Month, MonthSeed, QuotaSubject, RateFigures,
+    Reservation, Settlement, TokenDecision, TokenLimiter, TokenLimits, TokenRefusal, TokenRequest,
+    WindowFigures,
+};
 
 /// Durable storage of the model registry.
 ///
@@ -433,6 +440,12 @@ pub trait IdentityRepository: Send + Sync {
         id: Uuid,
         models: Option<ModelAllowlist>,
     ) -> Result<(ApiKey, KeyHash), RepoError>;
+    /// Changes a key's own token quotas and returns it with its hash.
+    async fn set_key_quotas(
+        &self,
+        id: Uuid,
+        patch: TokenQuotasPatch,
+    ) -> Result<(ApiKey, KeyHash), RepoError>;
     /// One key by id.
     async fn get_key(&self, id: Uuid) -> Result<ApiKey, RepoError>;
     /// A user's keys, newest first, revoked ones included.
@@ -461,6 +474,22 @@ pub trait UsageRepository: Send + Sync {
     async fn insert_usage(&self, events: &[UsageEvent]) -> Result<(), RepoError>;
     /// Aggregates events per the query's grouping, ordered by group.
     async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError>;
+    /// The tokens `subject`'s calls in `[from, to)` count against its quotas: each call's
+    /// `quota_tokens` when it had a reservation, else its prompt and completion tokens
+    /// (unknown ones count nothing).
+    async fn tokens_used(
+        &self,
+        subject: QuotaSubject,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<u64, RepoError>;
+    /// The same, per key of `user_id` (keys without calls left out), in no particular order.
+    async fn tokens_used_by_key(
+        &self,
+        user_id: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, u64)>, RepoError>;
 }
 
 #[cfg(test)]

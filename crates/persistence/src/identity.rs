@@ -13,7 +13,8 @@ use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use maas_domain::RepoError;
 use maas_domain::identity::{
-    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, User, UserPatch,
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, TokenQuotas,
+    TokenQuotasPatch, User, UserPatch,
 };
 use maas_domain::ports::IdentityRepository;
 use maas_domain::values::{PageLimit, Username};
@@ -22,7 +23,8 @@ use uuid::Uuid;
 use crate::error::{Failure, observe};
 use crate::pool::{PgPool, PooledConnection};
 use crate::rows::{
-    ApiKeyRow, NewApiKeyRow, NewUserRow, UserChanges, UserRow, key_hash, models_column, rows_for,
+    ApiKeyRow, KeyQuotaChanges, NewApiKeyRow, NewUserRow, UserChanges, UserRow, key_hash,
+    models_column, rows_for,
 };
 use crate::schema::{api_keys, users};
 
@@ -301,6 +303,37 @@ impl IdentityRepository for PgIdentityRepository {
         .await
     }
 
+    async fn set_key_quotas(
+        &self,
+        id: Uuid,
+        patch: TokenQuotasPatch,
+    ) -> Result<(ApiKey, KeyHash), RepoError> {
+        observe("set_key_quotas", async {
+            let mut conn = self.conn().await?;
+            let row: Option<(ApiKeyRow, Vec<u8>)> = match KeyQuotaChanges::of(patch)? {
+                Some(changes) => {
+                    diesel::update(api_keys::table.find(id))
+                        .set(changes)
+                        .returning((ApiKeyRow::as_returning(), api_keys::key_hash))
+                        .get_result(&mut conn)
+                        .await
+                }
+                // diesel refuses an empty SET: nothing changes, the key is read.
+                None => {
+                    api_keys::table
+                        .find(id)
+                        .select((ApiKeyRow::as_select(), api_keys::key_hash))
+                        .first(&mut conn)
+                        .await
+                }
+            }
+            .optional()?;
+            let (row, hash) = row.ok_or_else(|| key_not_found(id))?;
+            Ok((row.try_into()?, key_hash(&hash)?))
+        })
+        .await
+    }
+
     async fn get_key(&self, id: Uuid) -> Result<ApiKey, RepoError> {
         observe("get_key", async {
             let mut conn = self.conn().await?;
@@ -433,6 +466,7 @@ impl IdentityRepository for PgIdentityRepository {
                     username: username.clone(),
                     role: Role::Admin,
                     rate_limit_rpm: None,
+                    tokens: TokenQuotas::default(),
                 };
                 let inserted = diesel::insert_into(users::table)
                     .values(NewUserRow::try_from(new)?)

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use maas_domain::RepoError;
 use maas_domain::identity::{
-    ApiKey, KeyHash, KeyName, ModelAllowlist, NewApiKey, NewUser, RateLimitRpm, Role, User,
-    UserPatch,
+    ApiKey, KeyHash, KeyName, ModelAllowlist, MonthlyTokens, NewApiKey, NewUser, RateLimitRpm,
+    Role, TokenQuotas, TokenQuotasPatch, TokensPerMinute, User, UserPatch,
 };
 use maas_domain::model::{
     Model, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch, Visibility,
@@ -257,6 +257,63 @@ pub(crate) struct UserRow {
     disabled: bool,
     created_at: DateTime<Utc>,
     rate_limit_rpm: Option<i32>,
+    tpm: Option<i64>,
+    monthly_tokens: Option<i64>,
+}
+
+/// Stored token quotas, checked to be quotas; `table` names them in the error.
+fn stored_tokens(
+    table: &str,
+    tpm: Option<i64>,
+    monthly_tokens: Option<i64>,
+) -> Result<TokenQuotas, RepoError> {
+    Ok(TokenQuotas {
+        tpm: tpm
+            .map(TokensPerMinute::new)
+            .transpose()
+            .map_err(|e| corrupt(&format!("{table}.tpm"), e))?,
+        monthly_tokens: monthly_tokens
+            .map(MonthlyTokens::new)
+            .transpose()
+            .map_err(|e| corrupt(&format!("{table}.monthly_tokens"), e))?,
+    })
+}
+
+/// A quota as a column: every quota fits an `i64`, so the error is unreachable, but an error
+/// rather than a panic.
+fn token_column(quota: Option<u64>) -> Result<Option<i64>, RepoError> {
+    quota
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|e| RepoError::Internal(format!("token quota out of range: {e}")))
+}
+
+/// The columns of token quotas: `tpm` and `monthly_tokens`.
+type TokenColumns = (Option<i64>, Option<i64>);
+
+/// Token quotas as their columns.
+fn token_columns(quotas: TokenQuotas) -> Result<TokenColumns, RepoError> {
+    Ok((
+        token_column(quotas.tpm.map(TokensPerMinute::get))?,
+        token_column(quotas.monthly_tokens.map(MonthlyTokens::get))?,
+    ))
+}
+
+/// Changed token quota columns: `tpm` and `monthly_tokens`.
+type TokenChanges = (Option<Option<i64>>, Option<Option<i64>>);
+
+/// A patch of token quotas as changed columns (`None` keeps a column, `Some(None)` clears it).
+fn token_changes(patch: TokenQuotasPatch) -> Result<TokenChanges, RepoError> {
+    Ok((
+        patch
+            .tpm
+            .map(|tpm| token_column(tpm.map(TokensPerMinute::get)))
+            .transpose()?,
+        patch
+            .monthly_tokens
+            .map(|m| token_column(m.map(MonthlyTokens::get)))
+            .transpose()?,
+    ))
 }
 
 /// A stored limit, checked to be one; `column` names it in the error.
@@ -290,6 +347,7 @@ impl TryFrom<UserRow> for User {
             disabled: row.disabled,
             created_at: row.created_at,
             rate_limit_rpm: stored_rpm("users.rate_limit_rpm", row.rate_limit_rpm)?,
+            tokens: stored_tokens("users", row.tpm, row.monthly_tokens)?,
         })
     }
 }
@@ -301,16 +359,21 @@ pub(crate) struct NewUserRow {
     username: String,
     role: &'static str,
     rate_limit_rpm: Option<i32>,
+    tpm: Option<i64>,
+    monthly_tokens: Option<i64>,
 }
 
 impl TryFrom<NewUser> for NewUserRow {
     type Error = RepoError;
 
     fn try_from(new: NewUser) -> Result<Self, RepoError> {
+        let (tpm, monthly_tokens) = token_columns(new.tokens)?;
         Ok(Self {
             username: new.username.into_inner(),
             role: new.role.as_str(),
             rate_limit_rpm: rpm_column(new.rate_limit_rpm)?,
+            tpm,
+            monthly_tokens,
         })
     }
 }
@@ -322,6 +385,8 @@ pub(crate) struct UserChanges {
     role: Option<&'static str>,
     disabled: Option<bool>,
     rate_limit_rpm: Option<Option<i32>>,
+    tpm: Option<Option<i64>>,
+    monthly_tokens: Option<Option<i64>>,
 }
 
 impl UserChanges {
@@ -330,10 +395,13 @@ impl UserChanges {
         if patch.is_empty() {
             return Ok(None);
         }
+        let (tpm, monthly_tokens) = token_changes(patch.tokens)?;
         Ok(Some(Self {
             role: patch.role.map(Role::as_str),
             disabled: patch.disabled,
             rate_limit_rpm: patch.rate_limit_rpm.map(rpm_column).transpose()?,
+            tpm,
+            monthly_tokens,
         }))
     }
 }
@@ -352,6 +420,8 @@ pub(crate) struct ApiKeyRow {
     last_used_at: Option<DateTime<Utc>>,
     rate_limit_rpm: Option<i32>,
     models: Option<Vec<String>>,
+    tpm: Option<i64>,
+    monthly_tokens: Option<i64>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKey {
@@ -373,7 +443,30 @@ impl TryFrom<ApiKeyRow> for ApiKey {
                 .map(ModelAllowlist::parse)
                 .transpose()
                 .map_err(|e| corrupt("api_keys.models", e))?,
+            tokens: stored_tokens("api_keys", row.tpm, row.monthly_tokens)?,
         })
+    }
+}
+
+/// The changed token quotas of a key: `None` keeps a column, `Some(None)` clears it.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = api_keys)]
+pub(crate) struct KeyQuotaChanges {
+    tpm: Option<Option<i64>>,
+    monthly_tokens: Option<Option<i64>>,
+}
+
+impl KeyQuotaChanges {
+    /// The changes of `patch`, or `None` when it changes nothing (diesel refuses an empty `SET`).
+    pub(crate) fn of(patch: TokenQuotasPatch) -> Result<Option<Self>, RepoError> {
+        if patch.is_empty() {
+            return Ok(None);
+        }
+        let (tpm, monthly_tokens) = token_changes(patch)?;
+        Ok(Some(Self {
+            tpm,
+            monthly_tokens,
+        }))
     }
 }
 
@@ -398,12 +491,17 @@ pub(crate) struct NewApiKeyRow {
     expires_at: Option<DateTime<Utc>>,
     rate_limit_rpm: Option<i32>,
     models: Option<Vec<String>>,
+    tpm: Option<i64>,
+    monthly_tokens: Option<i64>,
 }
 
 impl NewApiKeyRow {
     /// The row of `new`, held by `user_id` (which overrides `new.user_id`).
     pub(crate) fn held_by(user_id: Uuid, new: NewApiKey) -> Result<Self, RepoError> {
+        let (tpm, monthly_tokens) = token_columns(new.tokens)?;
         Ok(Self {
+            tpm,
+            monthly_tokens,
             user_id,
             name: new.name.as_str().to_owned(),
             key_hash: new.hash.as_bytes().to_vec(),

@@ -119,6 +119,10 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Requests per minute of all the user's keys together; NULL: the default.
         rate_limit_rpm -> Nullable<Int4>,
+        /// Tokens per minute of all the user's keys together; NULL: the default.
+        tpm -> Nullable<Int8>,
+        /// Tokens per calendar month (UTC) of all the user's keys together; NULL: the default.
+        monthly_tokens -> Nullable<Int8>,
     }
 }
 
@@ -147,6 +151,10 @@ diesel::table! {
         rate_limit_rpm -> Nullable<Int4>,
         /// The models it may be used with (1 to 100 names); NULL: every model.
         models -> Nullable<Array<Text>>,
+        /// Own tokens-per-minute limit; NULL: the default.
+        tpm -> Nullable<Int8>,
+        /// Own tokens-per-month quota; NULL: the default.
+        monthly_tokens -> Nullable<Int8>,
     }
 }
 
@@ -177,6 +185,8 @@ diesel::table! {
         completion_tokens -> Nullable<Int8>,
         /// When the call was made.
         created_at -> Timestamptz,
+        /// What the call was charged against its token quotas, when it reserved tokens.
+        quota_tokens -> Nullable<Int8>,
     }
 }
 

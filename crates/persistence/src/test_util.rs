@@ -26,7 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role};
+use maas_domain::identity::{KeyName, NewApiKey, NewUser, PlaintextKey, Role, TokenQuotas};
 use maas_domain::inference::{UpstreamSecret, UsageEvent};
 use maas_domain::model::{NewModel, NewVersion, Visibility};
 use maas_domain::serving::{EndpointList, KeyChange};
@@ -493,6 +493,7 @@ pub fn usage_event(
         prompt_tokens: None,
         completion_tokens: None,
         created_at,
+        reservation: None,
     }
 }
 
@@ -507,6 +508,7 @@ pub fn new_user(name: &str, role: Role) -> NewUser {
         username: username(name),
         role,
         rate_limit_rpm: None,
+        tokens: TokenQuotas::default(),
     }
 }
 
@@ -527,6 +529,7 @@ pub fn new_key(user_id: Uuid, name: &str) -> (PlaintextKey, NewApiKey) {
         expires_at: None,
         rate_limit_rpm: None,
         models: None,
+        tokens: TokenQuotas::default(),
     };
     (key, new)
 }

@@ -25,6 +25,12 @@ pub const DB_UNAVAILABLE_TOTAL: &str = "maas_db_unavailable_total";
 pub const READINESS_CHECK_DURATION_SECONDS: &str = "maas_readiness_check_duration_seconds";
 /// Counter of rate-limit decisions, labelled `decision` (see [`rate_limit_decision`]).
 pub const RATE_LIMIT_DECISIONS_TOTAL: &str = "maas_rate_limit_decisions_total";
+/// Counter of token-reserving decisions (inference calls of keys with token limits; also counted
+/// in [`RATE_LIMIT_DECISIONS_TOTAL`]), labelled `decision` (see [`token_limit_decision`]).
+pub const TOKEN_LIMIT_DECISIONS_TOTAL: &str = "maas_token_limit_decisions_total";
+/// Counter of token reservations settled with their calls' usage, labelled `result`
+/// (`settled`; `failed`: the limiter was down, the reservations stay as they were).
+pub const QUOTA_SETTLEMENTS_TOTAL: &str = "maas_quota_settlements_total";
 /// Counter of refused authentications, labelled `reason` (kept off the HTTP response).
 pub const AUTH_FAILURES_TOTAL: &str = "maas_auth_failures_total";
 
@@ -74,5 +80,21 @@ pub mod rate_limit_decision {
     /// The request was refused: the key is over its limit.
     pub const LIMITED: &str = "limited";
     /// The limiter could not decide (store down, too slow, or skipped after a recent failure).
+    pub const ERROR: &str = "error";
+}
+
+/// Label values of [`TOKEN_LIMIT_DECISIONS_TOTAL`].
+pub mod token_limit_decision {
+    /// Admitted: its tokens are reserved.
+    pub const ALLOWED: &str = "allowed";
+    /// Refused by a request rate (the key's or its user's `rpm`).
+    pub const REQUESTS: &str = "requests";
+    /// Refused by a token window (`tpm`).
+    pub const TOKENS: &str = "tokens";
+    /// Refused by a month's quota (`monthly_tokens`).
+    pub const MONTHLY: &str = "monthly";
+    /// A month's counter was missing and is to be seeded; the call is decided again.
+    pub const UNSEEDED: &str = "unseeded";
+    /// The limiter could not decide.
     pub const ERROR: &str = "error";
 }

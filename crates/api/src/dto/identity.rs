@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
-use maas_domain::accounts::KeyRequest;
+use maas_domain::accounts::{KeyRequest, KeyUpdate};
 use maas_domain::identity::{
-    ApiKey, KeyName, ModelAllowlist, NewUser, RateLimitRpm, Role, User, UserPatch,
+    ApiKey, KeyName, ModelAllowlist, MonthlyTokens, NewUser, RateLimitRpm, Role, TokenQuotas,
+    TokenQuotasPatch, TokensPerMinute, User, UserPatch,
 };
 use maas_domain::values::Username;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,36 @@ pub struct CreateUser {
     /// Requests per minute of all the user's keys together (1 to 1,000,000); absent: the
     /// default, `rate_limit.user_rpm`.
     pub rate_limit_rpm: Option<i64>,
+    /// Tokens per minute of all the user's keys together (1 to 1,000,000,000); absent: the
+    /// default, `rate_limit.user_tpm`.
+    pub tpm: Option<i64>,
+    /// Tokens per calendar month (UTC) of all the user's keys together (1 to
+    /// 1,000,000,000,000); absent: the default, `rate_limit.user_monthly_tokens`.
+    pub monthly_tokens: Option<i64>,
+}
+
+/// Token quotas from a body's `tpm` and `monthly_tokens`.
+fn token_quotas(tpm: Option<i64>, monthly: Option<i64>) -> Result<TokenQuotas, ValidationError> {
+    Ok(TokenQuotas {
+        tpm: tpm.map(TokensPerMinute::new).transpose()?,
+        monthly_tokens: monthly.map(MonthlyTokens::new).transpose()?,
+    })
+}
+
+/// A patch of token quotas from a PATCH body's `tpm` and `monthly_tokens` (`null`: back to the
+/// default).
+fn token_patch(
+    tpm: Option<Option<i64>>,
+    monthly: Option<Option<i64>>,
+) -> Result<TokenQuotasPatch, ValidationError> {
+    Ok(TokenQuotasPatch {
+        tpm: tpm
+            .map(|n| n.map(TokensPerMinute::new).transpose())
+            .transpose()?,
+        monthly_tokens: monthly
+            .map(|n| n.map(MonthlyTokens::new).transpose())
+            .transpose()?,
+    })
 }
 
 impl CreateUser {
@@ -40,6 +71,7 @@ impl CreateUser {
             username: Username::parse_as("username", self.username)?,
             role: Role::parse(&self.role)?,
             rate_limit_rpm: self.rate_limit_rpm.map(RateLimitRpm::new).transpose()?,
+            tokens: token_quotas(self.tpm, self.monthly_tokens)?,
         })
     }
 }
@@ -56,6 +88,14 @@ pub struct UpdateUser {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>)]
     pub rate_limit_rpm: Option<Option<i64>>,
+    /// Tokens per minute of all the user's keys together; `null`: back to the default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub tpm: Option<Option<i64>>,
+    /// Tokens per month of all the user's keys together; `null`: back to the default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub monthly_tokens: Option<Option<i64>>,
 }
 
 impl UpdateUser {
@@ -68,6 +108,7 @@ impl UpdateUser {
                 .rate_limit_rpm
                 .map(|rpm| rpm.map(RateLimitRpm::new).transpose())
                 .transpose()?,
+            tokens: token_patch(self.tpm, self.monthly_tokens)?,
         })
     }
 }
@@ -87,6 +128,10 @@ pub struct UserResponse {
     pub created_at: DateTime<Utc>,
     /// Requests per minute of all the user's keys together; `null`: the default.
     pub rate_limit_rpm: Option<u32>,
+    /// Tokens per minute of all the user's keys together; `null`: the default.
+    pub tpm: Option<u64>,
+    /// Tokens per calendar month of all the user's keys together; `null`: the default.
+    pub monthly_tokens: Option<u64>,
 }
 
 impl From<User> for UserResponse {
@@ -98,6 +143,8 @@ impl From<User> for UserResponse {
             disabled: u.disabled,
             created_at: u.created_at,
             rate_limit_rpm: u.rate_limit_rpm.map(RateLimitRpm::get),
+            tpm: u.tokens.tpm.map(TokensPerMinute::get),
+            monthly_tokens: u.tokens.monthly_tokens.map(MonthlyTokens::get),
         }
     }
 }
@@ -126,6 +173,10 @@ pub struct CreateKey {
     pub user_id: Option<Uuid>,
     /// Admins only: this key's own requests-per-minute limit.
     pub rate_limit_rpm: Option<i64>,
+    /// Admins only: this key's own tokens per minute (1 to 1,000,000,000).
+    pub tpm: Option<i64>,
+    /// Admins only: this key's own tokens per calendar month, UTC (1 to 1,000,000,000,000).
+    pub monthly_tokens: Option<i64>,
     /// The models the key may be used with: 1 to 100 model names. Absent: every model its user
     /// may use (from a key with an allowlist: that key's).
     #[schema(example = json!(["llama-3.1-8b"]))]
@@ -141,25 +192,40 @@ impl CreateKey {
             user_id: self.user_id,
             rate_limit_rpm: self.rate_limit_rpm.map(RateLimitRpm::new).transpose()?,
             models: self.models.map(ModelAllowlist::parse).transpose()?,
+            tokens: token_quotas(self.tpm, self.monthly_tokens)?,
         })
     }
 }
 
-/// Body of `PATCH /api/v1/keys/{id}`.
+/// Body of `PATCH /api/v1/keys/{id}`: at least one field; an absent one is left as it is.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    /// Required: the models the key may be used with (1 to 100 names), or `null` for every
-    /// model its user may use.
-    #[serde(deserialize_with = "Option::deserialize")]
-    #[schema(required = true)]
-    pub models: Option<Vec<String>>,
+    /// The models the key may be used with (1 to 100 names), or `null` for every model its user
+    /// may use.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub models: Option<Option<Vec<String>>>,
+    /// Admins only: the key's own tokens per minute; `null`: back to the default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub tpm: Option<Option<i64>>,
+    /// Admins only: the key's own tokens per month; `null`: back to the default.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>)]
+    pub monthly_tokens: Option<Option<i64>>,
 }
 
 impl UpdateKey {
-    /// The new allowlist, validated.
-    pub fn into_domain(self) -> Result<Option<ModelAllowlist>, ValidationError> {
-        self.models.map(ModelAllowlist::parse).transpose()
+    /// The change, validated.
+    pub fn into_domain(self) -> Result<KeyUpdate, ValidationError> {
+        Ok(KeyUpdate {
+            models: self
+                .models
+                .map(|models| models.map(ModelAllowlist::parse).transpose())
+                .transpose()?,
+            tokens: token_patch(self.tpm, self.monthly_tokens)?,
+        })
     }
 }
 
@@ -194,6 +260,10 @@ pub struct KeyResponse {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Own limit; `null` means the default.
     pub rate_limit_rpm: Option<u32>,
+    /// Own tokens per minute; `null` means the default.
+    pub tpm: Option<u64>,
+    /// Own tokens per calendar month; `null` means the default.
+    pub monthly_tokens: Option<u64>,
     /// The models it may be used with, by name; `null`: every model its user may use.
     pub models: Option<Vec<String>>,
 }
@@ -210,6 +280,8 @@ impl From<ApiKey> for KeyResponse {
             revoked_at: k.revoked_at,
             last_used_at: k.last_used_at,
             rate_limit_rpm: k.rate_limit_rpm.map(RateLimitRpm::get),
+            tpm: k.tokens.tpm.map(TokensPerMinute::get),
+            monthly_tokens: k.tokens.monthly_tokens.map(MonthlyTokens::get),
             models: k.models.map(|list| {
                 list.names()
                     .iter()

@@ -10,6 +10,8 @@ use maas_domain::ValidationError;
 use maas_domain::identity::Principal;
 use maas_domain::inference::{Target, UpstreamSecret, UsageEvent};
 use maas_domain::model::ModelVersion;
+use maas_domain::ports::Reservation;
+use maas_domain::quotas::CallKind;
 use maas_domain::values::ModelName;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,6 +25,7 @@ use crate::proxy::{
     self, Answer, AnswerRewrite, BodyError, CallSlot, Delivery, FleetFailure, OpenAiBody, Outbound,
     UpstreamError, millis, raw_call_path, raw_call_query, request_headers, upstream_uri,
 };
+use crate::quota;
 use crate::request_id::current_request_id;
 use crate::state::AppState;
 
@@ -51,7 +54,8 @@ pub struct OpenAiModelList {
 /// One inference call on its way through the gateway: the context each phase reads (as a
 /// Pingora `CTX`). The phases run in this order, one method each: the key was authenticated and
 /// its rate limit checked by the middleware, the call took its place among
-/// `upstream.max_concurrent_calls` ([`take_slot`]) before its body was read, then
+/// `upstream.max_concurrent_calls` ([`take_slot`]) before its body was read (a key with token
+/// limits is decided only then, with its reservation: [`quota::reserve`]), then
 /// [`Call::resolve`] picks the version,
 /// [`Call::forward`] sends the call to its model server and [`Call::meter`] streams the answer
 /// back, recording its usage. A call that fails on the way leaves a usage event too.
@@ -62,6 +66,8 @@ struct Call<'a> {
     started: Instant,
     route: &'static str,
     model: String,
+    /// The tokens it reserved, settled from its usage event (see [`crate::quota`]).
+    reservation: Option<Reservation>,
 }
 
 /// What goes to the model server of the resolved version.
@@ -138,6 +144,14 @@ impl<'a> Call<'a> {
             started: started(req),
             route,
             model: target.model.as_str().to_owned(),
+            reservation: None,
+        }
+    }
+
+    fn reserving(self, reservation: Option<Reservation>) -> Self {
+        Self {
+            reservation,
+            ..self
         }
     }
 
@@ -167,6 +181,7 @@ impl<'a> Call<'a> {
             prompt_tokens: None,
             completion_tokens: None,
             created_at: Utc::now(),
+            reservation: self.reservation,
         }
     }
 
@@ -349,7 +364,8 @@ async fn openai(
 ) -> Result<HttpResponse, OpenAiError> {
     let slot = take_slot(&state)?;
     let (target, body) = read_openai_request(&req, payload, &state).await?;
-    let call = Call::new(&state, &req, &actor, route, &target);
+    let reservation = quota::reserve(&req, &state, quota::kind_of(path), body.as_sent()).await?;
+    let call = Call::new(&state, &req, &actor, route, &target).reserving(reservation);
     // Chat and text completions stream; embeddings do not.
     let streams = path != "embeddings";
     call.run(
@@ -486,13 +502,15 @@ pub async fn invoke(
         body_limit(&state),
     )
     .await?;
+    let reservation = quota::reserve(&req, &state, CallKind::Raw, &body).await?;
     let call = Call::new(
         &state,
         &req,
         &actor,
         "/v1/models/{name}/invoke/{path}",
         &target,
-    );
+    )
+    .reserving(reservation);
     call.run(
         &target,
         Forwarding::post(rest, Some(&query), CallBody::Raw(body)),

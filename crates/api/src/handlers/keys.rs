@@ -18,7 +18,7 @@ fn uuid_field(field: &str, raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(post, path = "/api/v1/keys", tag = "identity", request_body = CreateKey,
     responses(
         (status = 201, description = "Created; `key` is shown this once", body = CreatedKeyResponse),
-        (status = 403, description = "A member set `user_id` or `rate_limit_rpm`, or a key with an allowlist asked for models beyond it", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member set `user_id`, `rate_limit_rpm`, `tpm` or `monthly_tokens`, or a key with an allowlist asked for models beyond it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The user holds `auth.max_keys_per_user` active keys", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
@@ -64,15 +64,15 @@ pub async fn list(
     }))
 }
 
-/// Changes the models a key may be used with: the very next request with it sees the change, on
-/// every replica.
+/// Changes the models a key may be used with and (admins) its token quotas: the very next
+/// request with it sees the change, on every replica.
 #[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "identity", request_body = UpdateKey,
     params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The changed key", body = KeyResponse),
-        (status = 403, description = "A key with an allowlist asked for models beyond it", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A key with an allowlist asked for models beyond it, or a member set `tpm` or `monthly_tokens`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key (or not the caller's)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or none given", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
@@ -81,8 +81,8 @@ pub async fn update(
     body: Json<UpdateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let id = uuid_field("id", &path.into_inner())?;
-    let models = body.0.into_domain()?;
-    let key = state.accounts.set_key_models(&actor.0, id, models).await?;
+    let update = body.0.into_domain()?;
+    let key = state.accounts.update_key(&actor.0, id, update).await?;
     Ok(HttpResponse::Ok().json(KeyResponse::from(key)))
 }
 

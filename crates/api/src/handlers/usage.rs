@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use maas_domain::ValidationError;
 use maas_domain::inference::{UsageGrouping, UsageQuery, UsageRow};
+use maas_domain::quotas::{MonthReport, QuotaUse};
 use maas_domain::values::ModelName;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -83,6 +84,78 @@ pub struct UsageReport {
     pub group_by: String,
     /// One row per group, ordered by group.
     pub items: Vec<UsageItem>,
+    /// This month's use of the token quotas of the caller's keys (admins: of `user_id`'s, their
+    /// own without it), whatever `from`, `to` and `model` say.
+    pub quota: QuotaReport,
+}
+
+/// A month's use of the token quotas of a user's keys.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QuotaReport {
+    /// The calendar month (UTC), `2027-01`.
+    pub month: String,
+    /// The user.
+    pub user_id: uuid::Uuid,
+    /// All the user's keys together (the user's own quotas, or the defaults).
+    pub user: QuotaUseItem,
+    /// Each of the user's keys, newest first (revoked ones included).
+    pub keys: Vec<KeyQuotaItem>,
+}
+
+/// Tokens counted against quotas this month, and the quotas.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUseItem {
+    /// Tokens counted this month: each settled call's charge (its reported usage, or its
+    /// reservation when its usage is unknown), as recorded.
+    pub tokens_used: u64,
+    /// Tokens per month; `null`: no quota.
+    pub monthly_tokens: Option<u64>,
+    /// What is left of `monthly_tokens` (0 once used up); `null`: no quota.
+    pub monthly_tokens_left: Option<u64>,
+    /// Tokens per minute; `null`: no limit.
+    pub tpm: Option<u64>,
+}
+
+impl From<QuotaUse> for QuotaUseItem {
+    fn from(q: QuotaUse) -> Self {
+        Self {
+            tokens_used: q.tokens_used,
+            monthly_tokens: q.monthly_tokens,
+            monthly_tokens_left: q.monthly_tokens.map(|m| m.saturating_sub(q.tokens_used)),
+            tpm: q.tpm,
+        }
+    }
+}
+
+/// One key's use of its quotas this month.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyQuotaItem {
+    /// The key's id.
+    pub key_id: uuid::Uuid,
+    /// Its label.
+    pub name: String,
+    /// Its use and quotas.
+    #[serde(flatten)]
+    pub quota: QuotaUseItem,
+}
+
+impl From<MonthReport> for QuotaReport {
+    fn from(r: MonthReport) -> Self {
+        Self {
+            month: r.month.to_string(),
+            user_id: r.user_id,
+            user: r.user.into(),
+            keys: r
+                .keys
+                .into_iter()
+                .map(|k| KeyQuotaItem {
+                    key_id: k.key_id,
+                    name: k.name.as_str().to_owned(),
+                    quota: k.quota.into(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ValidationError> {
@@ -94,7 +167,8 @@ fn time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Validat
     .transpose()
 }
 
-/// Aggregated usage of inference calls: members see their own keys, admins everyone's.
+/// Aggregated usage of inference calls: members see their own keys, admins everyone's; and this
+/// month's use of the token quotas of the caller's keys (admins: `user_id`'s).
 #[utoipa::path(get, path = "/api/v1/usage", tag = "inference", params(UsageParams),
     responses(
         (status = 200, description = "The report", body = UsageReport),
@@ -128,9 +202,15 @@ pub async fn report(
             .transpose()?,
         group_by,
     };
+    let user_id = query.user_id;
     let rows = state.usage.report(&actor.0, query).await?;
+    let quota = state
+        .quotas
+        .month_report(&actor.0, user_id, Utc::now())
+        .await?;
     Ok(HttpResponse::Ok().json(UsageReport {
         group_by: params.group_by.unwrap_or_else(|| "model".to_owned()),
         items: rows.into_iter().map(UsageItem::from).collect(),
+        quota: quota.into(),
     }))
 }

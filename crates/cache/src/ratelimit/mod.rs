@@ -103,6 +103,12 @@
 //!
 //! Every decision is counted in [`names::RATE_LIMIT_DECISIONS_TOTAL`] (`allowed`, `limited`,
 //! or `error` for a failure or a breaker skip).
+//!
+//! # Tokens
+//! The same limiter is the token-limit port ([`maas_domain::ports::TokenLimiter`]): an
+//! inference call of a key with a token limit is decided by one script that spends its request
+//! from these GCRAs and reserves its tokens in exact sliding windows and month counters, all or
+//! nothing, never from a lease; see [`tokens`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,9 +128,12 @@ use crate::settings::RedisSettings;
 
 mod lease;
 mod scripts;
+mod token_scripts;
+pub mod tokens;
 
 use lease::{Grant, Lease};
 use scripts::{GCRA_SCRIPT, RETURN_SCRIPT};
+use token_scripts::{RESERVE_SCRIPT, SETTLE_SCRIPT};
 
 /// How long checks skip Redis after one failed because Redis was unreachable or too slow,
 /// unless [`RedisRateLimiter::with_breaker_cooldown`] says otherwise.
@@ -161,6 +170,10 @@ struct Inner {
     script: Script,
     /// Gives back what a lease did not use.
     return_script: Script,
+    /// Decides an inference call's request and token reservation ([`tokens`]).
+    reserve_script: Script,
+    /// Settles token reservations ([`tokens`]).
+    settle_script: Script,
     /// Tells one lease period of a key from the next.
     next_generation: AtomicU64,
     /// Open after Redis was unreachable or too slow: checks skip Redis.
@@ -184,6 +197,8 @@ impl RedisRateLimiter {
                 command_timeout,
                 script: Script::new(GCRA_SCRIPT),
                 return_script: Script::new(RETURN_SCRIPT),
+                reserve_script: Script::new(RESERVE_SCRIPT),
+                settle_script: Script::new(SETTLE_SCRIPT),
                 next_generation: AtomicU64::new(0),
                 breaker: Breaker::new(DEFAULT_LIMITER_BREAKER_COOLDOWN),
                 lease_us: AtomicU64::new(0),

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::alias::{AliasSplit, AliasTarget, Weight};
 use crate::identity::{
-    KeyName, ModelAllowlist, NewApiKey, NewUser, PlaintextKey, Principal, Role, User,
+    KeyName, ModelAllowlist, NewApiKey, NewUser, PlaintextKey, Principal, Role, TokenQuotas, User,
 };
 use crate::inference::{UpstreamSecret, UsageEvent};
 use crate::model::{NewModel, NewVersion, Visibility};
@@ -176,6 +176,7 @@ pub fn new_user(name: &str, role: Role) -> NewUser {
         username: username(name),
         role,
         rate_limit_rpm: None,
+        tokens: TokenQuotas::default(),
     }
 }
 
@@ -190,6 +191,7 @@ pub fn new_key(user_id: Uuid, name: &str) -> (PlaintextKey, NewApiKey) {
         expires_at: None,
         rate_limit_rpm: None,
         models: None,
+        tokens: TokenQuotas::default(),
     };
     (key, new)
 }
@@ -205,6 +207,8 @@ pub fn principal_of(user: &User) -> Principal {
         rate_limit_rpm: None,
         user_rate_limit_rpm: user.rate_limit_rpm,
         models: None,
+        key_tokens: TokenQuotas::default(),
+        user_tokens: user.tokens,
     }
 }
 
@@ -225,6 +229,8 @@ pub fn admin_reader() -> Principal {
         rate_limit_rpm: None,
         user_rate_limit_rpm: None,
         models: None,
+        key_tokens: TokenQuotas::default(),
+        user_tokens: TokenQuotas::default(),
     }
 }
 
@@ -253,5 +259,6 @@ pub fn usage_event(
         prompt_tokens: None,
         completion_tokens: None,
         created_at,
+        reservation: None,
     }
 }

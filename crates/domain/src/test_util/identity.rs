@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::support::{Clock, Controls};
 use crate::error::RepoError;
 use crate::identity::{
-    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, User, UserPatch,
+    ApiKey, KeyHash, KeyRecord, ModelAllowlist, NewApiKey, NewUser, Role, TokenQuotas,
+    TokenQuotasPatch, User, UserPatch,
 };
 use crate::ports::IdentityRepository;
 use crate::values::{PageLimit, Username};
@@ -137,6 +138,7 @@ impl Users {
             last_used_at: None,
             rate_limit_rpm: new.rate_limit_rpm,
             models: new.models,
+            tokens: new.tokens,
         };
         self.keys.push((key.clone(), new.hash));
         Ok(key)
@@ -150,6 +152,7 @@ impl Users {
             disabled: false,
             created_at: now,
             rate_limit_rpm: new.rate_limit_rpm,
+            tokens: new.tokens,
         }
     }
 }
@@ -255,6 +258,7 @@ impl IdentityRepository for InMemoryIdentity {
                 role: patch.role.unwrap_or(user.role),
                 disabled: patch.disabled.unwrap_or(user.disabled),
                 rate_limit_rpm: patch.rate_limit_rpm.unwrap_or(user.rate_limit_rpm),
+                tokens: patch.tokens.applied_to(user.tokens),
                 ..user.clone()
             };
             let was_enabled_admin = user.role == Role::Admin && !user.disabled;
@@ -294,6 +298,23 @@ impl IdentityRepository for InMemoryIdentity {
                 .find(|(k, _)| k.id == id)
                 .ok_or_else(|| key_not_found(id))?;
             key.models = models;
+            Ok((key.clone(), *hash))
+        })
+        .await
+    }
+
+    async fn set_key_quotas(
+        &self,
+        id: Uuid,
+        patch: TokenQuotasPatch,
+    ) -> Result<(ApiKey, KeyHash), RepoError> {
+        self.run("set_key_quotas", |users, _| {
+            let (key, hash) = users
+                .keys
+                .iter_mut()
+                .find(|(k, _)| k.id == id)
+                .ok_or_else(|| key_not_found(id))?;
+            key.tokens = patch.applied_to(key.tokens);
             Ok((key.clone(), *hash))
         })
         .await
@@ -403,6 +424,7 @@ impl IdentityRepository for InMemoryIdentity {
                     username: username.clone(),
                     role: Role::Admin,
                     rate_limit_rpm: None,
+                    tokens: TokenQuotas::default(),
                 },
                 now,
             );

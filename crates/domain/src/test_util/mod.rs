@@ -38,6 +38,7 @@ mod identity;
 mod limiter;
 mod registry;
 mod support;
+mod tokens;
 mod usage;
 
 use std::sync::Arc;
@@ -52,8 +53,9 @@ pub use support::{Controls, Hold};
 pub use usage::InMemoryUsage;
 
 use crate::identity::{PlaintextKey, Principal, Role, User};
+use crate::limits::{RateLimits, TokenPolicy};
 use crate::ports::IdentityRepository;
-use crate::{Accounts, Registry, Usage};
+use crate::{Accounts, Quotas, Registry, Usage};
 
 /// The use-cases over in-memory adapters, with a handle on each adapter to steer and observe
 /// it. Models and keys have a cache each, as in the gateway (which gives them different TTLs).
@@ -109,6 +111,23 @@ impl InMemory {
     /// A new user `name` acting through a key of its own (see [`principal_of`]).
     pub async fn actor(&self, name: &str, role: Role) -> Principal {
         principal_of(&self.user(name, role).await)
+    }
+
+    /// Token quotas decided by `limiter` under `rates` and `policy`, over this world's usage
+    /// and identity stores.
+    pub fn quotas(
+        &self,
+        limiter: Arc<InMemoryRateLimiter>,
+        rates: RateLimits,
+        policy: TokenPolicy,
+    ) -> Quotas {
+        Quotas::new(
+            limiter,
+            self.usage_store.clone(),
+            self.identity_store.clone(),
+            rates,
+            policy,
+        )
     }
 
     /// Stores a key of `user` straight in the identity store; returns the key itself.

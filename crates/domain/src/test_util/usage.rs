@@ -1,14 +1,18 @@
 //! [`InMemoryUsage`]: usage events in memory, aggregated as `PgUsageRepository` aggregates them.
+//! Tokens counted against quotas are summed as it sums them: a call's `quota_tokens` when it
+//! reserved tokens, else its known prompt and completion tokens.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::support::Controls;
 use crate::error::RepoError;
 use crate::inference::{UsageEvent, UsageGrouping, UsageQuery, UsageRow};
-use crate::ports::UsageRepository;
+use crate::ports::{QuotaSubject, UsageRepository};
 
 /// Usage events in memory.
 ///
@@ -63,6 +67,18 @@ fn selected(event: &UsageEvent, query: &UsageQuery) -> bool {
         && query.user_id.is_none_or(|user| event.user_id == user)
 }
 
+/// What an event counts against quotas, as the Postgres adapter sums it: its charge when it had
+/// a reservation, else its known token counts.
+fn quota_tokens(event: &UsageEvent) -> u64 {
+    event.quota_tokens().unwrap_or_else(|| {
+        [event.prompt_tokens, event.completion_tokens]
+            .into_iter()
+            .flatten()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .sum()
+    })
+}
+
 impl InMemoryUsage {
     /// No events.
     pub fn new() -> Self {
@@ -93,6 +109,50 @@ impl UsageRepository for InMemoryUsage {
             .extend_from_slice(events);
         self.controls.leave("insert_usage").await;
         Ok(())
+    }
+
+    async fn tokens_used(
+        &self,
+        subject: QuotaSubject,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<u64, RepoError> {
+        self.controls.enter("tokens_used")?;
+        let used = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|e| (from..to).contains(&e.created_at))
+            .filter(|e| match subject {
+                QuotaSubject::Key(id) => e.key_id == id,
+                QuotaSubject::User(id) => e.user_id == id,
+            })
+            .map(quota_tokens)
+            .sum();
+        self.controls.leave("tokens_used").await;
+        Ok(used)
+    }
+
+    async fn tokens_used_by_key(
+        &self,
+        user_id: Uuid,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, u64)>, RepoError> {
+        self.controls.enter("tokens_used_by_key")?;
+        let mut by_key: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for event in self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|e| e.user_id == user_id && (from..to).contains(&e.created_at))
+        {
+            *by_key.entry(event.key_id).or_default() += quota_tokens(event);
+        }
+        self.controls.leave("tokens_used_by_key").await;
+        Ok(by_key.into_iter().collect())
     }
 
     async fn aggregate_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, RepoError> {

@@ -3,6 +3,7 @@
 mod bootstrap;
 mod keys;
 mod owners;
+mod quotas;
 mod tenancy;
 mod users;
 

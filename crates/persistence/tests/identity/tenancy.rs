@@ -83,6 +83,7 @@ async fn a_users_own_limit_is_set_at_creation_changed_kept_and_cleared() {
             username: username("alice"),
             role: Role::Member,
             rate_limit_rpm: Some(rpm(30)),
+            tokens: maas_domain::identity::TokenQuotas::default(),
         })
         .await
         .expect("created");

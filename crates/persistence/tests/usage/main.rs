@@ -1,6 +1,7 @@
 //! [`PgUsageRepository`] against a real PostgreSQL, one fresh database per test.
 
 mod insert;
+mod quotas;
 mod report;
 
 use chrono::{DateTime, TimeZone as _, Utc};

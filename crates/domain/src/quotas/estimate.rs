@@ -1,0 +1,166 @@
+//! What a call reserves before it is made ([`estimate`]), and what it is charged once its
+//! answer is over ([`charge`]).
+
+use serde::Deserialize;
+
+use crate::error::ValidationError;
+use crate::inference::UsageEvent;
+use crate::limits::TokenPolicy;
+
+/// What kind of call a body is, for its estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// A chat completion or a completion: its answer is up to `max_completion_tokens` or
+    /// `max_tokens` long.
+    Completion,
+    /// Embeddings: no completion, only the input counts.
+    Embeddings,
+    /// The raw route: any body, read as nothing but its length.
+    Raw,
+}
+
+/// The fields of an OpenAI body the estimate reads; everything else is skipped.
+#[derive(Deserialize)]
+struct Asked {
+    max_tokens: Option<serde_json::Value>,
+    max_completion_tokens: Option<serde_json::Value>,
+}
+
+/// Tokens a call reserves: its completion (a completion's `max_completion_tokens` or
+/// `max_tokens`, the larger when both are given, at most `policy.max_tokens`; else
+/// `policy.default_max_tokens`; embeddings none; a raw call `policy.default_max_tokens`) plus its
+/// body's length in bytes / 4 (for the prompt, which is most of a body), at least 1. Linear in
+/// the body, which serde skips through without building it.
+///
+/// # Errors
+/// `max_tokens` or `max_completion_tokens` present and neither `null` nor a non-negative
+/// integer (a fraction, an exponent, a string): 422 naming the field.
+pub fn estimate(policy: &TokenPolicy, kind: CallKind, body: &[u8]) -> Result<u64, ValidationError> {
+    let completion = match kind {
+        CallKind::Embeddings => 0,
+        CallKind::Raw => policy.default_max_tokens,
+        CallKind::Completion => {
+            // The handler has read the body as a JSON object already; anything else is its
+            // error to report, so here it only means "nothing asked".
+            let asked = serde_json::from_slice::<Asked>(body).ok();
+            let named = match asked {
+                Some(asked) => [
+                    believed("max_tokens", asked.max_tokens)?,
+                    believed("max_completion_tokens", asked.max_completion_tokens)?,
+                ]
+                .into_iter()
+                .flatten()
+                .max(),
+                None => None,
+            };
+            named.map_or(policy.default_max_tokens, |n| n.min(policy.max_tokens))
+        }
+    };
+    let prompt = u64::try_from(body.len() / 4).unwrap_or(u64::MAX);
+    Ok(completion.saturating_add(prompt).max(1))
+}
+
+/// A token count as the client wrote it: `None` when absent or `null`.
+fn believed(field: &str, value: Option<serde_json::Value>) -> Result<Option<u64>, ValidationError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+        Some(_) => Err(ValidationError::new(
+            field,
+            "must be a non-negative integer (of at most 18446744073709551615)",
+        )),
+    }
+}
+
+/// What a call is charged against its token quotas, from its usage event:
+///
+/// - the model server reported usage: its prompt and completion tokens (an unknown one counts
+///   nothing), whatever was reserved;
+/// - no answer came from a model server (the gateway refused or failed the call, or the model
+///   server could not be reached or did not answer in time): nothing, the reservation is
+///   refunded;
+/// - the model server answered with a 4xx status and no usage (it refused the call, e.g. a
+///   prompt too long for the model): nothing;
+/// - otherwise (usage unknown: the client went away, the body broke off, the server does not
+///   report usage): the reservation is kept.
+pub fn charge(event: &UsageEvent) -> u64 {
+    let known = |count: Option<i64>| count.map(|n| u64::try_from(n).unwrap_or(0));
+    let (prompt, completion) = (known(event.prompt_tokens), known(event.completion_tokens));
+    if prompt.is_some() || completion.is_some() {
+        return prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0));
+    }
+    let answered = event.upstream_ms.is_some();
+    let refused_by_server =
+        (400..500).contains(&event.status) && event.status != CLIENT_CLOSED_REQUEST;
+    if !answered || refused_by_server {
+        return 0;
+    }
+    event.reservation.map_or(0, |r| r.tokens)
+}
+
+/// The status the gateway records for a call whose client went away (nginx's 499): not the
+/// model server's refusal.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy::without_limits(100, 1_000)
+    }
+
+    fn completion(body: &str) -> Result<u64, ValidationError> {
+        estimate(&policy(), CallKind::Completion, body.as_bytes())
+    }
+
+    #[test]
+    fn a_completion_reserves_what_it_asks_for_plus_a_quarter_of_its_bytes() {
+        let body = r#"{"model":"m","max_tokens":10}"#;
+        assert_eq!(completion(body), Ok(10 + body.len() as u64 / 4));
+        let both = r#"{"model":"m","max_tokens":10,"max_completion_tokens":40}"#;
+        assert_eq!(
+            completion(both),
+            Ok(40 + both.len() as u64 / 4),
+            "the larger"
+        );
+        let none = r#"{"model":"m","max_tokens":null}"#;
+        assert_eq!(
+            completion(none),
+            Ok(100 + none.len() as u64 / 4),
+            "the default"
+        );
+        let huge = r#"{"model":"m","max_tokens":99999999}"#;
+        assert_eq!(
+            completion(huge),
+            Ok(1_000 + huge.len() as u64 / 4),
+            "bounded"
+        );
+    }
+
+    #[test]
+    fn only_integers_are_believed() {
+        for (body, field) in [
+            (r#"{"max_tokens":1.5}"#, "max_tokens"),
+            (r#"{"max_tokens":1e3}"#, "max_tokens"),
+            (r#"{"max_tokens":-1}"#, "max_tokens"),
+            (r#"{"max_completion_tokens":"10"}"#, "max_completion_tokens"),
+            (r#"{"max_tokens":99999999999999999999999}"#, "max_tokens"),
+        ] {
+            assert_eq!(completion(body).expect_err(body).field, field);
+        }
+    }
+
+    #[test]
+    fn embeddings_reserve_their_input_and_raw_calls_the_default_too() {
+        let body = br#"{"model":"m","input":"hello there, model"}"#;
+        let quarter = body.len() as u64 / 4;
+        assert_eq!(estimate(&policy(), CallKind::Embeddings, body), Ok(quarter));
+        assert_eq!(estimate(&policy(), CallKind::Raw, body), Ok(100 + quarter));
+        assert_eq!(
+            estimate(&policy(), CallKind::Embeddings, b""),
+            Ok(1),
+            "at least 1"
+        );
+    }
+}
