@@ -291,20 +291,18 @@ impl Answer {
 }
 
 /// Reads a rewritten body until its new length is known, it is over, or [`SETTLE_LIMIT`]
-/// bytes came; hands back what it read, to be sent first.
+/// bytes of the model server's came (counted as they arrive, not as they come out: inside a
+/// long `model` value nothing comes out); hands back what it read, to be sent first.
 async fn settle<B>(body: &mut MeteredBody<B>) -> Vec<Result<Bytes, actix_web::Error>>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut held = Vec::new();
-    let mut read = 0u64;
-    while body.length_change().is_none() && read < SETTLE_LIMIT {
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                read += chunk.len() as u64;
-                held.push(Ok(chunk));
-            }
+    while body.length_change().is_none() && body.upstream_bytes() < SETTLE_LIMIT {
+        match body.next_piece().await {
+            Some(Ok(chunk)) if chunk.is_empty() => {}
+            Some(Ok(chunk)) => held.push(Ok(chunk)),
             Some(Err(e)) => {
                 held.push(Err(e));
                 break;
@@ -343,9 +341,9 @@ mod tests {
         }
     }
 
-    /// A rewritten JSON answer of `pieces`, settled: how many pieces were read first, and the
-    /// change of length then known.
-    async fn settled(pieces: Vec<String>) -> (usize, Option<i64>) {
+    /// A rewritten JSON answer of `pieces`, settled: how many pieces were held, the change of
+    /// length then known, and how many of the model server's bytes were read.
+    async fn settled(pieces: Vec<String>) -> (usize, Option<i64>, u64) {
         let total = pieces.iter().map(|p| p.len() as u64).sum();
         let (queue, _receiver) = UsageQueue::new(1);
         let meter = Meter::new(
@@ -364,7 +362,7 @@ mod tests {
         let mut body = MeteredBody::new(pieces, meter, Duration::from_secs(5))
             .rewriting(Rewriter::new(&rewrite, false, true));
         let held = settle(&mut body).await;
-        (held.len(), body.length_change())
+        (held.len(), body.length_change(), body.upstream_bytes())
     }
 
     #[tokio::test]
@@ -374,19 +372,29 @@ mod tests {
             r#""model":"a-longer-name"}"#.to_owned(),
             " ".to_owned(),
         ];
-        assert_eq!(
-            settled(early).await,
-            (2, Some(-8)),
-            "read until it was passed"
-        );
+        let (held, change, _) = settled(early).await;
+        assert_eq!((held, change), (2, Some(-8)), "read until it was passed");
         let late = vec![
             format!(r#"{{"data":"{}","#, "x".repeat(70 * 1024)),
             r#""model":"m"}"#.to_owned(),
         ];
+        let (held, change, _) = settled(late).await;
         assert_eq!(
-            settled(late).await,
+            (held, change),
             (1, None),
             "past the limit: streamed without a length"
+        );
+        // A model value of many pieces: nothing of it comes out until it ends, and the limit
+        // is of the model server's bytes all the same.
+        let piece = 8 * 1024;
+        let mut long = vec![r#"{"model":""#.to_owned()];
+        long.extend((0..100).map(|_| "x".repeat(piece)));
+        long.push(r#""}"#.to_owned());
+        let (held, change, read) = settled(long).await;
+        assert_eq!((held, change), (1, None), "only the start came out");
+        assert!(
+            (SETTLE_LIMIT..SETTLE_LIMIT + piece as u64).contains(&read),
+            "read {read} bytes of 800 KiB"
         );
         assert!(is_json("application/json; charset=utf-8") && is_json("application/problem+json"));
         assert!(!is_json("text/event-stream"));
