@@ -5,7 +5,8 @@
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
 //! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
 //! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
-//! holds, such as `1e400`; in a stream, in its final chunk), `stub_dimensions` (an embedding of
+//! holds, such as `1e400`; in a stream, in its final chunk, which it sends only when the call
+//! asks with `"stream_options": {"include_usage": true}`), `stub_dimensions` (an embedding of
 //! that many numbers). A test may also make one stub
 //! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
 //! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
@@ -244,9 +245,12 @@ async fn handle(
             .iter()
             .map(|t| json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
             .collect();
-        chunks.push(with_usage(
-            json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
-        ));
+        // As OpenAI and vLLM: the usage-only final chunk only when asked for.
+        if request["stream_options"]["include_usage"].as_bool() == Some(true) {
+            chunks.push(with_usage(
+                json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
+            ));
+        }
         return sse(chunks);
     }
     HttpResponse::Ok()
