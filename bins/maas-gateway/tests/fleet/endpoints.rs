@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use maas_api::UpstreamSettings;
+use maas_api::proxy::IpNetwork;
 use serde_json::{Value, json};
 
 use crate::common::stub::{Stub, start_stub};
@@ -404,4 +405,51 @@ async fn an_endpoint_that_does_not_answer_in_time_is_taken_out_and_its_calls_not
         stub.stop().await;
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_at_an_address_not_allowed_is_taken_out_rather_than_retried_on_every_call() {
+    // Written through a replica that allows loopback; served by one that allows only the
+    // address the stub listens on, to which 127.0.0.2 is an address not allowed.
+    let permissive = spawn_app().await;
+    let stub = start_stub().await;
+    permissive.create_model("denied").await;
+    add_version(
+        &permissive,
+        "denied",
+        &json!({"source_uri": "s3://m/1", "endpoints": [{"url": "http://127.0.0.2:9/v1"}, {"url": stub.base}]}),
+    )
+    .await;
+    let strict = spawn_with(Options {
+        loopback_upstreams: false,
+        upstream: UpstreamSettings {
+            allowed_networks: vec![IpNetwork::v4(127, 0, 0, 1, 32)],
+            eject_seconds: 300,
+            ..UpstreamSettings::default()
+        },
+        db: Some(permissive.db.clone()),
+        redis: Some(permissive.redis.clone()),
+        admin_key: Some(permissive.admin_key.clone()),
+        ..Options::default()
+    })
+    .await;
+    for i in 0..40 {
+        assert_eq!(call(&strict, "denied", i).await, (200, Some(1)), "call {i}");
+    }
+    assert_eq!(calls_seen(&stub).len(), 40, "each once");
+    assert_eq!(
+        endpoint_state(&strict, "denied", 0).await.as_deref(),
+        Some("0")
+    );
+    // Three attempts there (the failures that take it out), each retried; none after.
+    let metrics = strict.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"maas_upstream_retries_total{model="denied"} 3"#),
+        "{metrics}"
+    );
+    strict.server.stop(true).await;
+    stub.stop().await;
+    permissive.stop().await;
 }
