@@ -10,14 +10,15 @@ so a script can start it with port 0 and read the port back. Logs go to stderr.
 Routes, all answering at once and deterministically so that a test can predict every byte:
 
     POST /v1/chat/completions  reply "echo: <last message's content>"; "stream": true answers
-                               with server-sent events, one chunk per word, then a chunk that
-                               carries `usage`, then `data: [DONE]`
+                               with server-sent events, one chunk per word, then (when
+                               stream_options.include_usage is true) a chunk that carries
+                               `usage`, then `data: [DONE]`
     POST /v1/completions       reply "echo: <prompt>" (also streams)
     POST /v1/embeddings        one 4-float vector per input (`encoding_format` float or base64)
     GET  /v1/models            OpenAI's list format with one model, `stub-model`
     *    /v1/echo[/...]        echoes method, path, query, headers and body as JSON
     GET  /_stub/requests       every request received so far: method, path, headers, the body's
-                               `model` (not the bodies)
+                               `model` and whether it asks for a stream's usage (not the bodies)
     DELETE /_stub/requests     forgets them
     POST /_stub/release/TOKEN  lets a held stream go on (see below)
     GET  /_stub/holds          each held stream: released in time or not, and how it ended
@@ -115,6 +116,12 @@ def message_text(content):
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def asks_for_usage(body):
+    """Whether a streamed call asks for its usage (stream_options.include_usage is true)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def requested_status(text):
@@ -230,6 +237,7 @@ class Handler(BaseHTTPRequestHandler):
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_bytes": len(raw),
                 "model": sent.get("model") if isinstance(sent, dict) else None,
+                "asks_for_usage": asks_for_usage(sent) if isinstance(sent, dict) else False,
             }
         )
         path = url.path.rstrip("/") or "/"
@@ -325,6 +333,7 @@ class Handler(BaseHTTPRequestHandler):
                 },
                 lambda text: {"content": text},
                 first_delta={"role": "assistant", "content": ""},
+                include_usage=asks_for_usage(body),
             )
         return self.send_json(
             200,
@@ -372,6 +381,7 @@ class Handler(BaseHTTPRequestHandler):
                 },
                 lambda text: text,
                 first_delta=None,
+                include_usage=asks_for_usage(body),
             )
         return self.send_json(
             200,
@@ -443,8 +453,9 @@ class Handler(BaseHTTPRequestHandler):
             self.holds.update(token, outcome="disconnected")
             self.close_connection = True
 
-    def stream(self, answer, usage, chunk, delta_of, first_delta):
-        """Server-sent events: one chunk per word, a final chunk with usage, then [DONE]."""
+    def stream(self, answer, usage, chunk, delta_of, first_delta, include_usage):
+        """Server-sent events: one chunk per word, a final chunk with usage when the call asked
+        for it (as OpenAI and vLLM do), then [DONE]."""
         self.start_events()
         try:
             if first_delta is not None:
@@ -455,11 +466,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_event(chunk(delta_of(word if i == 0 else " " + word), None))
             finish = chunk(delta_of("") if first_delta is None else {}, "stop")
             self.send_event(finish)
-            # As OpenAI does with stream_options.include_usage: no choices, only usage.
-            final = chunk(delta_of(""), None)
-            final["choices"] = []
-            final["usage"] = usage
-            self.send_event(final)
+            if include_usage:
+                # As OpenAI does with stream_options.include_usage: no choices, only usage.
+                final = chunk(delta_of(""), None)
+                final["choices"] = []
+                final["usage"] = usage
+                self.send_event(final)
             self.end_events()
         except (BrokenPipeError, ConnectionResetError):
             # The client (the gateway) went away mid-stream: nothing left to do.

@@ -180,6 +180,7 @@ def a_stream_that_does_not_ask_for_usage_gets_none_and_names_the_clients_model()
     assert all(chunk.model == MODEL + "@canary" for chunk in chunks), chunks
     seen = [r for r in stub_requests() if r["path"] == "/v1/chat/completions"]
     assert [r["model"] for r in seen] == [MODEL], seen
+    assert [r["asks_for_usage"] for r in seen] == [True], seen
 
 
 @test

@@ -49,12 +49,15 @@ struct BackgroundTasks {
     key_usage_flush: JoinHandle<()>,
     /// The in-process cache tier's invalidation subscription.
     invalidation_listener: Option<JoinHandle<()>>,
+    /// Drops the upstream balancer's idle fleets.
+    fleet_sweep: JoinHandle<()>,
 }
 
 impl BackgroundTasks {
     fn abort_periodic(&self) {
         self.upkeep.abort();
         self.key_usage_flush.abort();
+        self.fleet_sweep.abort();
         if let Some(listener) = &self.invalidation_listener {
             listener.abort();
         }
@@ -159,6 +162,7 @@ impl Application {
                 log.clone(),
             )),
             invalidation_listener,
+            fleet_sweep: tokio::spawn(upstream.sweep_fleets()),
         };
         let state = AppState {
             registry,

@@ -155,6 +155,11 @@ pub fn limit_models(max: usize) {
     MODEL_LABELS.set_max(max);
 }
 
+/// `metrics.max_models`: also the most versions whose endpoints' states are on `/metrics`.
+pub fn max_models() -> usize {
+    MODEL_LABELS.max.load(Ordering::Relaxed)
+}
+
 /// The `model` label of `model`'s series: its name while `metrics.max_models` allows, else
 /// [`OTHER_MODELS`].
 pub fn model_label(model: &str) -> &str {

@@ -213,17 +213,20 @@ pub struct UpstreamSettings {
     /// Inference calls this replica serves at once; past it, new ones get 503 with
     /// `Retry-After` before their body is read (each may hold up to `max_body_bytes`).
     pub max_concurrent_calls: usize,
-    /// An endpoint that fails this many calls in a row (no connection, no answer in time, or
-    /// 502/503/504) is taken out of its version's rotation on this replica; 0: never.
+    /// An endpoint that fails this many calls in a row (no connection, no allowed address, no
+    /// answer in time, or 502/503/504) is taken out of its version's rotation on this replica;
+    /// 0: never.
     pub eject_after_failures: u32,
     /// How long an endpoint is out the first time; doubled each time its trial call fails
     /// (at most 5 minutes), back to this once a call succeeds.
     pub eject_seconds: u64,
-    /// A call that cannot have reached a model server (no connection made, or 503 before any
-    /// body byte) is sent again to another endpoint of its version at most this many times.
+    /// A call that cannot have reached a model server (no connection made, none to an allowed
+    /// address, or 503 before any body byte) is sent again to another endpoint of its version
+    /// at most this many times.
     pub max_retries: u32,
-    /// Retries on this replica may add at most this share of its calls, over 10 s (and 10 per
-    /// 10 s whatever the traffic), so that a failing fleet does not get twice the load.
+    /// A version's retries on this replica may add at most this share of its calls over 10 s
+    /// (beyond it, a floor of 10 per 10 s shared by the versions, 3 at most each), so that a
+    /// failing fleet does not get twice the load and cannot spend other versions' failover.
     pub retry_budget_percent: u32,
 }
 
@@ -320,7 +323,8 @@ where
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Distinct models with series of their own (`model` label); calls of models past that many
-    /// are counted under `model="other"`.
+    /// are counted under `model="other"`. Also the most versions with endpoint states
+    /// (`maas_upstream_endpoint_state`) at once.
     pub max_models: usize,
 }
 

@@ -6,9 +6,11 @@
 //!   into memory and written in batches by one writer thread, and the bridge that routes the `log` crate (actix-web's own messages) into it.
 //! - [`metrics`](mod@metrics): the process-wide Prometheus recorder with histogram buckets set
 //!   (so histograms render as histograms, not summaries).
+//! - [`exposition`]: gauges written at scrape time beside the recorder's text, for series that
+//!   must go when what they describe goes.
 //! - [`names`]: every metric name, so no other crate spells one as a literal.
 //!
-//! Features: `logging` (the first) and `prometheus` (the second), both on by default. Without
+//! Features: `logging` (the first) and `prometheus` (the second and third), both on by default. Without
 //! them the crate is [`names`] alone and depends on nothing, which is how `maas-persistence` uses
 //! it.
 //!
@@ -25,6 +27,8 @@
 //! assert!(handle.render().contains("maas_build_info"));
 //! ```
 
+#[cfg(feature = "prometheus")]
+pub mod exposition;
 #[cfg(feature = "logging")]
 pub mod json;
 #[cfg(feature = "logging")]

@@ -54,6 +54,8 @@ pub const UPSTREAM_REFUSED_TOTAL: &str = "maas_upstream_refused_total";
 
 /// Gauge of each endpoint of a version on this replica, labelled `model`, `version` and
 /// `endpoint` (its index in the version's list): 1 in rotation, 0 taken out after failures.
+/// Written at each scrape (`exposition`) for the versions the replica keeps then, at most
+/// `metrics.max_models` of them, never through the recorder.
 pub const UPSTREAM_ENDPOINT_STATE: &str = "maas_upstream_endpoint_state";
 /// Counter of calls sent again to another endpoint because the first could not have reached a
 /// model server, labelled `model`.

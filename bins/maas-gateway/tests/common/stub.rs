@@ -5,10 +5,12 @@
 //! then the chunk with `usage`) with `stub_hold` (the stream waits after the newlines until the
 //! test calls [`Stub::release`], for at most a minute), `stub_usage` (a string: the JSON text of
 //! the answer's `usage`, written as is, so that it can hold what no JSON value of the test's
-//! holds, such as `1e400`; in a stream, in its final chunk), `stub_dimensions` (an embedding of
+//! holds, such as `1e400`; in a stream, in its final chunk, which it sends only when the call
+//! asks with `"stream_options": {"include_usage": true}`), `stub_dimensions` (an embedding of
 //! that many numbers). A test may also make one stub
-//! answer every call with a status of its choosing ([`Stub::answer_with`]), or kill it
-//! ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
+//! answer every call with a status of its choosing ([`Stub::answer_with`]), answer none
+//! ([`Stub::never_answer`]), count the connections it accepted ([`Stub::connections`]), or kill
+//! it ([`Stub::kill`]: it stops listening and drops its connections, and keeps what it saw).
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,8 @@ struct Shared {
     forced_status: AtomicU16,
     /// Every call waits this long before its answer (0: as the body asks).
     forced_delay_ms: AtomicU64,
+    /// Connections accepted so far.
+    connections: AtomicU64,
 }
 
 pub struct Stub {
@@ -81,6 +85,17 @@ impl Stub {
     /// From now on, every call waits `ms` before it is answered.
     pub fn delay(&self, ms: u64) {
         self.shared.forced_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// From now on, no call is answered while the test runs (each waits a day, or until the stub
+    /// stops).
+    pub fn never_answer(&self) {
+        self.delay(24 * 3600 * 1000);
+    }
+
+    /// How many connections the stub accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Stops listening and drops every connection at once, as a crashed server would; what it
@@ -244,9 +259,12 @@ async fn handle(
             .iter()
             .map(|t| json!({"object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]}).to_string())
             .collect();
-        chunks.push(with_usage(
-            json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
-        ));
+        // As OpenAI and vLLM: the usage-only final chunk only when asked for.
+        if request["stream_options"]["include_usage"].as_bool() == Some(true) {
+            chunks.push(with_usage(
+                json!({"object": "chat.completion.chunk", "model": model, "choices": [], "usage": "USAGE"}),
+            ));
+        }
         return sse(chunks);
     }
     HttpResponse::Ok()
@@ -265,6 +283,7 @@ async fn handle(
 pub async fn start_stub() -> Stub {
     let shared = Arc::new(Shared::default());
     let data = web::Data::new(shared.clone());
+    let counted = shared.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind stub");
     let port = listener.local_addr().expect("addr").port();
     let server = HttpServer::new(move || {
@@ -272,6 +291,9 @@ pub async fn start_stub() -> Stub {
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
             .default_service(web::to(handle))
+    })
+    .on_connect(move |_, _| {
+        counted.connections.fetch_add(1, Ordering::SeqCst);
     })
     .workers(1)
     .disable_signals()

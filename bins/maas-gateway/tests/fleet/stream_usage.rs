@@ -34,6 +34,13 @@ async fn stream(app: &TestApp, route: &str, body: &str) -> Vec<Value> {
         .collect()
 }
 
+fn header_is_json(res: &reqwest::Response) -> bool {
+    res.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 fn usage_only(events: &[Value]) -> usize {
     events
         .iter()
@@ -76,6 +83,7 @@ async fn a_stream_that_does_not_ask_for_its_usage_is_metered_and_the_client_gets
     served_by(&app, "metered", &stub, true).await;
     let sent = r#"{"model": "metered", "stream": true, "messages": [], "temperature": 1.0e0 }"#;
     let events = stream(&app, "/v1/chat/completions", sent).await;
+    assert_eq!(events.len(), 2, "the two content chunks: {events:?}");
     assert_eq!(usage_only(&events), 0, "{events:?}");
     assert!(events.iter().all(|e| e["model"] == "metered"));
     let received = String::from_utf8(stub.last().body).expect("UTF-8");
@@ -85,16 +93,72 @@ async fn a_stream_that_does_not_ask_for_its_usage_is_metered_and_the_client_gets
         "asked for, every other byte as sent"
     );
     // `include_usage: false` is not a way around the meter either; completions are asked too.
-    let refused = r#"{"model":"metered","stream":true,"stream_options":{"include_usage":false},"prompt":"x"}"#;
-    let events = stream(&app, "/v1/completions", refused).await;
-    assert_eq!(usage_only(&events), 0);
-    let received: Value = serde_json::from_slice(&stub.last().body).expect("JSON");
-    assert_eq!(received["stream_options"], json!({"include_usage": true}));
+    // Nor is anything else a lenient server might read as "no", nor options that are not an
+    // object.
+    for refused in [
+        r#"{"model":"metered","stream":true,"stream_options":{"include_usage":false},"prompt":"x"}"#,
+        r#"{"model":"metered","stream":true,"stream_options":{"include_usage":0},"prompt":"x"}"#,
+        r#"{"model":"metered","stream":true,"stream_options":"no","prompt":"x"}"#,
+    ] {
+        let events = stream(&app, "/v1/completions", refused).await;
+        assert_eq!(events.len(), 2, "{refused}: {events:?}");
+        assert_eq!(usage_only(&events), 0, "{refused}");
+        let received: Value = serde_json::from_slice(&stub.last().body).expect("JSON");
+        assert_eq!(
+            received["stream_options"],
+            json!({"include_usage": true}),
+            "{refused}"
+        );
+    }
 
-    let row = usage_of(&app, "metered", 2).await;
-    assert_eq!(row["requests"], 2, "{row}");
-    assert_eq!(row["prompt_tokens"], 14, "{row}");
-    assert_eq!(row["completion_tokens"], 6, "{row}");
+    let row = usage_of(&app, "metered", 4).await;
+    assert_eq!(row["requests"], 4, "{row}");
+    assert_eq!(row["prompt_tokens"], 28, "{row}");
+    assert_eq!(row["completion_tokens"], 12, "{row}");
+    stub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_flag_that_is_not_a_boolean_is_refused_naming_it() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    served_by(&app, "strict", &stub, true).await;
+    for stream in [r#""true""#, "1", "0", r#""false""#, "{}"] {
+        let res = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"model":"strict","stream":{stream},"messages":[]}}"#
+            ))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), 422, "{stream}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["param"], "stream", "{stream}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    assert!(stub.seen().is_empty(), "none reached the model server");
+    // `null` and `false` are not streams, as OpenAI reads them.
+    for stream in ["null", "false"] {
+        let res = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"model":"strict","stream":{stream},"messages":[]}}"#
+            ))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), 200, "{stream}");
+        assert!(
+            header_is_json(&res),
+            "{stream}: answered as a JSON completion"
+        );
+    }
     stub.stop().await;
     app.stop().await;
 }
@@ -106,12 +170,14 @@ async fn a_client_that_asks_gets_the_usage_event_and_a_server_that_refuses_is_le
     served_by(&app, "asked", &stub, true).await;
     let sent = r#"{"model":"asked","stream":true,"stream_options":{"include_usage":true}}"#;
     let events = stream(&app, "/v1/chat/completions", sent).await;
+    assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(usage_only(&events), 1, "passed through");
     assert_eq!(String::from_utf8(stub.last().body).expect("UTF-8"), sent);
 
     served_by(&app, "refuses", &stub, false).await;
     let sent = r#"{"model":"refuses","stream":true}"#;
-    stream(&app, "/v1/chat/completions", sent).await;
+    let events = stream(&app, "/v1/chat/completions", sent).await;
+    assert_eq!(events.len(), 2, "not asked, none sent: {events:?}");
     assert_eq!(
         String::from_utf8(stub.last().body).expect("UTF-8"),
         sent,
@@ -126,7 +192,12 @@ async fn a_client_that_asks_gets_the_usage_event_and_a_server_that_refuses_is_le
     assert_eq!(res.status(), 200);
     let version: Value = res.json().await.expect("json");
     assert_eq!(version["supports_stream_usage"], true);
-    stream(&app, "/v1/chat/completions", sent).await;
+    let events = stream(&app, "/v1/chat/completions", sent).await;
+    assert_eq!(
+        events.len(),
+        2,
+        "asked by the gateway, kept from the client"
+    );
     let received: Value = serde_json::from_slice(&stub.last().body).expect("JSON");
     assert_eq!(received["stream_options"]["include_usage"], true);
 

@@ -172,9 +172,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             }
         }
     }
+    let mut text = state.metrics.render();
+    state.upstream.balancer().render_states(&mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(text)
 }
 
 #[cfg(test)]

@@ -118,6 +118,80 @@ impl<B: hyper::body::Body> MeteredBody<B> {
     }
 }
 
+impl<B> MeteredBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    /// Bytes of the upstream body read so far (not the rewritten ones passed on: inside a long
+    /// `model` value those are none).
+    pub fn upstream_bytes(&self) -> u64 {
+        self.seen
+    }
+
+    /// The next upstream chunk as the client gets it, possibly empty (all of it held back or
+    /// dropped by the rewriter), so that a reader can count the upstream's bytes as they come.
+    pub async fn next_piece(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
+        futures_util::future::poll_fn(|cx| self.poll_piece(cx)).await
+    }
+
+    fn poll_piece(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, actix_web::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            return match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not passed on (actix-web's HTTP/1 writer has none).
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    self.progressed = true;
+                    self.seen = self.seen.saturating_add(chunk.len() as u64);
+                    let chunk = match &mut self.rewriter {
+                        Some(rewriter) => rewriter.pass(chunk, &mut self.meter),
+                        None => {
+                            self.meter.observe(&chunk);
+                            chunk
+                        }
+                    };
+                    if self.expected.is_some_and(|n| self.seen >= n) {
+                        self.meter.finish(None);
+                    }
+                    Poll::Ready(Some(Ok(chunk)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.meter.finish(Some(502));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
+                        "the model server's response broke off: {e}"
+                    )))))
+                }
+                Poll::Ready(None) => {
+                    self.meter.finish(None);
+                    self.slot = None;
+                    self.lease = None;
+                    self.ended = true;
+                    match self.rewriter.as_mut().and_then(Rewriter::finish) {
+                        Some(rest) => Poll::Ready(Some(Ok(rest))),
+                        None => Poll::Ready(None),
+                    }
+                }
+                Poll::Pending if self.idle_expired(cx) => {
+                    self.meter.finish(Some(504));
+                    Poll::Ready(Some(Err(actix_web::error::ErrorGatewayTimeout(format!(
+                        "the model server sent nothing for {} s",
+                        self.idle.as_secs()
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
 impl<B> Stream for MeteredBody<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -126,60 +200,13 @@ where
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
         loop {
-            return match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are not passed on (actix-web's HTTP/1 writer has none).
-                    let Ok(chunk) = frame.into_data() else {
-                        continue;
-                    };
-                    this.progressed = true;
-                    this.seen = this.seen.saturating_add(chunk.len() as u64);
-                    let chunk = match &mut this.rewriter {
-                        Some(rewriter) => rewriter.pass(chunk, &mut this.meter),
-                        None => {
-                            this.meter.observe(&chunk);
-                            chunk
-                        }
-                    };
-                    if this.expected.is_some_and(|n| this.seen >= n) {
-                        this.meter.finish(None);
-                    }
-                    if chunk.is_empty() {
-                        // All of it held back or dropped by the rewriter.
-                        continue;
-                    }
-                    Poll::Ready(Some(Ok(chunk)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.meter.finish(Some(502));
-                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
-                        "the model server's response broke off: {e}"
-                    )))))
-                }
-                Poll::Ready(None) => {
-                    this.meter.finish(None);
-                    this.slot = None;
-                    this.lease = None;
-                    this.ended = true;
-                    match this.rewriter.as_mut().and_then(Rewriter::finish) {
-                        Some(rest) => Poll::Ready(Some(Ok(rest))),
-                        None => Poll::Ready(None),
-                    }
-                }
-                Poll::Pending if this.idle_expired(cx) => {
-                    this.meter.finish(Some(504));
-                    Poll::Ready(Some(Err(actix_web::error::ErrorGatewayTimeout(format!(
-                        "the model server sent nothing for {} s",
-                        this.idle.as_secs()
-                    )))))
-                }
-                Poll::Pending => Poll::Pending,
-            };
+            match self.poll_piece(cx) {
+                // All of it held back or dropped by the rewriter; an empty chunk would end a
+                // chunked response.
+                Poll::Ready(Some(Ok(chunk))) if chunk.is_empty() => {}
+                other => return other,
+            }
         }
     }
 }

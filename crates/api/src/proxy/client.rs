@@ -175,6 +175,13 @@ impl Upstream {
         &self.balancer
     }
 
+    /// The task that drops the balancer's idle fleets periodically (see
+    /// [`super::balance::sweep_every`]): spawn it beside the server; without it, fleets go only
+    /// when the balancer's bounds make room.
+    pub fn sweep_fleets(&self) -> impl Future<Output = ()> + Send + 'static {
+        super::balance::sweep_every(Arc::clone(&self.balancer))
+    }
+
     /// Which addresses calls may go to (also checked when a version's endpoint is written).
     pub fn policy(&self) -> &AddressPolicy {
         &self.policy

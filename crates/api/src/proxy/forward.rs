@@ -56,12 +56,36 @@ pub struct FleetFailure {
     pub endpoint: Option<usize>,
 }
 
+/// What an attempt's outcome means for its endpoint and its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// It counts against the endpoint's health (else for it, when the endpoint answered).
+    failed: bool,
+    /// The model server cannot have seen the call: it may go to another endpoint.
+    may_retry: bool,
+}
+
+/// The verdict on an attempt that got an answer with `status`, or failed with an error.
+fn verdict(outcome: Result<u16, &UpstreamError>) -> Verdict {
+    let (failed, may_retry) = match outcome {
+        Ok(status) => (is_failure_status(status), status == 503),
+        // No connection was made: to a dead server, or to none the address policy allows (an
+        // endpoint that only ever gets the latter is taken out like a dead one, rather than
+        // costing every call sent to it a retry).
+        Err(UpstreamError::NotConnected(_) | UpstreamError::AddressNotAllowed(_)) => (true, true),
+        Err(UpstreamError::Timeout | UpstreamError::Unreachable(_)) => (true, false),
+        Err(_) => (false, false),
+    };
+    Verdict { failed, may_retry }
+}
+
 /// Sends a call to the endpoints of its version (`fleet`): to the one [`Fleet::pick`] gives,
-/// and, when that one cannot have seen it (no connection could be made, or it answered 503
-/// before any of its body was read, which is dropped unread) and another is left, to another,
-/// at most `upstream.max_retries` times and as the retry budget allows. `outbound` makes the
-/// call for the endpoint of an index. Each attempt's outcome goes to its endpoint's health:
-/// no connection, no answer in time, or 502/503/504 count against it.
+/// and, when that one cannot have seen it (no connection could be made, none to an address the
+/// policy allows, or it answered 503 before any of its body was read, which is dropped unread)
+/// and another is left, to another, at most `upstream.max_retries` times and as the retry
+/// budgets allow (the version's, and the replica's floor). `outbound` makes the call for the
+/// endpoint of an index. Each attempt's outcome goes to its endpoint's health: no connection
+/// (or no allowed address), no answer in time, or 502/503/504 count against it.
 ///
 /// # Errors
 /// The last attempt's failure (see [`send`]), with its endpoint.
@@ -73,7 +97,7 @@ pub async fn send_to_fleet(
     mut outbound: impl FnMut(usize) -> Result<Outbound, UpstreamError>,
 ) -> Result<Answer, FleetFailure> {
     let balancer = upstream.balancer();
-    balancer.count_call(Instant::now());
+    fleet.count_call(Instant::now());
     let mut lease = fleet.pick(0, Instant::now()).ok_or(FleetFailure {
         error: UpstreamError::NotConnected("the version has no endpoint".to_owned()),
         endpoint: None,
@@ -87,32 +111,17 @@ pub async fn send_to_fleet(
         })?;
         let outcome = send(upstream, started, call).await;
         let now = Instant::now();
-        let may_retry = match &outcome {
-            Ok(answer) if is_failure_status(answer.status()) => {
-                lease.failed(now);
-                answer.status() == 503
-            }
-            Ok(_) => {
-                lease.succeeded();
-                false
-            }
-            Err(error @ (UpstreamError::NotConnected(_) | UpstreamError::AddressNotAllowed(_))) => {
-                if matches!(error, UpstreamError::NotConnected(_)) {
-                    lease.failed(now);
-                }
-                true
-            }
-            Err(UpstreamError::Timeout | UpstreamError::Unreachable(_)) => {
-                lease.failed(now);
-                false
-            }
-            Err(_) => false,
-        };
+        let verdict = verdict(outcome.as_ref().map(Answer::status));
+        match (&outcome, verdict.failed) {
+            (_, true) => lease.failed(now),
+            (Ok(_), false) => lease.succeeded(),
+            (Err(_), false) => {}
+        }
         tried |= lease.bit();
-        if may_retry && retries < balancer.max_retries() {
+        if verdict.may_retry && retries < balancer.max_retries() {
             // The next endpoint first: with none left, this outcome is the call's.
             if let Some(next) = fleet.pick(tried, now)
-                && balancer.try_retry(model, now)
+                && balancer.try_retry(fleet, model, now)
             {
                 retries += 1;
                 lease = next;
@@ -291,20 +300,18 @@ impl Answer {
 }
 
 /// Reads a rewritten body until its new length is known, it is over, or [`SETTLE_LIMIT`]
-/// bytes came; hands back what it read, to be sent first.
+/// bytes of the model server's came (counted as they arrive, not as they come out: inside a
+/// long `model` value nothing comes out); hands back what it read, to be sent first.
 async fn settle<B>(body: &mut MeteredBody<B>) -> Vec<Result<Bytes, actix_web::Error>>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut held = Vec::new();
-    let mut read = 0u64;
-    while body.length_change().is_none() && read < SETTLE_LIMIT {
-        match body.next().await {
-            Some(Ok(chunk)) => {
-                read += chunk.len() as u64;
-                held.push(Ok(chunk));
-            }
+    while body.length_change().is_none() && body.upstream_bytes() < SETTLE_LIMIT {
+        match body.next_piece().await {
+            Some(Ok(chunk)) if chunk.is_empty() => {}
+            Some(Ok(chunk)) => held.push(Ok(chunk)),
             Some(Err(e)) => {
                 held.push(Err(e));
                 break;
@@ -343,9 +350,9 @@ mod tests {
         }
     }
 
-    /// A rewritten JSON answer of `pieces`, settled: how many pieces were read first, and the
-    /// change of length then known.
-    async fn settled(pieces: Vec<String>) -> (usize, Option<i64>) {
+    /// A rewritten JSON answer of `pieces`, settled: how many pieces were held, the change of
+    /// length then known, and how many of the model server's bytes were read.
+    async fn settled(pieces: Vec<String>) -> (usize, Option<i64>, u64) {
         let total = pieces.iter().map(|p| p.len() as u64).sum();
         let (queue, _receiver) = UsageQueue::new(1);
         let meter = Meter::new(
@@ -364,7 +371,35 @@ mod tests {
         let mut body = MeteredBody::new(pieces, meter, Duration::from_secs(5))
             .rewriting(Rewriter::new(&rewrite, false, true));
         let held = settle(&mut body).await;
-        (held.len(), body.length_change())
+        (held.len(), body.length_change(), body.upstream_bytes())
+    }
+
+    #[test]
+    fn what_cannot_have_reached_a_model_server_may_go_elsewhere_and_counts_against_its_endpoint() {
+        fn judged(outcome: Result<u16, &UpstreamError>) -> (bool, bool) {
+            let Verdict { failed, may_retry } = verdict(outcome);
+            (failed, may_retry)
+        }
+        assert_eq!(judged(Ok(200)), (false, false));
+        assert_eq!(judged(Ok(404)), (false, false));
+        assert_eq!(judged(Ok(503)), (true, true), "dropped unread");
+        assert_eq!(judged(Ok(502)), (true, false));
+        let error = |e: UpstreamError| judged(Err(&e));
+        assert_eq!(
+            error(UpstreamError::NotConnected("refused".into())),
+            (true, true)
+        );
+        assert_eq!(
+            error(UpstreamError::AddressNotAllowed("127.0.0.1".into())),
+            (true, true),
+            "taken out like a dead endpoint, not retried on every call sent to it"
+        );
+        assert_eq!(error(UpstreamError::Timeout), (true, false));
+        assert_eq!(
+            error(UpstreamError::Unreachable("reset".into())),
+            (true, false)
+        );
+        assert_eq!(error(UpstreamError::Busy), (false, false));
     }
 
     #[tokio::test]
@@ -374,19 +409,29 @@ mod tests {
             r#""model":"a-longer-name"}"#.to_owned(),
             " ".to_owned(),
         ];
-        assert_eq!(
-            settled(early).await,
-            (2, Some(-8)),
-            "read until it was passed"
-        );
+        let (held, change, _) = settled(early).await;
+        assert_eq!((held, change), (2, Some(-8)), "read until it was passed");
         let late = vec![
             format!(r#"{{"data":"{}","#, "x".repeat(70 * 1024)),
             r#""model":"m"}"#.to_owned(),
         ];
+        let (held, change, _) = settled(late).await;
         assert_eq!(
-            settled(late).await,
+            (held, change),
             (1, None),
             "past the limit: streamed without a length"
+        );
+        // A model value of many pieces: nothing of it comes out until it ends, and the limit
+        // is of the model server's bytes all the same.
+        let piece = 8 * 1024;
+        let mut long = vec![r#"{"model":""#.to_owned()];
+        long.extend((0..100).map(|_| "x".repeat(piece)));
+        long.push(r#""}"#.to_owned());
+        let (held, change, read) = settled(long).await;
+        assert_eq!((held, change), (1, None), "only the start came out");
+        assert!(
+            (SETTLE_LIMIT..SETTLE_LIMIT + piece as u64).contains(&read),
+            "read {read} bytes of 800 KiB"
         );
         assert!(is_json("application/json; charset=utf-8") && is_json("application/problem+json"));
         assert!(!is_json("text/event-stream"));

@@ -11,6 +11,7 @@
 //! - [`rewrite`]: the `model` of an OpenAI call set to the model server's name on the way in
 //!   and back to the client's on the way out, nothing else of the bytes touched;
 //! - [`body`]: [`MeteredBody`], the streamed upstream body with its idle cut-off;
+//! - `scan`: the byte search the meter and the rewriter share;
 //! - [`balance`]: choosing the peer: which endpoint of a version a call goes to (power of two
 //!   choices by weight), the endpoints' passive health, the retry budget;
 //! - [`forward`]: a call sent to its version's endpoints ([`send_to_fleet`], retried on another
@@ -30,6 +31,7 @@ pub mod headers;
 pub mod meter;
 pub mod policy;
 pub mod rewrite;
+mod scan;
 pub mod target;
 
 pub use balance::{Balancer, EndpointIndex, Fleet, Lease};

@@ -3,38 +3,45 @@
 //!
 //! - Each version served gets a [`Fleet`]: the passive health of its endpoints, by their index
 //!   in the version's list (see [`health`]), built when the version is first served and again
-//!   when its endpoints or weights change. Fleets of versions not served for [`IDLE`] go when
-//!   another is built, and there are at most [`MAX_FLEETS`].
+//!   when its endpoints or weights change. Which fleets are kept, and for how long, is the
+//!   [`table`]'s business: bounded in number overall and per model, in work per new fleet, and
+//!   swept of idle ones periodically ([`sweep_every`]).
 //! - [`Fleet::pick`] takes a due trial call first (an endpoint out of rotation whose time is
 //!   up), else the better of two endpoints in rotation drawn at random by weight (fewer calls in
 //!   flight per unit of weight: power of two choices), else, when every endpoint is out, the
 //!   one that failed least recently, so that calls are still tried.
 //! - A [`Lease`] is a call's hold on its endpoint: it counts as in flight until the lease is
 //!   dropped (with the answer's body), and its outcome updates the endpoint's health.
-//! - Retries are allowed by the replica's [`budget`].
+//! - Retries are allowed by the version's and the replica's [`budget`].
+//! - The endpoints' states are rendered on `/metrics` from the kept fleets at each scrape
+//!   ([`Balancer::render_states`]), so an endpoint or a fleet no longer kept has no series.
 
 pub mod budget;
 pub mod health;
+mod state;
+pub mod table;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use maas_domain::model::ModelVersion;
 use maas_domain::values::EndpointUrl;
 use maas_telemetry::names;
-use uuid::Uuid;
 
-use self::budget::RetryBudget;
+use self::budget::{FleetBudget, RetryBudget};
 use self::health::{Change, Ejection, EndpointHealth};
+use self::table::Table;
+pub use self::table::{IDLE, MAX_FLEETS, MAX_FLEETS_PER_MODEL};
 use crate::meters;
 use crate::settings::UpstreamSettings;
 
-/// Most versions whose endpoints' health is kept.
-pub const MAX_FLEETS: usize = 10_000;
-/// A version not served for this long has its endpoints' health forgotten.
-pub const IDLE: Duration = Duration::from_secs(600);
+/// How often [`sweep_every`] drops the fleets idle for [`IDLE`].
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Most endpoints of a version the balancer tells apart (a set of them is a `u64`; a version
+/// has at most 32).
+const MAX_ENDPOINTS: usize = 64;
 
 /// The index of the endpoint a call went to, in its version's list: on the response's
 /// extensions for the access log (`x-maas-endpoint` says it to the client).
@@ -53,7 +60,9 @@ pub struct Balancer {
     ejection: Ejection,
     max_retries: u32,
     budget: RetryBudget,
-    fleets: RwLock<HashMap<Uuid, Arc<Fleet>>>,
+    fleets: RwLock<Table>,
+    /// Tells a fleet from the one it replaced.
+    next_serial: AtomicU64,
 }
 
 impl Balancer {
@@ -68,7 +77,8 @@ impl Balancer {
             },
             max_retries: settings.max_retries,
             budget: RetryBudget::new(settings.retry_budget_percent),
-            fleets: RwLock::new(HashMap::new()),
+            fleets: RwLock::new(Table::default()),
+            next_serial: AtomicU64::new(0),
         }
     }
 
@@ -81,15 +91,10 @@ impl Balancer {
         now.saturating_duration_since(self.epoch).as_secs()
     }
 
-    /// A call starts (its retries are not calls).
-    pub fn count_call(&self, now: Instant) {
-        self.budget.call(self.second(now));
-    }
-
-    /// Takes a retry of a call of `model` from the budget, if it has one (counted in
-    /// `maas_upstream_retries_total`).
-    pub fn try_retry(&self, model: &str, now: Instant) -> bool {
-        let granted = self.budget.try_retry(self.second(now));
+    /// Takes a retry of a call of `fleet`'s version (of `model`) from the budgets, if they have
+    /// one (counted in `maas_upstream_retries_total`).
+    pub fn try_retry(&self, fleet: &Fleet, model: &str, now: Instant) -> bool {
+        let granted = self.budget.try_retry(&fleet.budget, fleet.second(now));
         if granted {
             metrics::counter!(names::UPSTREAM_RETRIES_TOTAL,
                 "model" => meters::model_label(model).to_owned())
@@ -99,7 +104,7 @@ impl Balancer {
     }
 
     /// The fleet of `version`: the one kept while its endpoints and weights are the same,
-    /// else a new one, every endpoint in rotation.
+    /// else a new one, every endpoint in rotation (kept if the [`table`] has room for it).
     pub fn fleet(&self, version: &ModelVersion, now: Instant) -> Arc<Fleet> {
         let found = self
             .fleets
@@ -108,36 +113,31 @@ impl Balancer {
             .get(&version.id)
             .filter(|fleet| fleet.serves(version))
             .cloned();
-        let fleet = match found {
-            Some(fleet) => fleet,
-            None => {
-                let fleet = Arc::new(Fleet::new(self, version, shape_of(version)));
-                let mut fleets = self.fleets.write().unwrap_or_else(PoisonError::into_inner);
-                self.forget_idle(&mut fleets, now);
-                fleets.insert(version.id, Arc::clone(&fleet));
-                fleet
-            }
-        };
-        fleet.used(now);
-        fleet
+        if let Some(fleet) = found {
+            fleet.used(now);
+            return fleet;
+        }
+        let fleet = Arc::new(Fleet::new(self, version, now));
+        let model = version.model.as_str();
+        let label = meters::model_label(model) == model;
+        self.fleets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keep(
+                version.id,
+                fleet,
+                label,
+                meters::max_models(),
+                self.second(now),
+            )
     }
 
-    /// Drops the fleets not used for [`IDLE`], and the least recently used while there are
-    /// [`MAX_FLEETS`].
-    fn forget_idle(&self, fleets: &mut HashMap<Uuid, Arc<Fleet>>, now: Instant) {
-        let now = self.second(now);
-        let idle = IDLE.as_secs();
-        fleets.retain(|_, fleet| fleet.last_used() + idle > now);
-        while fleets.len() >= MAX_FLEETS {
-            let Some(oldest) = fleets
-                .iter()
-                .min_by_key(|(_, fleet)| fleet.last_used())
-                .map(|(id, _)| *id)
-            else {
-                break;
-            };
-            fleets.remove(&oldest);
-        }
+    /// Drops the fleets not used for [`IDLE`]; says how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.fleets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sweep(self.second(now))
     }
 
     /// How many fleets are kept.
@@ -147,15 +147,26 @@ impl Balancer {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    /// The labelled fleets (see [`table`]), out of the lock.
+    fn labelled(&self) -> Vec<Arc<Fleet>> {
+        self.fleets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .labelled()
+            .cloned()
+            .collect()
+    }
 }
 
-/// What a fleet is built from: the endpoints' URLs and weights, in order.
-fn shape_of(version: &ModelVersion) -> Vec<(EndpointUrl, u32)> {
-    version
-        .endpoints
-        .iter()
-        .map(|e| (e.url.clone(), e.weight.get()))
-        .collect()
+/// Drops `balancer`'s idle fleets every [`SWEEP_EVERY`], for as long as it runs.
+pub async fn sweep_every(balancer: Arc<Balancer>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        balancer.sweep(Instant::now());
+    }
 }
 
 /// The endpoints of one version on this replica.
@@ -163,14 +174,19 @@ fn shape_of(version: &ModelVersion) -> Vec<(EndpointUrl, u32)> {
 pub struct Fleet {
     model: String,
     version: i32,
+    /// What it was built from: the endpoints' URLs and weights, in order.
     shape: Vec<(EndpointUrl, u32)>,
     endpoints: Box<[EndpointHealth]>,
     epoch: Instant,
     ejection: Ejection,
-    /// Its model has series of its own (`metrics.max_models`): the state gauge is kept.
-    labelled: bool,
+    /// Tells it from the fleet of the same version it replaced, or that replaced it.
+    serial: u64,
+    /// Kept, and one of the fleets whose endpoints' states are on `/metrics`.
+    labelled: AtomicBool,
     /// Seconds since the epoch it was last used.
     last_used: AtomicU64,
+    /// Its calls and retries.
+    budget: FleetBudget,
 }
 
 thread_local! {
@@ -197,9 +213,57 @@ fn bit(index: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// The endpoints in rotation and not tried yet, with their weights, as read once: a call's
+/// draws are made from this, so that an endpoint that leaves rotation meanwhile (another call
+/// failed it) cannot make a draw fall outside the list.
+struct Rotation {
+    entries: [(u8, u32); MAX_ENDPOINTS],
+    len: usize,
+    total: u64,
+}
+
+impl Rotation {
+    fn of(endpoints: &[EndpointHealth], tried: u64) -> Self {
+        let mut rotation = Self {
+            entries: [(0, 0); MAX_ENDPOINTS],
+            len: 0,
+            total: 0,
+        };
+        for (index, endpoint) in endpoints.iter().enumerate().take(MAX_ENDPOINTS) {
+            if tried & bit(index) == 0 && endpoint.is_in() {
+                let weight = endpoint.weight();
+                rotation.entries[rotation.len] = (index as u8, weight);
+                rotation.len += 1;
+                rotation.total += u64::from(weight);
+            }
+        }
+        rotation
+    }
+
+    /// The endpoint whose range of the total weight holds `point` (taken modulo the total);
+    /// `None` when the rotation is empty.
+    fn draw(&self, point: u64) -> Option<usize> {
+        let entries = &self.entries[..self.len];
+        let mut left = point.checked_rem(self.total)?;
+        for (index, weight) in entries {
+            if left < u64::from(*weight) {
+                return Some(usize::from(*index));
+            }
+            left -= u64::from(*weight);
+        }
+        // Not reached: the total is the entries' sum.
+        entries.last().map(|(index, _)| usize::from(*index))
+    }
+}
+
 impl Fleet {
-    fn new(balancer: &Balancer, version: &ModelVersion, shape: Vec<(EndpointUrl, u32)>) -> Self {
-        let fleet = Self {
+    fn new(balancer: &Balancer, version: &ModelVersion, now: Instant) -> Self {
+        let shape: Vec<(EndpointUrl, u32)> = version
+            .endpoints
+            .iter()
+            .map(|e| (e.url.clone(), e.weight.get()))
+            .collect();
+        Self {
             model: version.model.as_str().to_owned(),
             version: version.version.get(),
             endpoints: shape
@@ -209,13 +273,11 @@ impl Fleet {
             shape,
             epoch: balancer.epoch,
             ejection: balancer.ejection,
-            labelled: meters::model_label(version.model.as_str()) == version.model.as_str(),
-            last_used: AtomicU64::new(0),
-        };
-        for index in 0..fleet.endpoints.len() {
-            fleet.show_state(index, true);
+            serial: balancer.next_serial.fetch_add(1, Ordering::Relaxed),
+            labelled: AtomicBool::new(false),
+            last_used: AtomicU64::new(balancer.second(now)),
+            budget: FleetBudget::default(),
         }
-        fleet
     }
 
     /// Whether it was built from `version`'s endpoints and weights (compared in place: this
@@ -229,6 +291,31 @@ impl Fleet {
                 .all(|((url, weight), e)| *url == e.url && *weight == e.weight.get())
     }
 
+    fn same_shape(&self, other: &Self) -> bool {
+        self.shape == other.shape
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    fn is_labelled(&self) -> bool {
+        self.labelled.load(Ordering::Relaxed)
+    }
+
+    fn set_labelled(&self, labelled: bool) {
+        self.labelled.store(labelled, Ordering::Relaxed);
+    }
+
+    fn second(&self, now: Instant) -> u32 {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        u32::try_from(second).unwrap_or(u32::MAX)
+    }
+
     fn used(&self, now: Instant) {
         let second = now.saturating_duration_since(self.epoch).as_secs();
         self.last_used.store(second, Ordering::Relaxed);
@@ -238,32 +325,22 @@ impl Fleet {
         self.last_used.load(Ordering::Relaxed)
     }
 
+    /// A call of its version starts (its retries are not calls): counted in its retry budget.
+    pub fn count_call(&self, now: Instant) {
+        self.budget.call(self.second(now));
+    }
+
     /// Milliseconds since the epoch, plus one (0 means "never").
     fn millis(&self, now: Instant) -> u64 {
         let millis = now.saturating_duration_since(self.epoch).as_millis();
         u64::try_from(millis).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// Sets `maas_upstream_endpoint_state` of endpoint `index`.
-    fn show_state(&self, index: usize, up: bool) {
-        if self.labelled {
-            metrics::gauge!(names::UPSTREAM_ENDPOINT_STATE,
-                "model" => self.model.clone(), "version" => self.version.to_string(),
-                "endpoint" => index.to_string())
-            .set(if up { 1.0 } else { 0.0 });
-        }
-    }
-
-    fn record(&self, index: usize, change: Change) {
-        match change {
-            Change::None => {}
-            Change::Ejected => {
-                metrics::counter!(names::UPSTREAM_EJECTIONS_TOTAL,
-                    "model" => meters::model_label(&self.model).to_owned())
-                .increment(1);
-                self.show_state(index, false);
-            }
-            Change::Reinstated => self.show_state(index, true),
+    fn record(&self, change: Change) {
+        if change == Change::Ejected {
+            metrics::counter!(names::UPSTREAM_EJECTIONS_TOTAL,
+                "model" => meters::model_label(&self.model).to_owned())
+            .increment(1);
         }
     }
 
@@ -280,32 +357,13 @@ impl Fleet {
         {
             return Some(self.lease(index, true));
         }
-        let in_rotation = |index: &usize| open(index) && self.endpoints[*index].is_in();
-        let total: u64 = indices
-            .clone()
-            .filter(in_rotation)
-            .map(|i| u64::from(self.endpoints[i].weight()))
-            .sum();
-        if total == 0 {
+        let rotation = Rotation::of(&self.endpoints, tried);
+        let (Some(a), Some(b)) = (rotation.draw(random()), rotation.draw(random())) else {
             let index = indices
                 .filter(open)
                 .min_by_key(|i| self.endpoints[*i].last_failure())?;
             return Some(self.lease(index, false));
-        }
-        let draw = || {
-            let mut left = random() % total;
-            indices
-                .clone()
-                .filter(in_rotation)
-                .find(|i| {
-                    let weight = u64::from(self.endpoints[*i].weight());
-                    let here = left < weight;
-                    left = left.saturating_sub(weight);
-                    here
-                })
-                .unwrap_or(0)
         };
-        let (a, b) = (draw(), draw());
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
         // Fewer calls in flight per unit of weight; a tie keeps the first draw.
         let load = |e: &EndpointHealth, other: &EndpointHealth| {
@@ -355,14 +413,14 @@ impl Lease {
         self.reported = true;
         let now = self.fleet.millis(now);
         let change = self.endpoint().failed(now, self.trial, self.fleet.ejection);
-        self.fleet.record(self.index, change);
+        self.fleet.record(change);
     }
 
     /// The endpoint answered.
     pub fn succeeded(&mut self) {
         self.reported = true;
         let change = self.endpoint().succeeded(self.fleet.ejection);
-        self.fleet.record(self.index, change);
+        self.fleet.record(change);
     }
 }
 

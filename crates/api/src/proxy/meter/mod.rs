@@ -22,7 +22,7 @@ use crate::usage::UsageQueue;
 mod sse;
 
 use sse::SseLines;
-pub(super) use sse::{LINE_LIMIT, find_byte};
+pub(super) use sse::{DATA, LINE_LIMIT, find_byte, may_hold};
 
 /// Most bytes of a non-streamed body kept to find its `usage` (the body itself is never held).
 const USAGE_SCAN_LIMIT: usize = 1024 * 1024;

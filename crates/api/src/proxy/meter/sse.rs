@@ -9,12 +9,14 @@
 //! line may still be a `data:` line no longer than [`LINE_LIMIT`]; and if its line carries
 //! usage, once by the parser. Nothing is shifted, and no buffer is searched from its start again.
 
+use crate::proxy::scan::find_either;
+
 /// Longest `data:` line read for usage, as a non-streamed body's whole-body limit: a longer line
 /// is streamed through untouched but not read (a final chunk with usage is a few hundred bytes).
 pub(in crate::proxy) const LINE_LIMIT: usize = super::USAGE_SCAN_LIMIT;
 
-/// The field of a line the meter reads.
-const DATA: &[u8] = b"data:";
+/// The field of a line the meter (and the rewriter) reads.
+pub(in crate::proxy) const DATA: &[u8] = b"data:";
 
 /// Where a stream's lines stand between two chunks.
 #[derive(Debug, Default)]
@@ -54,19 +56,15 @@ impl SseLines {
     }
 
     /// Keeps `piece`, the start (or more) of a line that goes on in the next chunk, unless the
-    /// line can no longer be a `data:` line within the limit.
+    /// line can no longer be a `data:` line within the limit ([`may_hold`]).
     fn hold(&mut self, piece: &[u8]) {
-        let have = self.partial.len();
         // Told apart by its first bytes before anything is copied.
-        if have < DATA.len() {
-            let n = piece.len().min(DATA.len() - have);
-            examined(n);
-            if piece[..n] != DATA[have..have + n] {
-                self.give_up_line();
-                return;
-            }
-        }
-        if have + piece.len() > LINE_LIMIT {
+        examined(
+            piece
+                .len()
+                .min(DATA.len().saturating_sub(self.partial.len())),
+        );
+        if !may_hold(&self.partial, piece) {
             self.give_up_line();
             return;
         }
@@ -84,6 +82,18 @@ impl SseLines {
     pub(super) fn held(&self) -> (usize, usize) {
         (self.partial.len(), self.partial.capacity())
     }
+}
+
+/// Whether a line that starts with `held` and goes on with `more` (and does not end there) is
+/// worth holding back: it may still be a `data:` line (as far as its first bytes tell) of at
+/// most [`LINE_LIMIT`] bytes. The meter and the rewriter hold a line only while this is so;
+/// any other streams through unread.
+pub(in crate::proxy) fn may_hold(held: &[u8], more: &[u8]) -> bool {
+    let from_held = held.len().min(DATA.len());
+    let from_more = more.len().min(DATA.len() - from_held);
+    held.len() + more.len() <= LINE_LIMIT
+        && held[..from_held] == DATA[..from_held]
+        && more[..from_more] == DATA[from_held..from_held + from_more]
 }
 
 /// A complete `line` (without its `\n`): hands `usage` its JSON when it is a `data:` line
@@ -139,36 +149,17 @@ fn has_usage_object(json: &[u8]) -> bool {
 }
 
 /// The first position of `needle` in `haystack`: the first eight bytes one by one (the usual
-/// distance between two newlines of a stream is short), then eight bytes at a time, a word with
-/// no `needle` in it passed over with a few arithmetic operations (no crate for what these
-/// lines do).
+/// distance between two newlines of a stream is short), then eight bytes at a time
+/// ([`find_either`]).
 pub(in crate::proxy) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     let head = haystack.len().min(8);
     if let Some(i) = haystack[..head].iter().position(|b| *b == needle) {
         examined(i + 1);
         return Some(i);
     }
-    examined(head);
-    let spread = ONES * u64::from(needle);
-    let mut at = head;
-    for word in haystack[head..].chunks_exact(8) {
-        let Ok(word) = <[u8; 8]>::try_from(word) else {
-            break;
-        };
-        examined(8);
-        // Zero in a byte of `x` where `needle` is; the expression is non-zero exactly when one
-        // byte of `x` is zero.
-        let x = u64::from_ne_bytes(word) ^ spread;
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            break;
-        }
-        at += 8;
-    }
-    let found = haystack[at..].iter().position(|b| *b == needle);
-    examined(found.map_or(haystack.len() - at, |i| i + 1));
-    found.map(|i| at + i)
+    let found = find_either(needle, needle, &haystack[head..]).map(|i| head + i);
+    examined(found.map_or(haystack.len(), |i| i + 1));
+    found
 }
 
 #[cfg(test)]

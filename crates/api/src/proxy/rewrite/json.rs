@@ -7,6 +7,8 @@
 //! spelled `model` (a key written with escapes is not recognised), and at anything that is not
 //! a JSON object: what follows is not looked at.
 
+use crate::proxy::scan::find_either;
+
 /// Where the value of the top-level `model` key lies in the piece just fed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Found {
@@ -91,30 +93,10 @@ const SCALAR_STOPS: [bool; 256] = table(b",} \t\r\n");
 /// content), else the end: eight bytes at a time, as the meter's line search (strings are most
 /// of what a long line holds).
 fn string_stop(piece: &[u8], from: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const QUOTES: u64 = ONES * b'"' as u64;
-    const BACKSLASHES: u64 = ONES * b'\\' as u64;
-    let Some(rest) = piece.get(from..) else {
-        return piece.len();
-    };
-    let mut at = 0;
-    for word in rest.chunks_exact(8) {
-        let Ok(word) = <[u8; 8]>::try_from(word) else {
-            break;
-        };
-        let word = u64::from_ne_bytes(word);
-        // Zero in a byte where the quote (or backslash) is; non-zero exactly when one is.
-        let (q, b) = (word ^ QUOTES, word ^ BACKSLASHES);
-        if (q.wrapping_sub(ONES) & !q | b.wrapping_sub(ONES) & !b) & HIGHS != 0 {
-            break;
-        }
-        at += 8;
-    }
-    rest[at..]
-        .iter()
-        .position(|b| matches!(b, b'"' | b'\\'))
-        .map_or(piece.len(), |i| from + at + i)
+    piece
+        .get(from..)
+        .and_then(|rest| find_either(b'"', b'\\', rest))
+        .map_or(piece.len(), |at| from + at)
 }
 
 /// The first position at or after `from` of a byte in `stops`, else the end.

@@ -17,7 +17,7 @@ pub enum BodyError {
     /// Not JSON, or not a JSON object, or a key given twice; says why.
     #[error("{0}")]
     Malformed(String),
-    /// `model` is missing or not a string.
+    /// `model` is missing or not a string, or `stream` is neither a boolean nor `null`.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 }
@@ -31,7 +31,8 @@ pub struct OpenAiBody {
     model: String,
     /// The bytes of its value, quotes included.
     model_span: Range<usize>,
-    /// `"stream": true`.
+    /// `"stream": true` (anything but `true`, `false` or `null` is refused: a model server
+    /// that reads `"true"` or `1` as true would stream without being asked for its usage).
     stream: bool,
     /// What `stream_options` is.
     stream_options: StreamOptions,
@@ -46,21 +47,11 @@ enum StreamOptions {
         /// Where its `{` is.
         open: usize,
         empty: bool,
-        /// Its `include_usage` value, if it has one.
-        include_usage: Option<(Range<usize>, IncludeUsage)>,
+        /// Its `include_usage` value, if it has one, and whether it is `true`.
+        include_usage: Option<(Range<usize>, bool)>,
     },
-    /// Anything else: the model server will say what it thinks of it.
-    Other,
-}
-
-/// What `include_usage` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IncludeUsage {
-    Yes,
-    /// `false` or `null`.
-    No,
-    /// Anything else.
-    Other,
+    /// Anything else (a string, an array…): replaced when the gateway asks for the usage.
+    Other(Range<usize>),
 }
 
 /// The top-level fields the gateway reads, as the client wrote them; the rest is skipped
@@ -124,7 +115,13 @@ impl OpenAiBody {
             .map_err(|_| ValidationError::new("model", "must be a string"))?;
         let unread = || BodyError::Malformed("the body could not be read".to_owned());
         let model_span = span_in(&bytes, raw).ok_or_else(unread)?;
-        let stream = envelope.stream.is_some_and(|s| s.get() == "true");
+        let stream = match envelope.stream.map(RawValue::get) {
+            None | Some("false" | "null") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ValidationError::new("stream", "must be a boolean").into());
+            }
+        };
         let stream_options = match envelope.stream_options {
             None => StreamOptions::Absent,
             Some(raw) => stream_options(&bytes, raw).ok_or_else(unread)??,
@@ -156,12 +153,15 @@ impl OpenAiBody {
 
     /// The body to send to a model server that knows the model as `served`, and whether the
     /// gateway asked for the stream's usage on the client's behalf. When `ask_usage` and the
-    /// call is a stream (`"stream": true`) that does not ask for its usage, it is asked for:
-    /// `"stream_options": {"include_usage": true}` is added, or `"include_usage": true` into
-    /// the client's `stream_options`, or its `include_usage` of `false` or `null` made `true`
-    /// (the gateway meters every stream; the client still gets the stream it asked for, see
-    /// [`super::AnswerRewrite::strip_usage_event`]). A call that asks already, or whose
-    /// `stream_options` or `include_usage` is anything else, is left as it is.
+    /// call is a stream (`"stream": true`) that does not ask for its usage with
+    /// `"include_usage": true`, it is asked for: `"stream_options": {"include_usage": true}` is
+    /// added (or written over a `stream_options` that is not an object), or
+    /// `"include_usage": true` into the client's `stream_options`, or its `include_usage` of
+    /// anything but `true` (`false`, `null`, `0`, `"yes"`…) made `true`, so that no spelling a
+    /// model server might read as "no" leaves a stream unmetered (the gateway meters every
+    /// stream; the client still gets the stream it asked for, see
+    /// [`super::AnswerRewrite::strip_usage_event`]). Only a call that says `true` already is
+    /// left as it is.
     pub fn for_call(&self, served: &str, ask_usage: bool) -> (Bytes, bool) {
         let value = json_string(served);
         let mut edits: Vec<(Range<usize>, &[u8])> = Vec::with_capacity(2);
@@ -182,8 +182,7 @@ impl OpenAiBody {
         (splice(&self.bytes, &edits), asked)
     }
 
-    /// The change that asks for a stream's usage, unless the call asks already (or says
-    /// something the gateway does not read).
+    /// The change that asks for a stream's usage, unless the call asks already.
     fn usage_edit(&self) -> Option<(Range<usize>, &'static [u8])> {
         match &self.stream_options {
             StreamOptions::Absent => {
@@ -191,7 +190,9 @@ impl OpenAiBody {
                 let end = self.bytes.trim_ascii_end().len().checked_sub(1)?;
                 (self.bytes.get(end) == Some(&b'}')).then_some((end..end, ASK_FIELD))
             }
-            StreamOptions::Null(range) => Some((range.clone(), ASK_OBJECT)),
+            StreamOptions::Null(range) | StreamOptions::Other(range) => {
+                Some((range.clone(), ASK_OBJECT))
+            }
             StreamOptions::Object {
                 open,
                 empty,
@@ -202,10 +203,13 @@ impl OpenAiBody {
                 Some((after..after, pair))
             }
             StreamOptions::Object {
-                include_usage: Some((range, IncludeUsage::No)),
+                include_usage: Some((range, false)),
                 ..
             } => Some((range.clone(), b"true")),
-            StreamOptions::Object { .. } | StreamOptions::Other => None,
+            StreamOptions::Object {
+                include_usage: Some((_, true)),
+                ..
+            } => None,
         }
     }
 }
@@ -218,7 +222,7 @@ fn stream_options(bytes: &[u8], raw: &RawValue) -> Option<Result<StreamOptions, 
         return Some(Ok(StreamOptions::Null(span)));
     }
     if !text.starts_with('{') {
-        return Some(Ok(StreamOptions::Other));
+        return Some(Ok(StreamOptions::Other(span)));
     }
     let options: Options<'_> = match serde_json::from_str(text) {
         Ok(options) => options,
@@ -226,14 +230,7 @@ fn stream_options(bytes: &[u8], raw: &RawValue) -> Option<Result<StreamOptions, 
     };
     let include_usage = match options.include_usage {
         None => None,
-        Some(value) => {
-            let said = match value.get() {
-                "true" => IncludeUsage::Yes,
-                "false" | "null" => IncludeUsage::No,
-                _ => IncludeUsage::Other,
-            };
-            Some((span_in(bytes, value)?, said))
-        }
+        Some(value) => Some((span_in(bytes, value)?, value.get() == "true")),
     };
     let empty = text[1..text.len() - 1].trim_ascii().is_empty();
     Some(Ok(StreamOptions::Object {
@@ -314,6 +311,13 @@ mod tests {
             (r#"["model","llama"]"#, None),
             (r#""llama""#, None),
             (r#"{"model":"a","model":"b"}"#, None),
+            // OpenAI refuses these too; a model server that coerced them would stream unasked.
+            (r#"{"model":"a","stream":"true"}"#, Some("stream")),
+            (r#"{"model":"a","stream":1}"#, Some("stream")),
+            (r#"{"model":"a","stream":0}"#, Some("stream")),
+            (r#"{"model":"a","stream":"false"}"#, Some("stream")),
+            (r#"{"model":"a","stream":[true]}"#, Some("stream")),
+            (r#"{"model":"a","stream":{}}"#, Some("stream")),
             (r#"{"model":"a""#, None),
             ("", None),
         ] {
@@ -359,6 +363,32 @@ mod tests {
                 "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":null}}",
                 "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
             ),
+            // What a lenient server might read as "no" (pydantic reads 0 and "no" as false).
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":0}}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            ),
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":\"no\", \"x\":1}}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true, \"x\":1}}",
+            ),
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":\"yes\"}}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            ),
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":{}}}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            ),
+            // Not an object: written over.
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":[1]}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            ),
+            (
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":\"include_usage\"}",
+                "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+            ),
         ] {
             assert_eq!(asked(sent, true), (expected.to_owned(), true), "{sent}");
             let upstream: serde_json::Value = serde_json::from_str(expected).expect("still JSON");
@@ -370,10 +400,10 @@ mod tests {
     fn a_call_that_asks_already_is_not_a_stream_or_may_not_be_asked_goes_as_it_came() {
         for sent in [
             "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
-            "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":\"yes\"}}",
-            "{\"model\":\"m\",\"stream\":true,\"stream_options\":[1]}",
+            "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"x\":1,\"include_usage\" : true }}",
             "{\"model\":\"m\",\"stream\":false}",
-            "{\"model\":\"m\",\"stream\":\"true\"}",
+            "{\"model\":\"m\",\"stream\":null,\"stream_options\":{\"include_usage\":false}}",
+            "{\"model\":\"m\",\"stream_options\":[1]}",
             "{\"model\":\"m\"}",
         ] {
             assert_eq!(asked(sent, true), (sent.to_owned(), false), "{sent}");

@@ -23,10 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::json::{ModelScanner, string_end};
-use crate::proxy::meter::{LINE_LIMIT, Meter, find_byte};
-
-/// The field of a line that is read.
-const DATA: &[u8] = b"data:";
+use crate::proxy::meter::{DATA, LINE_LIMIT, Meter, find_byte, may_hold};
 /// Longest start of a line remembered up to its model value.
 const MEMO_LIMIT: usize = 512;
 
@@ -96,14 +93,6 @@ impl<'c> Out<'c> {
     }
 }
 
-/// Whether a line starting with `head` then `tail` may still be a `data:` line.
-fn may_be_data(head: &[u8], tail: &[u8]) -> bool {
-    let from_head = head.len().min(DATA.len());
-    let from_tail = tail.len().min(DATA.len() - from_head);
-    head[..from_head] == DATA[..from_head]
-        && tail[..from_tail] == DATA[from_head..from_head + from_tail]
-}
-
 /// Whether an event's JSON has an empty `choices` (OpenAI's usage-only final chunk; the caller
 /// knows it carries a `usage` object).
 fn has_no_choices(json: &[u8]) -> bool {
@@ -151,7 +140,7 @@ impl SseRelay {
         while at < chunk.len() {
             let Some(len) = find_byte(b'\n', &chunk[at..]) else {
                 let rest = &chunk[at..];
-                if rest.len() <= LINE_LIMIT && may_be_data(rest, b"") {
+                if may_hold(rest, b"") {
                     self.partial.extend_from_slice(rest);
                     out.replace(at..chunk.len(), b"");
                 } else {
@@ -183,7 +172,7 @@ impl SseRelay {
         if self.passing {
             return;
         }
-        if self.partial.len() + chunk.len() <= LINE_LIMIT && may_be_data(&self.partial, chunk) {
+        if may_hold(&self.partial, chunk) {
             self.partial.extend_from_slice(chunk);
             out.replace(0..chunk.len(), b"");
         } else {
