@@ -21,7 +21,7 @@ use crate::inference::{ServableModel, UpstreamSecret, UsageEvent, UsageQuery, Us
 use crate::model::{
     Alias, Grant, Model, ModelFilter, ModelPatch, ModelVersion, NewModel, NewVersion, VersionPatch,
 };
-use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+use crate::values::{AliasName, EndpointUrl, ModelName, PageLimit, Username, VersionNumber};
 
 mod rate;
 mod tokens;
@@ -77,13 +77,15 @@ pub trait RegistryRepository: Send + Sync {
     ) -> Result<ModelVersion, RepoError>;
     /// The highest existing version.
     async fn latest_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
-    /// The credentials stored for a version's endpoints, decrypted, in the order of its
-    /// endpoints (`None` for one that has none).
+    /// The endpoints stored for a version as of now, each URL with its credential, decrypted
+    /// (`None` for one that has none), in the order of its endpoints. The URL comes with the
+    /// credential so that a caller holding an older copy of the version can attach each
+    /// credential only to the URL it was stored for.
     async fn upstream_secrets(
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError>;
+    ) -> Result<Vec<(EndpointUrl, Option<UpstreamSecret>)>, RepoError>;
     /// The highest version that has an endpoint.
     async fn latest_servable_version(&self, model: &ModelName) -> Result<ModelVersion, RepoError>;
     /// Every model with at least one version that has an endpoint and that passes

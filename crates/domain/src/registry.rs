@@ -96,6 +96,16 @@ impl Registry {
     /// The credentials of `version`'s model servers, in the order of its endpoints, decrypted
     /// (in this process only; fetched once per version and change, see [`SecretMemo`], and not
     /// at all when no endpoint has one: then the list is empty).
+    ///
+    /// `version` may be an older copy than the store's (a cached read a few seconds old). Each
+    /// credential goes only to the URL it was stored for: an endpoint of `version` gets the
+    /// stored credential of the same URL (at its own index, else the first with that URL), never
+    /// one stored for another URL, and when an endpoint that `version` says has a credential
+    /// finds none stored for its URL, the copy is out of date and the call is refused as
+    /// unavailable (503, to be retried) rather than sent without it.
+    ///
+    /// # Errors
+    /// The store's errors; [`DomainError::Unavailable`] when `version` is out of date as above.
     pub async fn upstream_secrets(
         &self,
         version: &ModelVersion,
@@ -109,11 +119,11 @@ impl Registry {
         if let Some(secrets) = self.secrets.get(version) {
             return Ok(secrets);
         }
-        let secrets: EndpointSecrets = self
+        let stored = self
             .repo
             .upstream_secrets(&version.model, version.version)
-            .await?
-            .into();
+            .await?;
+        let secrets: EndpointSecrets = matched_secrets(version, stored)?.into();
         self.secrets.put(version, secrets.clone());
         Ok(secrets)
     }
@@ -497,6 +507,35 @@ fn paginate<T>(mut rows: Vec<T>, limit: PageLimit, key: impl Fn(&T) -> String) -
     }
 }
 
+/// The credentials of `version`'s endpoints, in its order, taken from `stored` (the store's
+/// endpoints now) by URL, so that none goes to a URL it was not stored for. Linear in the
+/// endpoints for the usual case (same order), at most quadratic in [`MAX_ENDPOINTS`] otherwise.
+///
+/// [`MAX_ENDPOINTS`]: crate::serving::MAX_ENDPOINTS
+fn matched_secrets(
+    version: &ModelVersion,
+    stored: Vec<(crate::values::EndpointUrl, Option<crate::inference::UpstreamSecret>)>,
+) -> Result<Vec<Option<crate::inference::UpstreamSecret>>, DomainError> {
+    let bounded = &stored[..stored.len().min(crate::serving::MAX_ENDPOINTS)];
+    version
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let same_place = bounded.get(index).filter(|(url, _)| *url == endpoint.url);
+            let found = same_place.or_else(|| bounded.iter().find(|(url, _)| *url == endpoint.url));
+            match found {
+                Some((_, secret @ Some(_))) => Ok(secret.clone()),
+                _ if endpoint.has_upstream_api_key => Err(DomainError::Unavailable(format!(
+                    "version {} of model '{}' changed while the call was routed; retry",
+                    version.version, version.model
+                ))),
+                _ => Ok(None),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,3 +550,4 @@ mod tests {
         assert_eq!(last.next_cursor, None);
     }
 }
+

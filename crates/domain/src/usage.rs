@@ -28,6 +28,13 @@ impl Usage {
     }
 
     /// Aggregated usage: members see only their own keys' calls; admins see all, or one user's.
+    /// A key restricted to some models (its `models` allowlist) sees only those: the query must
+    /// name one of them in `model`, else it is refused (403), as the registry refuses the key
+    /// every other model.
+    ///
+    /// # Errors
+    /// [`DomainError::Forbidden`] for another user's usage (members) or a model outside the
+    /// key's allowlist; a validation error when `to` is not after `from`; the store's errors.
     pub async fn report(
         &self,
         actor: &Principal,
@@ -40,6 +47,22 @@ impl Usage {
                 ));
             }
             query.user_id = Some(actor.user_id);
+        }
+        if let Some(allowlist) = &actor.models {
+            match &query.model {
+                Some(model) if allowlist.allows(model) => {}
+                Some(model) => {
+                    return Err(DomainError::Forbidden(format!(
+                        "this API key may not be used with model '{model}'"
+                    )));
+                }
+                None => {
+                    return Err(DomainError::Forbidden(
+                        "this API key is restricted to some models: name one of them in 'model'"
+                            .to_owned(),
+                    ));
+                }
+            }
         }
         if let (Some(from), Some(to)) = (query.from, query.to)
             && from >= to

@@ -5,9 +5,10 @@ use maas_domain::DomainError;
 use maas_domain::identity::Role;
 use maas_domain::inference::Target;
 use maas_domain::model::{NewVersion, VersionPatch};
-use maas_domain::serving::EndpointsPatch;
+use maas_domain::serving::{EndpointList, EndpointsPatch};
 use maas_domain::test_util::{
-    InMemory, keyed_version, model_name, new_model, servable_version, upstream_secret, version,
+    InMemory, keyed_version, model_name, new_endpoint, new_model, servable_version, upstream_secret,
+    version,
 };
 
 fn keyed(secret: &str) -> NewVersion {
@@ -114,4 +115,98 @@ async fn without_secret_storage_a_credential_is_refused_naming_the_setting() {
         .await
         .expect("clearing needs no key");
     assert_eq!(world.registry_store.controls().calls("create_version"), 1);
+}
+
+/// Version 1 of `fleet` with these endpoints: (URL, credential).
+fn endpoints(list: &[(&str, Option<&str>)]) -> EndpointsPatch {
+    let written = list
+        .iter()
+        .map(|(url, secret)| new_endpoint(url, 1, *secret))
+        .collect();
+    EndpointsPatch::Replace(EndpointList::parse(written).expect("endpoints"))
+}
+
+#[tokio::test]
+async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not_stored_for() {
+    let world = InMemory::new();
+    let owner = world.actor("owner", Role::Member).await;
+    let name = model_name("fleet");
+    world
+        .registry
+        .create_model(&owner, new_model("fleet"))
+        .await
+        .expect("created");
+    world
+        .registry
+        .create_version(
+            &owner,
+            &name,
+            servable_version("s3://b/1", "http://old:8000/v1"),
+        )
+        .await
+        .expect("created");
+    let patch = |list| VersionPatch {
+        endpoints: Some(endpoints(list)),
+        ..VersionPatch::default()
+    };
+    world
+        .registry
+        .update_version(
+            &owner,
+            &name,
+            version(1),
+            patch(&[("http://a:8000/v1", None), ("http://b:8000/v1", Some("sk-b"))]),
+        )
+        .await
+        .expect("changed");
+    let target = Target::parse("fleet").expect("a target");
+    let copy = world
+        .registry
+        .resolve_target(&owner, &target)
+        .await
+        .expect("routed");
+
+    // Then the endpoints change under the copy: b's credential now sits first, and a has one.
+    world
+        .registry
+        .update_version(
+            &owner,
+            &name,
+            version(1),
+            patch(&[("http://b:8000/v1", Some("sk-b2")), ("http://a:8000/v1", Some("sk-a"))]),
+        )
+        .await
+        .expect("changed");
+    let secrets = world
+        .registry
+        .upstream_secrets(&copy)
+        .await
+        .expect("every endpoint of the copy that has a credential has one stored for its URL");
+    assert_eq!(
+        secrets.iter().cloned().collect::<Vec<_>>(),
+        [Some(upstream_secret("sk-a")), Some(upstream_secret("sk-b2"))],
+        "each URL of the copy gets the credential stored for that URL now, by URL not place \
+         (by place, a would get b's)"
+    );
+
+    // And when the copy's URL has no credential stored any more, the call is refused, not sent
+    // without it.
+    world
+        .registry
+        .update_version(
+            &owner,
+            &name,
+            version(1),
+            patch(&[("http://a:8000/v1", Some("sk-a"))]),
+        )
+        .await
+        .expect("changed");
+    let mut stale = copy.clone();
+    stale.updated_at -= chrono::Duration::seconds(1);
+    let err = world
+        .registry
+        .upstream_secrets(&stale)
+        .await
+        .expect_err("b has no credential stored now");
+    assert!(matches!(err, DomainError::Unavailable(_)), "{err:?}");
 }

@@ -229,3 +229,44 @@ async fn grouped_by_version_a_canary_is_compared_with_the_version_beside_it() {
             .all(|r| r.model.is_none() && r.version.is_none())
     );
 }
+
+#[tokio::test]
+async fn a_key_restricted_to_some_models_sees_the_usage_of_those_only() {
+    let (world, alice, _bob, root) = calls().await;
+    world
+        .usage
+        .record(&[usage_event(
+            alice.key_id,
+            alice.user_id,
+            "mistral",
+            at(4_000),
+        )])
+        .await
+        .expect("recorded");
+    for actor in [&alice, &root] {
+        let restricted = Principal {
+            models: Some(maas_domain::test_util::allowlist(&["llama"])),
+            ..actor.clone()
+        };
+        let named = |model: &str| UsageQuery {
+            model: Some(model_name(model)),
+            user_id: Some(alice.user_id),
+            ..per_model(None)
+        };
+        let rows = world
+            .usage
+            .report(&restricted, named("llama"))
+            .await
+            .expect("a model on the key's list");
+        assert_eq!(groups(&rows), [("llama", 2)]);
+
+        for query in [named("mistral"), per_model(Some(alice.user_id))] {
+            let err = world
+                .usage
+                .report(&restricted, query)
+                .await
+                .expect_err("mistral is not on the key's list, and no model is no model");
+            assert!(matches!(err, DomainError::Forbidden(_)), "{err:?}");
+        }
+    }
+}

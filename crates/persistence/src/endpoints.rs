@@ -50,14 +50,17 @@ pub(crate) fn shown(value: serde_json::Value) -> Result<Vec<Endpoint>, RepoError
     Ok(read(value)?.into_iter().map(|(e, _)| e).collect())
 }
 
-/// The credentials of a stored value, opened, in order.
+/// The URLs and credentials of a stored value, opened, in order.
 pub(crate) fn opened(
     value: serde_json::Value,
     secrets: &SecretKeys,
-) -> Result<Vec<Option<UpstreamSecret>>, RepoError> {
+) -> Result<Vec<(EndpointUrl, Option<UpstreamSecret>)>, RepoError> {
     read(value)?
         .into_iter()
-        .map(|(_, sealed)| sealed.map(|s| secrets.open(&s)).transpose())
+        .map(|(endpoint, sealed)| {
+            let secret = sealed.map(|s| secrets.open(&s)).transpose()?;
+            Ok((endpoint.url, secret))
+        })
         .collect()
 }
 

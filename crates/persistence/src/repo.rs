@@ -14,7 +14,7 @@ use maas_domain::model::{
     Visibility,
 };
 use maas_domain::ports::RegistryRepository;
-use maas_domain::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+use maas_domain::values::{AliasName, EndpointUrl, ModelName, PageLimit, Username, VersionNumber};
 use uuid::Uuid;
 
 use crate::error::{Failure, corrupt, observe};
@@ -378,7 +378,7 @@ impl RegistryRepository for PgRegistryRepository {
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError> {
+    ) -> Result<Vec<(EndpointUrl, Option<UpstreamSecret>)>, RepoError> {
         observe("upstream_secrets", async {
             let mut conn = self.conn().await?;
             let stored: Option<serde_json::Value> = model_versions::table

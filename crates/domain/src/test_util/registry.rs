@@ -23,7 +23,7 @@ use crate::model::{
 };
 use crate::ports::RegistryRepository;
 use crate::serving::{Endpoint, Resolved};
-use crate::values::{AliasName, ModelName, PageLimit, Username, VersionNumber};
+use crate::values::{AliasName, EndpointUrl, ModelName, PageLimit, Username, VersionNumber};
 
 /// The model registry in memory.
 ///
@@ -353,13 +353,19 @@ impl RegistryRepository for InMemoryRegistry {
         &self,
         model: &ModelName,
         version: VersionNumber,
-    ) -> Result<Vec<Option<UpstreamSecret>>, RepoError> {
+    ) -> Result<Vec<(EndpointUrl, Option<UpstreamSecret>)>, RepoError> {
         self.run("upstream_secrets", |models, _| {
             let entry = entry(models, model)?;
-            if !entry.versions.contains_key(&version) {
+            let Some(stored) = entry.versions.get(&version) else {
                 return Err(version_not_found(model, version));
-            }
-            Ok(entry.secrets.get(&version).cloned().unwrap_or_default())
+            };
+            let secrets = entry.secrets.get(&version);
+            Ok(stored
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.url.clone(), secrets.and_then(|s| s.get(i).cloned().flatten())))
+                .collect())
         })
         .await
     }

@@ -118,7 +118,7 @@ async fn secrets(repo: &PgRegistryRepository, n: i64) -> Vec<Option<String>> {
         .await
         .expect("read")
         .into_iter()
-        .map(|s| s.map(|s| s.expose().to_owned()))
+        .map(|(_, s)| s.map(|s| s.expose().to_owned()))
         .collect()
 }
 

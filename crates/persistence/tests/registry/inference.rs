@@ -24,7 +24,7 @@ async fn secret(
         .upstream_secrets(&model_name("llama"), version(n))
         .await
         .expect("read");
-    secrets.into_iter().next().flatten()
+    secrets.into_iter().next().and_then(|(_, s)| s)
 }
 
 fn with_secret(secret: &str) -> NewVersion {

@@ -63,7 +63,7 @@ async fn first_secret(
         .map(|s| {
             s.into_iter()
                 .next()
-                .flatten()
+                .and_then(|(_, s)| s)
                 .map(|s| s.expose().to_owned())
         })
 }
