@@ -514,7 +514,10 @@ fn paginate<T>(mut rows: Vec<T>, limit: PageLimit, key: impl Fn(&T) -> String) -
 /// [`MAX_ENDPOINTS`]: crate::serving::MAX_ENDPOINTS
 fn matched_secrets(
     version: &ModelVersion,
-    stored: Vec<(crate::values::EndpointUrl, Option<crate::inference::UpstreamSecret>)>,
+    stored: Vec<(
+        crate::values::EndpointUrl,
+        Option<crate::inference::UpstreamSecret>,
+    )>,
 ) -> Result<Vec<Option<crate::inference::UpstreamSecret>>, DomainError> {
     let bounded = &stored[..stored.len().min(crate::serving::MAX_ENDPOINTS)];
     version
@@ -550,4 +553,3 @@ mod tests {
         assert_eq!(last.next_cursor, None);
     }
 }
-

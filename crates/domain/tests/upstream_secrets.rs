@@ -7,8 +7,8 @@ use maas_domain::inference::Target;
 use maas_domain::model::{NewVersion, VersionPatch};
 use maas_domain::serving::{EndpointList, EndpointsPatch};
 use maas_domain::test_util::{
-    InMemory, keyed_version, model_name, new_endpoint, new_model, servable_version, upstream_secret,
-    version,
+    InMemory, keyed_version, model_name, new_endpoint, new_model, servable_version,
+    upstream_secret, version,
 };
 
 fn keyed(secret: &str) -> NewVersion {
@@ -155,7 +155,10 @@ async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not
             &owner,
             &name,
             version(1),
-            patch(&[("http://a:8000/v1", None), ("http://b:8000/v1", Some("sk-b"))]),
+            patch(&[
+                ("http://a:8000/v1", None),
+                ("http://b:8000/v1", Some("sk-b")),
+            ]),
         )
         .await
         .expect("changed");
@@ -173,7 +176,10 @@ async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not
             &owner,
             &name,
             version(1),
-            patch(&[("http://b:8000/v1", Some("sk-b2")), ("http://a:8000/v1", Some("sk-a"))]),
+            patch(&[
+                ("http://b:8000/v1", Some("sk-b2")),
+                ("http://a:8000/v1", Some("sk-a")),
+            ]),
         )
         .await
         .expect("changed");
@@ -184,7 +190,10 @@ async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not
         .expect("every endpoint of the copy that has a credential has one stored for its URL");
     assert_eq!(
         secrets.iter().cloned().collect::<Vec<_>>(),
-        [Some(upstream_secret("sk-a")), Some(upstream_secret("sk-b2"))],
+        [
+            Some(upstream_secret("sk-a")),
+            Some(upstream_secret("sk-b2"))
+        ],
         "each URL of the copy gets the credential stored for that URL now, by URL not place \
          (by place, a would get b's)"
     );

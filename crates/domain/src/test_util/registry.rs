@@ -364,7 +364,12 @@ impl RegistryRepository for InMemoryRegistry {
                 .endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, e)| (e.url.clone(), secrets.and_then(|s| s.get(i).cloned().flatten())))
+                .map(|(i, e)| {
+                    (
+                        e.url.clone(),
+                        secrets.and_then(|s| s.get(i).cloned().flatten()),
+                    )
+                })
                 .collect())
         })
         .await
