@@ -84,6 +84,22 @@ pub enum ApiError {
         /// What the call asked to reserve.
         requested: u64,
     },
+    /// A call that reserves more tokens than a `tpm` of the key, or of all its user's keys,
+    /// allows in a minute: it can never be admitted, so it is refused at once, with OpenAI's
+    /// wording and no `Retry-After`.
+    #[error(
+        "Request too large for {whose} on tokens per min (TPM): Limit {limit}, Requested \
+         {requested}. The input or output tokens must be reduced in order to run successfully \
+         (max_tokens or max_completion_tokens, and the prompt)."
+    )]
+    RequestTooLarge {
+        /// `this API key` or `this user's keys`.
+        whose: &'static str,
+        /// The tokens per minute.
+        limit: u64,
+        /// What the call asked to reserve.
+        requested: u64,
+    },
     /// A monthly token quota of the key, or of all its user's keys, is used up.
     #[error(
         "You exceeded the monthly token quota of {whose} ({limit} tokens in {month}, UTC); it \
@@ -163,9 +179,9 @@ impl ApiError {
             Self::Domain(DomainError::Conflict(_)) => ("conflict", "Conflict"),
             Self::Domain(DomainError::Forbidden(_)) => ("forbidden", "Forbidden"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
-            Self::RateLimited { .. } | Self::TokensLimited { .. } => {
-                ("rate-limited", "Too many requests")
-            }
+            Self::RateLimited { .. }
+            | Self::TokensLimited { .. }
+            | Self::RequestTooLarge { .. } => ("rate-limited", "Too many requests"),
             Self::QuotaExceeded { .. } => ("quota-exceeded", "Quota exceeded"),
             Self::TooManyFailedAuthentications { .. } => {
                 ("too-many-failed-authentications", "Too many requests")
@@ -247,7 +263,9 @@ impl ApiError {
             Self::Domain(DomainError::Conflict(_)) => ("invalid_request_error", "conflict"),
             // OpenAI names the limit that refused in `type`.
             Self::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
-            Self::TokensLimited { .. } => ("tokens", "rate_limit_exceeded"),
+            Self::TokensLimited { .. } | Self::RequestTooLarge { .. } => {
+                ("tokens", "rate_limit_exceeded")
+            }
             Self::QuotaExceeded { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::TooManyFailedAuthentications { .. } => {
                 ("rate_limit_error", "too_many_failed_authentications")
@@ -405,6 +423,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RateLimited { .. }
             | Self::TokensLimited { .. }
+            | Self::RequestTooLarge { .. }
             | Self::QuotaExceeded { .. }
             | Self::TooManyFailedAuthentications { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -134,7 +134,8 @@ fn whose(allowance: Allowance) -> &'static str {
 /// # Errors
 /// A `max_tokens` that is not an integer (422; the middleware then decides the request as any
 /// other), a refusal (429 `rate_limit_exceeded` of type `requests` or `tokens`, or
-/// `insufficient_quota`, with `Retry-After`), the limiter down and `rate_limit.fail_open` false
+/// `insufficient_quota`, with `Retry-After`; a call larger than a `tpm`, which no wait would
+/// admit: 429 `rate_limit_exceeded` of type `tokens`, "Request too large", without), the limiter down and `rate_limit.fail_open` false
 /// (503).
 pub async fn reserve(
     req: &HttpRequest,
@@ -235,6 +236,21 @@ fn refused(
                 whose: whose(allowance),
                 limit,
                 used,
+                requested,
+            }),
+        ),
+        TokenRefusal::TooLarge {
+            limit,
+            requested,
+            allowance,
+        } => (
+            Decided {
+                requests: None,
+                tokens: None,
+            },
+            Err(ApiError::RequestTooLarge {
+                whose: whose(allowance),
+                limit,
                 requested,
             }),
         ),

@@ -564,12 +564,12 @@ async fn a_key_past_its_tokens_per_minute_is_429_of_type_tokens_with_openai_s_he
     let key = metered_key(&world, "alice", 100).await;
     let call = || {
         as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
-            .set_json(json!({"model": "nothing", "max_tokens": 100}))
+            .set_json(json!({"model": "nothing", "max_tokens": 92}))
             .to_request()
     };
 
-    // Admitted (the window was empty), reserving 100 + a quarter of the body's bytes: the
-    // model does not exist, which the call learns after its reservation.
+    // Admitted (the window was empty), reserving 92 + a quarter of the body's 35 bytes, all of
+    // the 100: the model does not exist, which the call learns after its reservation.
     let first = test::call_service(&app, call()).await;
     assert_eq!(first.status(), StatusCode::NOT_FOUND);
     assert_eq!(
@@ -628,6 +628,48 @@ async fn a_key_past_its_tokens_per_minute_is_429_of_type_tokens_with_openai_s_he
     assert_eq!(
         test::call_service(&app, call()).await.status(),
         StatusCode::NOT_FOUND
+    );
+}
+
+#[actix_web::test]
+async fn a_call_larger_than_the_tpm_is_429_request_too_large_at_once_without_retry_after() {
+    let world = World::new();
+    let app = service(&world, generous()).await;
+    let key = metered_key(&world, "alice", 100).await;
+    let call = |max_tokens: u64| {
+        as_key(TestRequest::post().uri("/v1/chat/completions"), &key)
+            .set_json(json!({"model": "nothing", "max_tokens": max_tokens}))
+            .to_request()
+    };
+
+    let refused = test::call_service(&app, call(93)).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        header(&refused, "retry-after"),
+        None,
+        "no wait would admit it"
+    );
+    let (_, _, body) = answer(refused).await;
+    assert_eq!(body["error"]["type"], "tokens", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "Request too large for this API key on tokens per min (TPM): Limit 100, Requested 101."
+        ),
+        "{message}"
+    );
+
+    // It reserved nothing: a call of the whole 100 is admitted right after.
+    let fits = test::call_service(&app, call(92)).await;
+    assert_eq!(
+        fits.status(),
+        StatusCode::NOT_FOUND,
+        "admitted, then no model"
+    );
+    assert_eq!(
+        header(&fits, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("0")
     );
 }
 

@@ -31,8 +31,8 @@ use crate::identity::{KeyName, Principal};
 use crate::inference::UsageEvent;
 use crate::limits::{RateLimits, TokenPolicy};
 use crate::ports::{
-    IdentityRepository, Month, MonthSeed, QuotaSubject, Settlement, TokenDecision, TokenLimiter,
-    TokenLimits, TokenRequest, UsageRepository,
+    Allowance, IdentityRepository, Month, MonthSeed, QuotaSubject, Settlement, TokenDecision,
+    TokenLimiter, TokenLimits, TokenRefusal, TokenRequest, UsageRepository,
 };
 
 mod estimate;
@@ -132,6 +132,9 @@ impl Quotas {
     /// record or the limiter fails meanwhile, [`TokenDecision::Unavailable`].
     pub async fn reserve(&self, principal: &Principal, tokens: u64) -> TokenDecision {
         let request = self.request_for(principal, tokens);
+        if let Some(refusal) = too_large(&request) {
+            return TokenDecision::Refused(refusal);
+        }
         // Twice at most: a counter seeded a moment ago does not vanish again but with Redis.
         for _ in 0..2 {
             match self.limiter.reserve(&request).await {
@@ -255,4 +258,22 @@ impl Quotas {
                 .collect(),
         })
     }
+}
+
+/// The refusal of a call that reserves more than its key's or its user's `tpm` (the key's
+/// named first): it would never be admitted, however long it waited.
+fn too_large(request: &TokenRequest) -> Option<TokenRefusal> {
+    [
+        (request.key.tpm, Allowance::Key),
+        (request.user.tpm, Allowance::User),
+    ]
+    .into_iter()
+    .find_map(|(tpm, allowance)| match tpm {
+        Some(limit) if request.tokens > limit => Some(TokenRefusal::TooLarge {
+            limit,
+            requested: request.tokens,
+            allowance,
+        }),
+        _ => None,
+    })
 }

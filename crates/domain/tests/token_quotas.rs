@@ -673,3 +673,41 @@ async fn the_month_report_shows_each_keys_use_and_members_see_only_their_own() {
         .expect("admins see anyone's");
     assert_eq!(by_admin.user_id, alice.id);
 }
+
+#[tokio::test]
+async fn a_call_larger_than_a_tpm_is_refused_at_once_and_spends_nothing() {
+    let world = World::new();
+    let quotas = world.quotas(rates(60, 2), policy());
+    let user = TokenQuotas {
+        tpm: tpm(500),
+        monthly_tokens: None,
+    };
+    let alice = world.member("alice", key_tpm(1_000), user).await;
+
+    for (tokens, limit, allowance) in [(1_001, 1_000, Allowance::Key), (501, 500, Allowance::User)]
+    {
+        let decision = quotas.reserve(&alice, tokens).await;
+        assert_eq!(
+            decision,
+            TokenDecision::Refused(TokenRefusal::TooLarge {
+                limit,
+                requested: tokens,
+                allowance,
+            }),
+            "{tokens} tokens can never fit in a minute of {limit}"
+        );
+    }
+    assert_eq!(
+        world.limiter.key_window(alice.key_id),
+        0,
+        "nothing reserved"
+    );
+    // Nor a request spent: the burst of 2 still admits two calls that fit, and only two.
+    for _ in 0..2 {
+        admitted(&quotas.reserve(&alice, 200).await);
+    }
+    assert!(matches!(
+        quotas.reserve(&alice, 1).await,
+        TokenDecision::Refused(TokenRefusal::Requests { .. })
+    ));
+}

@@ -120,7 +120,7 @@ fn count_token_decision(decision: &TokenDecision) {
         TokenDecision::Refused(TokenRefusal::Requests { .. }) => {
             (token_limit_decision::REQUESTS, rate_limit_decision::LIMITED)
         }
-        TokenDecision::Refused(TokenRefusal::Tokens { .. }) => {
+        TokenDecision::Refused(TokenRefusal::Tokens { .. } | TokenRefusal::TooLarge { .. }) => {
             (token_limit_decision::TOKENS, rate_limit_decision::LIMITED)
         }
         TokenDecision::Refused(TokenRefusal::Monthly { .. }) => {

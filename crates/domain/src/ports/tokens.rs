@@ -267,6 +267,17 @@ pub enum TokenRefusal {
         /// The request rate, which the call did not spend from.
         requests: RateFigures,
     },
+    /// The call reserves more than a `tpm` allows in a whole minute, so no wait would admit
+    /// it. Decided by [`crate::quotas::Quotas::reserve`] before the limiter is asked (limiters
+    /// never answer it): nothing spent, no request counted.
+    TooLarge {
+        /// The tokens per minute.
+        limit: u64,
+        /// What the call asked to reserve.
+        requested: u64,
+        /// Whose.
+        allowance: Allowance,
+    },
     /// A monthly quota is used up until the month ends.
     Monthly {
         /// The month.
