@@ -77,12 +77,12 @@ fn believed(field: &str, value: Option<serde_json::Value>) -> Result<Option<u64>
 /// - the model server reported usage: its prompt and completion tokens (an unknown one counts
 ///   nothing), whatever was reserved;
 /// - no answer came from a model server (the gateway refused or failed the call, or the model
-///   server could not be reached or did not answer in time): nothing, the reservation is
-///   refunded;
+///   server could not be reached): nothing, the reservation is refunded;
 /// - the model server answered with a 4xx status and no usage (it refused the call, e.g. a
 ///   prompt too long for the model): nothing;
-/// - otherwise (usage unknown: the client went away, the body broke off, the server does not
-///   report usage): the reservation is kept.
+/// - otherwise (usage unknown: the call was sent but not answered in time, which the model
+///   server may have spent its time on, so timeouts are not a way to free calls; the client went
+///   away, the body broke off, the server does not report usage): the reservation is kept.
 pub fn charge(event: &UsageEvent) -> u64 {
     let known = |count: Option<i64>| count.map(|n| u64::try_from(n).unwrap_or(0));
     let (prompt, completion) = (known(event.prompt_tokens), known(event.completion_tokens));
@@ -90,13 +90,17 @@ pub fn charge(event: &UsageEvent) -> u64 {
         return prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0));
     }
     let answered = event.upstream_ms.is_some();
+    let sent_unanswered = !answered && event.status == GATEWAY_TIMEOUT;
     let refused_by_server =
-        (400..500).contains(&event.status) && event.status != CLIENT_CLOSED_REQUEST;
-    if !answered || refused_by_server {
+        answered && (400..500).contains(&event.status) && event.status != CLIENT_CLOSED_REQUEST;
+    if (!answered && !sent_unanswered) || refused_by_server {
         return 0;
     }
     event.reservation.map_or(0, |r| r.tokens)
 }
+
+/// The status of a call the gateway sent and gave up waiting for (its `upstream.timeout`).
+const GATEWAY_TIMEOUT: u16 = 504;
 
 /// The status the gateway records for a call whose client went away (nginx's 499): not the
 /// model server's refusal.
