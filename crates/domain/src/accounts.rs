@@ -228,11 +228,21 @@ impl Accounts {
                 retry_after_seconds,
             });
         }
-        let result = self.authenticate_key(raw, now).await;
-        if let (Some(client), Err(AuthError::Refused(reason))) = (client, &result)
-            && *reason != AuthFailure::Missing
-        {
-            self.failures.record(client, now);
+        let mut taken = false;
+        let result = self.authenticate_key(raw, now, client, &mut taken).await;
+        if let Some(client) = client {
+            match &result {
+                // What the lookup took ahead stands as this failure.
+                Err(AuthError::Refused(_)) if taken => {}
+                Err(AuthError::Refused(reason)) if *reason != AuthFailure::Missing => {
+                    self.failures.record(client, now);
+                }
+                // Found usable, or the store failed: not the client's fault.
+                Ok(_) | Err(AuthError::Unavailable(_)) if taken => {
+                    self.failures.give_back(client);
+                }
+                _ => {}
+            }
         }
         result
     }
@@ -241,6 +251,8 @@ impl Accounts {
         &self,
         raw: Option<&str>,
         now: DateTime<Utc>,
+        client: Option<IpAddr>,
+        taken: &mut bool,
     ) -> Result<Principal, AuthError> {
         let raw = raw.ok_or(AuthError::Refused(AuthFailure::Missing))?;
         let key = PlaintextKey::read(raw).map_err(AuthError::Refused)?;
@@ -248,7 +260,7 @@ impl Accounts {
         if self.unknown.contains(&hash, now) {
             return Err(AuthError::Refused(AuthFailure::Unknown));
         }
-        let record = self.lookup(&hash).await?;
+        let record = self.lookup(&hash, now, client, taken).await?;
         let Some(record) = record else {
             self.unknown.insert(hash, now);
             return Err(AuthError::Refused(AuthFailure::Unknown));
@@ -270,7 +282,18 @@ impl Accounts {
     /// remembers them in process: anyone can make up keys, and each would be an entry in the
     /// shared cache), nor are revoked keys and disabled users. An "unknown" cached by an older
     /// build is still read as such (creating a key drops it).
-    async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, AuthError> {
+    ///
+    /// A lookup that goes to the store (the costly step anyone can cause with made-up keys)
+    /// first takes one failure of `client`'s allowance (`taken`), so that an address never has
+    /// more of them in flight than its allowance: lookups at once from many connections would
+    /// otherwise all pass the check before the first failure is counted.
+    async fn lookup(
+        &self,
+        hash: &KeyHash,
+        now: DateTime<Utc>,
+        client: Option<IpAddr>,
+        taken: &mut bool,
+    ) -> Result<Option<KeyRecord>, AuthError> {
         let scope = Scope::Key(*hash);
         let token = match self.cache.lookup(&scope, &Field::Key).await {
             CacheLookup::Hit(cached) => {
@@ -284,6 +307,14 @@ impl Accounts {
             CacheLookup::Miss(token) => Some(token),
             CacheLookup::Bypass => None,
         };
+        if let Some(client) = client {
+            self.failures
+                .take(client, now)
+                .map_err(|retry_after_seconds| AuthError::Throttled {
+                    retry_after_seconds,
+                })?;
+            *taken = true;
+        }
         let found = self.repo.find_key(hash).await.map_err(|e| match e {
             crate::RepoError::NotFound(_) => AuthError::Refused(AuthFailure::Unknown),
             other => AuthError::Unavailable(other.to_string()),

@@ -119,9 +119,42 @@ impl FailedAuthLimit {
 
     /// Counts one failed authentication of `address`.
     pub fn record(&self, address: IpAddr, now: DateTime<Utc>) {
+        if self.is_on() {
+            let _ = self.spend(address, now, false);
+        }
+    }
+
+    /// Takes one failure of `address`'s allowance ahead of a lookup that may fail, so that
+    /// lookups in flight at once count as what they may turn out to be: an address gets no more
+    /// concurrent lookups than its allowance, however many connections it opens. `Err(seconds
+    /// to wait)`, taking nothing, when none is left. A lookup that succeeds gives it back
+    /// ([`give_back`](Self::give_back)).
+    pub fn take(&self, address: IpAddr, now: DateTime<Utc>) -> Result<(), u64> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        self.spend(address, now, true)
+    }
+
+    /// Gives back what [`take`](Self::take) took, when the lookup found no fault.
+    pub fn give_back(&self, address: IpAddr) {
         if !self.is_on() {
             return;
         }
+        let source = Self::source(address);
+        let index = self.set_of(source);
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = table
+            .get_mut(index)
+            .and_then(|set| set.iter_mut().find(|s| s.source == source))
+        {
+            slot.tat_us = slot.tat_us.saturating_sub(self.interval_us);
+        }
+    }
+
+    /// Spends one failure of `address` under one lock; when `checked`, only if its allowance
+    /// has one left (else `Err(seconds to wait)`, spending nothing).
+    fn spend(&self, address: IpAddr, now: DateTime<Utc>, checked: bool) -> Result<(), u64> {
         let source = Self::source(address);
         let now = Self::micros(now);
         let index = self.set_of(source);
@@ -130,7 +163,7 @@ impl FailedAuthLimit {
             table.resize(SETS, [Slot::default(); WAYS]);
         }
         let Some(set) = table.get_mut(index) else {
-            return;
+            return Ok(());
         };
         let position = set
             .iter()
@@ -150,7 +183,17 @@ impl FailedAuthLimit {
                 tat_us: now,
             };
         }
+        let owed = slot.tat_us.max(now) - now + self.interval_us;
+        if checked && owed > self.capacity_us {
+            let wait_us = owed - self.capacity_us;
+            return Err(
+                u64::try_from((wait_us + MICROS_PER_SECOND - 1) / MICROS_PER_SECOND)
+                    .unwrap_or(1)
+                    .max(1),
+            );
+        }
         slot.tat_us = slot.tat_us.max(now).saturating_add(self.interval_us);
+        Ok(())
     }
 }
 
@@ -182,6 +225,24 @@ mod tests {
             Ok(()),
             "others unaffected"
         );
+    }
+
+    #[test]
+    fn what_is_taken_ahead_counts_until_given_back() {
+        let limit = FailedAuthLimit::per_minute(2);
+        let client = ip("203.0.113.7");
+        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
+        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
+        assert_eq!(
+            limit.take(client, at_ms(0)),
+            Err(30),
+            "two lookups in flight: a third waits"
+        );
+        assert_eq!(limit.check(client, at_ms(0)), Err(30));
+        limit.give_back(client);
+        assert_eq!(limit.check(client, at_ms(0)), Ok(()), "one came back");
+        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
+        assert!(limit.take(client, at_ms(0)).is_err());
     }
 
     #[test]
