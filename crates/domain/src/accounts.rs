@@ -284,9 +284,9 @@ impl Accounts {
     /// build is still read as such (creating a key drops it).
     ///
     /// A lookup that goes to the store (the costly step anyone can cause with made-up keys)
-    /// first takes one failure of `client`'s allowance (`taken`), so that an address never has
-    /// more of them in flight than its allowance: lookups at once from many connections would
-    /// otherwise all pass the check before the first failure is counted.
+    /// from an address that failed recently first takes one failure of its allowance (`taken`),
+    /// so that it never has more of them in flight than its allowance: lookups at once from
+    /// many connections would otherwise all pass the check before the next failure is counted.
     async fn lookup(
         &self,
         hash: &KeyHash,
@@ -308,12 +308,12 @@ impl Accounts {
             CacheLookup::Bypass => None,
         };
         if let Some(client) = client {
-            self.failures
+            *taken = self
+                .failures
                 .take(client, now)
                 .map_err(|retry_after_seconds| AuthError::Throttled {
                     retry_after_seconds,
                 })?;
-            *taken = true;
         }
         let found = self.repo.find_key(hash).await.map_err(|e| match e {
             crate::RepoError::NotFound(_) => AuthError::Refused(AuthFailure::Unknown),

@@ -195,26 +195,31 @@ async fn requests_without_a_key_and_successes_do_not_count_as_failures() {
 }
 
 #[tokio::test]
-async fn lookups_in_flight_at_once_count_against_the_address_before_they_fail() {
+async fn lookups_in_flight_at_once_from_an_address_that_failed_count_before_they_fail() {
     let world = InMemory::new();
     let accounts = world
         .accounts
         .clone()
-        .with_failed_auth_limit(FailedAuthLimit::per_minute(2));
+        .with_failed_auth_limit(FailedAuthLimit::per_minute(3));
     let alice = world.user("alice", Role::Member).await;
     let real = world.key_of(&alice).await;
     let attacker = address("203.0.113.10");
     let controls = world.identity_store.controls();
+    let made_up = || PlaintextKey::generate().expect("csprng");
+    let first = accounts
+        .authenticate_from(Some(attacker), Some(made_up().expose()), now())
+        .await;
+    assert_eq!(first, Err(AuthError::Refused(AuthFailure::Unknown)));
 
-    // Two made-up keys from one address, each held in the store's lookup.
+    // Two more made-up keys from that address, each held in the store's lookup.
     let mut held = Vec::new();
     for _ in 0..2 {
         let hold = controls.hold_next("find_key");
         let accounts = accounts.clone();
-        let made_up = PlaintextKey::generate().expect("csprng");
+        let key = made_up();
         let call = tokio::spawn(async move {
             accounts
-                .authenticate_from(Some(attacker), Some(made_up.expose()), now())
+                .authenticate_from(Some(attacker), Some(key.expose()), now())
                 .await
         });
         hold.reached().await;
@@ -222,11 +227,10 @@ async fn lookups_in_flight_at_once_count_against_the_address_before_they_fail() 
     }
     let lookups = controls.calls("find_key");
 
-    // A third at the same time finds the allowance spent, before any failure was counted, and
-    // so does the address's real key, which is not looked up either.
-    let third = PlaintextKey::generate().expect("csprng");
+    // A fourth at the same time finds the allowance spent, before the two failed, and so does
+    // the address's real key: neither is looked up.
     let refused = accounts
-        .authenticate_from(Some(attacker), Some(third.expose()), now())
+        .authenticate_from(Some(attacker), Some(made_up().expose()), now())
         .await;
     assert!(
         matches!(refused, Err(AuthError::Throttled { .. })),
@@ -246,36 +250,50 @@ async fn lookups_in_flight_at_once_count_against_the_address_before_they_fail() 
         let failed = call.await.expect("joined");
         assert_eq!(failed, Err(AuthError::Refused(AuthFailure::Unknown)));
     }
-    // The two failures stand: still throttled, as two failures in a row would leave it.
     let after = accounts
         .authenticate_from(Some(attacker), Some(real.expose()), now())
         .await;
     assert!(
         matches!(after, Err(AuthError::Throttled { .. })),
-        "{after:?}"
+        "three failures stand: {after:?}"
     );
+}
 
-    // A lookup that finds a usable key gives back what it took: from another address, with a
-    // limit of one, the real key (looked up in the store) leaves room for one failure.
+#[tokio::test]
+async fn a_good_key_looked_up_from_an_address_that_failed_gives_back_what_it_took() {
+    let world = InMemory::new();
     let accounts = world
         .accounts
         .clone()
-        .with_failed_auth_limit(FailedAuthLimit::per_minute(1));
+        .with_failed_auth_limit(FailedAuthLimit::per_minute(2));
+    let bob = world.user("bob", Role::Member).await;
+    let bobs = world.key_of(&bob).await;
     let client = address("192.0.2.77");
-    let other = world.user("bob", Role::Member).await;
-    let bobs = world.key_of(&other).await;
+    let controls = world.identity_store.controls();
+    let made_up = || PlaintextKey::generate().expect("csprng");
+    let typo = accounts
+        .authenticate_from(Some(client), Some(made_up().expose()), now())
+        .await;
+    assert_eq!(typo, Err(AuthError::Refused(AuthFailure::Unknown)));
+
     let lookups = controls.calls("find_key");
     let found = accounts
         .authenticate_from(Some(client), Some(bobs.expose()), now())
         .await;
     assert!(found.is_ok(), "{found:?}");
     assert_eq!(controls.calls("find_key"), lookups + 1, "from the store");
-    let made_up = PlaintextKey::generate().expect("csprng");
+
     assert_eq!(
         accounts
-            .authenticate_from(Some(client), Some(made_up.expose()), now())
+            .authenticate_from(Some(client), Some(made_up().expose()), now())
             .await,
         Err(AuthError::Refused(AuthFailure::Unknown)),
-        "its one failure was still there"
+        "its second failure was still there"
     );
+    assert!(matches!(
+        accounts
+            .authenticate_from(Some(client), Some(made_up().expose()), now())
+            .await,
+        Err(AuthError::Throttled { .. })
+    ));
 }

@@ -124,14 +124,17 @@ impl FailedAuthLimit {
         }
     }
 
-    /// Takes one failure of `address`'s allowance ahead of a lookup that may fail, so that
-    /// lookups in flight at once count as what they may turn out to be: an address gets no more
-    /// concurrent lookups than its allowance, however many connections it opens. `Err(seconds
-    /// to wait)`, taking nothing, when none is left. A lookup that succeeds gives it back
-    /// ([`give_back`](Self::give_back)).
-    pub fn take(&self, address: IpAddr, now: DateTime<Utc>) -> Result<(), u64> {
+    /// Takes one failure of the allowance of `address`, when it failed recently (it is in the
+    /// table), ahead of a lookup that may fail, so that lookups in flight at once count as what
+    /// they may turn out to be: an address that has failed gets no more concurrent lookups than
+    /// its allowance, however many connections it opens. An address with no recent failure (every
+    /// well-behaved client) takes nothing, so a burst of its requests whose key is not cached is
+    /// never held back. `Ok(true)`: taken, give it back ([`give_back`](Self::give_back)) if the
+    /// lookup finds no fault; `Ok(false)`: nothing taken; `Err(seconds to wait)`, taking
+    /// nothing, when none is left.
+    pub fn take(&self, address: IpAddr, now: DateTime<Utc>) -> Result<bool, u64> {
         if !self.is_on() {
-            return Ok(());
+            return Ok(false);
         }
         self.spend(address, now, true)
     }
@@ -152,18 +155,28 @@ impl FailedAuthLimit {
         }
     }
 
-    /// Spends one failure of `address` under one lock; when `checked`, only if its allowance
-    /// has one left (else `Err(seconds to wait)`, spending nothing).
-    fn spend(&self, address: IpAddr, now: DateTime<Utc>, checked: bool) -> Result<(), u64> {
+    /// Spends one failure of `address` under one lock (`Ok(true)`). When `checked`, only if it
+    /// is in the table with a failure not yet refilled (else `Ok(false)`, spending nothing) and
+    /// its allowance has one left (else `Err(seconds to wait)`, spending nothing).
+    fn spend(&self, address: IpAddr, now: DateTime<Utc>, checked: bool) -> Result<bool, u64> {
         let source = Self::source(address);
         let now = Self::micros(now);
         let index = self.set_of(source);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if checked {
+            let failed_recently = table
+                .get(index)
+                .and_then(|set| set.iter().find(|s| s.source == source))
+                .is_some_and(|slot| slot.tat_us > now);
+            if !failed_recently {
+                return Ok(false);
+            }
+        }
         if table.is_empty() {
             table.resize(SETS, [Slot::default(); WAYS]);
         }
         let Some(set) = table.get_mut(index) else {
-            return Ok(());
+            return Ok(false);
         };
         let position = set
             .iter()
@@ -193,7 +206,7 @@ impl FailedAuthLimit {
             );
         }
         slot.tat_us = slot.tat_us.max(now).saturating_add(self.interval_us);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -228,21 +241,34 @@ mod tests {
     }
 
     #[test]
-    fn what_is_taken_ahead_counts_until_given_back() {
-        let limit = FailedAuthLimit::per_minute(2);
+    fn what_is_taken_ahead_counts_until_given_back_and_only_after_a_failure() {
+        let limit = FailedAuthLimit::per_minute(3);
         let client = ip("203.0.113.7");
-        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
-        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
+        for _ in 0..5 {
+            assert_eq!(
+                limit.take(client, at_ms(0)),
+                Ok(false),
+                "no failure yet: free"
+            );
+        }
+        limit.record(client, at_ms(0));
+        assert_eq!(limit.take(client, at_ms(0)), Ok(true));
+        assert_eq!(limit.take(client, at_ms(0)), Ok(true));
         assert_eq!(
             limit.take(client, at_ms(0)),
-            Err(30),
-            "two lookups in flight: a third waits"
+            Err(20),
+            "a failure and two lookups in flight: a fourth waits"
         );
-        assert_eq!(limit.check(client, at_ms(0)), Err(30));
+        assert_eq!(limit.check(client, at_ms(0)), Err(20));
         limit.give_back(client);
         assert_eq!(limit.check(client, at_ms(0)), Ok(()), "one came back");
-        assert_eq!(limit.take(client, at_ms(0)), Ok(()));
+        assert_eq!(limit.take(client, at_ms(0)), Ok(true));
         assert!(limit.take(client, at_ms(0)).is_err());
+        assert_eq!(
+            limit.take(client, at_ms(60_000)),
+            Ok(false),
+            "refilled: no recent failure"
+        );
     }
 
     #[test]
