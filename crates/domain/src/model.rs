@@ -176,8 +176,11 @@ impl ModelVersion {
 
 /// A [`ModelVersion`] as cached. Replicas of other builds share the cache during a rolling
 /// upgrade: `endpoint_url` and `has_upstream_api_key` (the first endpoint's) are still written
-/// for builds that know no `endpoints`, and an entry of such a build, without `endpoints`,
-/// `served_model` or later fields, reads as one endpoint of weight 1.
+/// for builds that know no `endpoints`. An entry of such a build, without `endpoints`,
+/// `served_model` or `supports_stream_usage`, does not decode (those fields are required, even
+/// when `null`), so the version is read from the store instead: taking it as "one
+/// endpoint, no served name" would route the version's calls under the wrong name, or without
+/// its other endpoints, until the entry expires.
 #[derive(Serialize, Deserialize)]
 struct VersionRecord {
     id: Uuid,
@@ -187,22 +190,16 @@ struct VersionRecord {
     endpoint_url: Option<EndpointUrl>,
     #[serde(default)]
     has_upstream_api_key: bool,
-    #[serde(default)]
+    #[serde(deserialize_with = "Option::deserialize")]
     endpoints: Option<Vec<Endpoint>>,
-    #[serde(default)]
+    #[serde(deserialize_with = "Option::deserialize")]
     served_model: Option<ServedModel>,
-    #[serde(default = "supported")]
     supports_stream_usage: bool,
     framework: Option<Framework>,
     description: Option<Description>,
     metadata: Metadata,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-}
-
-/// What a version cached before `supports_stream_usage` existed is: every server was asked.
-fn supported() -> bool {
-    true
 }
 
 impl From<VersionRecord> for ModelVersion {

@@ -128,10 +128,8 @@ pub struct Endpoint {
     /// Base URL of the OpenAI-compatible server.
     pub url: EndpointUrl,
     /// Its share of the version's traffic.
-    #[serde(default)]
     pub weight: EndpointWeight,
     /// Whether a credential is stored for it.
-    #[serde(default)]
     pub has_upstream_api_key: bool,
 }
 

@@ -5,6 +5,7 @@ use maas_domain::DomainError;
 use maas_domain::identity::Role;
 use maas_domain::inference::Target;
 use maas_domain::model::{ModelVersion, NewVersion, VersionPatch};
+use maas_domain::ports::{Cache, CacheLookup, Field, Scope};
 use maas_domain::serving::{Endpoint, EndpointList, EndpointWeight, EndpointsPatch, ServedModel};
 use maas_domain::test_util::{
     InMemory, endpoint, endpoint_list, fleet_version, model_name, new_endpoint, new_model,
@@ -71,10 +72,32 @@ async fn a_call_goes_out_under_the_served_name_which_follows_every_change() {
     }
 }
 
-#[test]
-fn a_version_cached_by_a_build_without_served_names_reads_as_served_under_its_own_name() {
-    let cached = serde_json::json!({
-        "id": "6f0c1c5e-9a3c-4b89-a2b5-1d1a34c5d8e1",
+#[tokio::test]
+async fn a_version_cached_by_a_build_without_served_names_is_read_again_from_the_store() {
+    let world = InMemory::new();
+    let owner = world.actor("owner", Role::Member).await;
+    let name = model_name("llama");
+    world
+        .registry
+        .create_model(&owner, new_model("llama"))
+        .await
+        .expect("created");
+    let created = world
+        .registry
+        .create_version(
+            &owner,
+            &name,
+            NewVersion {
+                served_model: Some(served("meta-llama/Llama-3.1-8B-Instruct")),
+                ..servable_version("s3://b/1", "http://vllm:8000/v1")
+            },
+        )
+        .await
+        .expect("created");
+    // What a replica of a build before served names caches for it: no `endpoints`,
+    // `served_model` or `supports_stream_usage`.
+    let older = serde_json::json!({
+        "id": created.id,
         "model": "llama",
         "version": 1,
         "source_uri": "s3://b/1",
@@ -82,16 +105,44 @@ fn a_version_cached_by_a_build_without_served_names_reads_as_served_under_its_ow
         "framework": null,
         "description": null,
         "metadata": {},
-        "created_at": "2026-12-01T00:00:00Z",
-        "updated_at": "2026-12-01T00:00:00Z",
+        "created_at": created.created_at,
+        "updated_at": created.updated_at,
     });
-    let version: ModelVersion = serde_json::from_value(cached).expect("an older entry reads");
-    assert_eq!(version.served_model, None);
-    assert_eq!(version.served_name(), "llama");
     assert!(
-        version.supports_stream_usage,
-        "its servers were asked for usage before"
+        serde_json::from_value::<ModelVersion>(older.clone()).is_err(),
+        "it does not decode"
     );
+    let scope = Scope::Model(name.clone());
+    let field = Field::Version(version(1));
+    let cache: &dyn Cache = world.model_cache.as_ref();
+    let CacheLookup::Miss(token) = cache.lookup(&scope, &field).await else {
+        panic!("nothing cached yet");
+    };
+    cache
+        .fill(
+            &scope,
+            &field,
+            token,
+            serde_json::to_vec(&older).expect("bytes"),
+        )
+        .await;
+
+    let routed = world
+        .registry
+        .resolve_target(&owner, &Target::parse("llama:1").expect("a target"))
+        .await
+        .expect("routed");
+    assert_eq!(
+        routed.served_name(),
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "from the store, not the older entry's \"llama\""
+    );
+    let again = world
+        .registry
+        .resolve_target(&owner, &Target::parse("llama:1").expect("a target"))
+        .await
+        .expect("routed");
+    assert_eq!(again.served_name(), "meta-llama/Llama-3.1-8B-Instruct");
 }
 
 #[test]
@@ -273,17 +324,14 @@ fn a_cached_version_shows_older_builds_its_first_endpoint_and_reads_theirs_as_on
     let back: ModelVersion = serde_json::from_value(cached.clone()).expect("read back");
     assert_eq!(back, version);
 
-    let mut older = cached;
-    older.as_object_mut().expect("object").remove("endpoints");
-    let read: ModelVersion = serde_json::from_value(older).expect("an older entry");
-    assert_eq!(
-        read.endpoints,
-        [Endpoint {
-            url: endpoint("http://a:8000/v1"),
-            weight: EndpointWeight::default(),
-            has_upstream_api_key: true,
-        }]
-    );
+    for field in ["endpoints", "served_model", "supports_stream_usage"] {
+        let mut older = cached.clone();
+        older.as_object_mut().expect("object").remove(field);
+        assert!(
+            serde_json::from_value::<ModelVersion>(older).is_err(),
+            "an entry without {field} (an older build's) is read again from the store"
+        );
+    }
 }
 
 #[tokio::test]
