@@ -31,6 +31,10 @@ pub enum RepoError {
     /// A uniqueness rule would be broken; the text says which.
     #[error("{0}")]
     Conflict(String),
+    /// The change is invalid given what is stored (a rule only the stored state can decide,
+    /// e.g. a credential for a version with no endpoint); names the field (HTTP 422).
+    #[error(transparent)]
+    Invalid(ValidationError),
     /// The store cannot be reached in time (down, or every connection busy).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -67,6 +71,7 @@ impl From<RepoError> for DomainError {
         match e {
             RepoError::NotFound(m) => Self::NotFound(m),
             RepoError::Conflict(m) => Self::Conflict(m),
+            RepoError::Invalid(v) => Self::Validation(v),
             RepoError::Unavailable(m) => Self::Unavailable(m),
             RepoError::Internal(m) => Self::Internal(m),
         }

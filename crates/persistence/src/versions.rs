@@ -84,9 +84,7 @@ pub(crate) async fn update(
             .into_iter()
             .map(|(e, sealed)| (e.url, e.weight, sealed))
             .collect();
-        let resolved = endpoints
-            .apply(&current)
-            .map_err(|e| RepoError::Conflict(e.to_string()))?;
+        let resolved = endpoints.apply(&current).map_err(RepoError::Invalid)?;
         changes.endpoints = Some(crate::endpoints::write(resolved, secrets)?);
         apply(conn, model, version, changes).await
     })

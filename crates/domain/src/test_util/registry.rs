@@ -447,9 +447,7 @@ impl RegistryRepository for InMemoryRegistry {
                     .enumerate()
                     .map(|(i, e)| (e.url.clone(), e.weight, secrets.get(i).cloned().flatten()))
                     .collect();
-                let resolved = change
-                    .apply(&current)
-                    .map_err(|e| RepoError::Conflict(e.to_string()))?;
+                let resolved = change.apply(&current).map_err(RepoError::Invalid)?;
                 (stored_version.endpoints, *secrets) = stored(resolved);
             }
             if let Some(served_model) = patch.served_model {

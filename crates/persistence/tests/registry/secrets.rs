@@ -149,3 +149,27 @@ async fn rotation_rewrites_old_keys_and_plain_text_under_the_current_key() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_credential_for_a_version_with_no_endpoint_is_invalid_naming_the_field() {
+    let db = TestDatabase::new().await;
+    let repo = repo(&db, keys(Some(KEY_A), &[]));
+    repo.create_model(new_model("bare")).await.expect("created");
+    repo.create_version(&model_name("bare"), new_version("s3://b/1"))
+        .await
+        .expect("created, with no endpoint");
+    let patch = maas_domain::model::VersionPatch {
+        endpoints: Some(maas_domain::serving::EndpointsPatch::FirstKey(Some(
+            upstream_secret("sk-nowhere"),
+        ))),
+        ..maas_domain::model::VersionPatch::default()
+    };
+    let err = repo
+        .update_version(&model_name("bare"), version(1), patch)
+        .await
+        .expect_err("nowhere to send it");
+    assert!(
+        matches!(&err, RepoError::Invalid(v) if v.field == "upstream_api_key"),
+        "a 422 naming the field, not a conflict: {err:?}"
+    );
+}
