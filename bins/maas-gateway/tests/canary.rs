@@ -35,8 +35,9 @@ struct Caller {
 }
 
 /// Keys of one member until there is one for each version of a 50/50 split of `model`'s
-/// `production` (each new key has an even chance of either; 64 all on one side would take a
-/// broken rule, not bad luck).
+/// `production` (each new key has an even chance of either; 19 all on one side, one chance in
+/// 260,000, would take a broken rule, not bad luck). 19: with the member's first key, the
+/// `auth.max_keys_per_user` of 20 a member may hold.
 async fn one_key_per_half(app: &TestApp, model: &str) -> (Caller, Caller) {
     let (user_id, _) = app.user_with_key("alice", "member").await;
     let (model, production) = (
@@ -45,7 +46,7 @@ async fn one_key_per_half(app: &TestApp, model: &str) -> (Caller, Caller) {
     );
     let halves = [Weight::ONE, Weight::ONE];
     let (mut first, mut second) = (None, None);
-    for _ in 0..64 {
+    for _ in 0..19 {
         let res = app
             .post_json("/api/v1/keys", &json!({"name": "k", "user_id": user_id}))
             .await;
