@@ -306,3 +306,38 @@ async fn a_users_tpm_set_by_an_admin_meters_all_its_keys_from_the_next_call() {
     app.stop().await;
     stub.stop().await;
 }
+
+#[tokio::test]
+async fn a_call_sent_and_never_answered_keeps_its_reservation_even_when_its_client_left() {
+    let app = spawn_app().await;
+    let stub = start_stub().await;
+    servable(&app, &stub, "metered").await;
+    stub.never_answer();
+    let (key_id, key) = metered_key(&app, "alice", json!({"tpm": 1000})).await;
+    let client = client_with_key(&key);
+    let (url, body) = (app.url("/v1/chat/completions"), call_body("metered"));
+    let call = tokio::spawn(async move { client.post(url).json(&body).send().await });
+
+    // The model server has the call; then the client goes away before any answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stub.seen().is_empty() {
+        assert!(Instant::now() < deadline, "the call never reached the stub");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    call.abort();
+    assert!(call.await.is_err(), "aborted");
+
+    // The gateway waits for the model server until upstream.timeout, then records the call as
+    // 504 on its version, charged what it reserved (25): the server may have worked on it all
+    // along, so a timeout is no way to a free call.
+    let row = format!(
+        "SELECT count(*) FROM usage_events WHERE key_id = '{key_id}' AND status = 504 \
+         AND version = 1 AND quota_tokens = 25"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.db.scalar(&row).await == 0 {
+        assert!(Instant::now() < deadline, "no such usage row after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settled_to(&app, &format!("tw:{key_id}"), 25).await;
+}
