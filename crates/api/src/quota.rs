@@ -24,6 +24,8 @@ use maas_domain::ports::{
 };
 use maas_domain::quotas::{CallKind, estimate};
 
+use maas_telemetry::names::{self, token_limit_decision};
+
 use crate::auth::{Quota, unknown_usage};
 use crate::error::{ApiError, OpenAiError};
 use crate::state::AppState;
@@ -149,9 +151,9 @@ pub async fn reserve(
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
         return Ok(None);
     };
-    let tokens = estimate(state.quotas.policy(), kind, body)?;
-    let rate = state.quotas.request_for(&principal, tokens).rate;
-    let (decided, outcome) = match state.quotas.reserve(&principal, tokens).await {
+    let estimate = estimate(state.quotas.policy(), kind, body)?;
+    let rate = state.quotas.request_for(&principal, estimate.tokens).rate;
+    let (decided, outcome) = match state.quotas.reserve(&principal, estimate).await {
         TokenDecision::Admitted(admission) => (
             Decided {
                 requests: Some(quota_of(&rate, admission.requests)),
@@ -243,17 +245,23 @@ fn refused(
             limit,
             requested,
             allowance,
-        } => (
-            Decided {
+        } => {
+            metrics::counter!(
+                names::TOKEN_LIMIT_DECISIONS_TOTAL,
+                "decision" => token_limit_decision::TOO_LARGE
+            )
+            .increment(1);
+            let decided = Decided {
                 requests: None,
                 tokens: None,
-            },
-            Err(ApiError::RequestTooLarge {
+            };
+            let error = ApiError::RequestTooLarge {
                 whose: whose(allowance),
                 limit,
                 requested,
-            }),
-        ),
+            };
+            (decided, Err(error))
+        }
         TokenRefusal::Monthly {
             month,
             limit,

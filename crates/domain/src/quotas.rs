@@ -37,7 +37,7 @@ use crate::ports::{
 
 mod estimate;
 
-pub use estimate::{CallKind, charge, estimate};
+pub use estimate::{CallKind, Estimate, charge, estimate};
 
 /// A subject's use of its token quotas in a month, with its limits (its own or the defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,11 +130,27 @@ impl Quotas {
     /// [module documentation](self)). Never answers [`TokenDecision::Unseeded`]: a missing
     /// month's counter is seeded from the usage record and the call decided again; if the
     /// record or the limiter fails meanwhile, [`TokenDecision::Unavailable`].
-    pub async fn reserve(&self, principal: &Principal, tokens: u64) -> TokenDecision {
-        let request = self.request_for(principal, tokens);
-        if let Some(refusal) = too_large(&request) {
+    ///
+    /// A call whose `required` tokens (what the client chose) exceed its key's or user's `tpm`
+    /// is refused at once ([`TokenRefusal::TooLarge`]); one that exceeds it only by the gateway's
+    /// default completion reserves at most the tightest `tpm` (it is admitted when the window is
+    /// empty, and settled with its real usage).
+    pub async fn reserve(
+        &self,
+        principal: &Principal,
+        estimate: impl Into<Estimate>,
+    ) -> TokenDecision {
+        let estimate = estimate.into();
+        let (key, user) = self.policy.limits_for(principal);
+        if let Some(refusal) = too_large(estimate.required, &key, &user) {
             return TokenDecision::Refused(refusal);
         }
+        let tokens = [key.tpm, user.tpm]
+            .into_iter()
+            .flatten()
+            .fold(estimate.tokens, u64::min)
+            .max(estimate.required);
+        let request = self.request_for(principal, tokens);
         // Twice at most: a counter seeded a moment ago does not vanish again but with Redis.
         for _ in 0..2 {
             match self.limiter.reserve(&request).await {
@@ -260,20 +276,17 @@ impl Quotas {
     }
 }
 
-/// The refusal of a call that reserves more than its key's or its user's `tpm` (the key's
-/// named first): it would never be admitted, however long it waited.
-fn too_large(request: &TokenRequest) -> Option<TokenRefusal> {
-    [
-        (request.key.tpm, Allowance::Key),
-        (request.user.tpm, Allowance::User),
-    ]
-    .into_iter()
-    .find_map(|(tpm, allowance)| match tpm {
-        Some(limit) if request.tokens > limit => Some(TokenRefusal::TooLarge {
-            limit,
-            requested: request.tokens,
-            allowance,
-        }),
-        _ => None,
-    })
+/// The refusal of a call whose client asked for more than its key's or its user's `tpm` (the
+/// key's named first): it would never be admitted, however long it waited.
+fn too_large(required: u64, key: &TokenLimits, user: &TokenLimits) -> Option<TokenRefusal> {
+    [(key.tpm, Allowance::Key), (user.tpm, Allowance::User)]
+        .into_iter()
+        .find_map(|(tpm, allowance)| match tpm {
+            Some(limit) if required > limit => Some(TokenRefusal::TooLarge {
+                limit,
+                requested: required,
+                allowance,
+            }),
+            _ => None,
+        })
 }

@@ -16,7 +16,7 @@ use maas_domain::limits::{RateLimits, TokenPolicy};
 use maas_domain::ports::{
     Allowance, RateDecision, RateLimiter, Reservation, TokenDecision, TokenRefusal,
 };
-use maas_domain::quotas::charge;
+use maas_domain::quotas::{Estimate, charge};
 use maas_domain::test_util::{InMemory, InMemoryRateLimiter, at, key_name, usage_event};
 
 /// 2027-01-15 12:00:00 UTC: the clock of every test, mid-month.
@@ -713,5 +713,38 @@ async fn a_call_larger_than_a_tpm_is_refused_at_once_and_spends_nothing() {
     assert!(matches!(
         quotas.reserve(&alice, 1).await,
         TokenDecision::Refused(TokenRefusal::Requests { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_call_over_the_tpm_only_by_the_default_completion_reserves_the_tpm() {
+    let world = World::new();
+    let quotas = world.quotas(generous(), policy());
+    let alice = world
+        .member("alice", key_tpm(1_000), TokenQuotas::default())
+        .await;
+    let unbounded = Estimate {
+        tokens: 1_500,
+        required: 200,
+    };
+
+    let reservation = admitted(&quotas.reserve(&alice, unbounded).await);
+
+    assert_eq!(reservation.tokens, 1_000, "capped at the tpm");
+    assert_eq!(world.limiter.key_window(alice.key_id), 1_000);
+    assert!(matches!(
+        quotas
+            .reserve(
+                &alice,
+                Estimate {
+                    tokens: 1_500,
+                    required: 1_001
+                }
+            )
+            .await,
+        TokenDecision::Refused(TokenRefusal::TooLarge {
+            requested: 1_001,
+            ..
+        })
     ));
 }

@@ -95,6 +95,8 @@ pub mod token_limit_decision {
     pub const TOKENS: &str = "tokens";
     /// Refused by a month's quota (`monthly_tokens`).
     pub const MONTHLY: &str = "monthly";
+    /// Refused before the limiter was asked: the client asked for more than a `tpm`.
+    pub const TOO_LARGE: &str = "too_large";
     /// A month's counter was missing and is to be seeded; the call is decided again.
     pub const UNSEEDED: &str = "unseeded";
     /// The limiter could not decide.

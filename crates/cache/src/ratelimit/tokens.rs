@@ -120,9 +120,14 @@ fn count_token_decision(decision: &TokenDecision) {
         TokenDecision::Refused(TokenRefusal::Requests { .. }) => {
             (token_limit_decision::REQUESTS, rate_limit_decision::LIMITED)
         }
-        TokenDecision::Refused(TokenRefusal::Tokens { .. } | TokenRefusal::TooLarge { .. }) => {
+        TokenDecision::Refused(TokenRefusal::Tokens { .. }) => {
             (token_limit_decision::TOKENS, rate_limit_decision::LIMITED)
         }
+        // Decided by the use-case before any limiter (and counted there), never answered here.
+        TokenDecision::Refused(TokenRefusal::TooLarge { .. }) => (
+            token_limit_decision::TOO_LARGE,
+            rate_limit_decision::LIMITED,
+        ),
         TokenDecision::Refused(TokenRefusal::Monthly { .. }) => {
             (token_limit_decision::MONTHLY, rate_limit_decision::LIMITED)
         }

@@ -267,9 +267,10 @@ pub enum TokenRefusal {
         /// The request rate, which the call did not spend from.
         requests: RateFigures,
     },
-    /// The call reserves more than a `tpm` allows in a whole minute, so no wait would admit
-    /// it. Decided by [`crate::quotas::Quotas::reserve`] before the limiter is asked (limiters
-    /// never answer it): nothing spent, no request counted.
+    /// The client asked (its prompt, and a `max_tokens` it named) for more than a `tpm`: no
+    /// wait would make room for it, the client must ask for less. Decided by
+    /// [`crate::quotas::Quotas::reserve`] before the limiter is asked (limiters never answer
+    /// it): nothing spent, no request counted.
     TooLarge {
         /// The tokens per minute.
         limit: u64,

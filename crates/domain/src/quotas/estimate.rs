@@ -26,6 +26,29 @@ struct Asked {
     max_completion_tokens: Option<serde_json::Value>,
 }
 
+/// What a call reserves: `tokens`, of which `required` are fixed by the client's own request (its
+/// prompt, and a `max_tokens` or `max_completion_tokens` it named), the rest being the gateway's
+/// default for a completion the client did not bound. A call whose `required` exceeds a `tpm` can
+/// never be admitted (the client must ask for less); one whose `tokens` only do so by the
+/// default reserves at most the `tpm` (see [`crate::Quotas::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Tokens to reserve.
+    pub tokens: u64,
+    /// The part of them the client chose.
+    pub required: u64,
+}
+
+impl From<u64> for Estimate {
+    /// An estimate the client chose whole.
+    fn from(tokens: u64) -> Self {
+        Self {
+            tokens,
+            required: tokens,
+        }
+    }
+}
+
 /// Tokens a call reserves: its completion (a completion's `max_completion_tokens` or
 /// `max_tokens`, the larger when both are given, at most `policy.max_tokens`; else
 /// `policy.default_max_tokens`; embeddings none; a raw call `policy.default_max_tokens`) plus its
@@ -35,10 +58,15 @@ struct Asked {
 /// # Errors
 /// `max_tokens` or `max_completion_tokens` present and neither `null` nor a non-negative
 /// integer (a fraction, an exponent, a string): 422 naming the field.
-pub fn estimate(policy: &TokenPolicy, kind: CallKind, body: &[u8]) -> Result<u64, ValidationError> {
-    let completion = match kind {
-        CallKind::Embeddings => 0,
-        CallKind::Raw => policy.default_max_tokens,
+pub fn estimate(
+    policy: &TokenPolicy,
+    kind: CallKind,
+    body: &[u8],
+) -> Result<Estimate, ValidationError> {
+    // The completion, and whether the client named it.
+    let (completion, named) = match kind {
+        CallKind::Embeddings => (0, true),
+        CallKind::Raw => (policy.default_max_tokens, false),
         CallKind::Completion => {
             // The handler has read the body as a JSON object already; anything else is its
             // error to report, so here it only means "nothing asked".
@@ -53,11 +81,18 @@ pub fn estimate(policy: &TokenPolicy, kind: CallKind, body: &[u8]) -> Result<u64
                 .max(),
                 None => None,
             };
-            named.map_or(policy.default_max_tokens, |n| n.min(policy.max_tokens))
+            match named {
+                Some(n) => (n.min(policy.max_tokens), true),
+                None => (policy.default_max_tokens, false),
+            }
         }
     };
     let prompt = u64::try_from(body.len() / 4).unwrap_or(u64::MAX);
-    Ok(completion.saturating_add(prompt).max(1))
+    let tokens = completion.saturating_add(prompt).max(1);
+    Ok(Estimate {
+        tokens,
+        required: if named { tokens } else { prompt.max(1) },
+    })
 }
 
 /// A token count as the client wrote it: `None` when absent or `null`.
@@ -115,7 +150,7 @@ mod tests {
     }
 
     fn completion(body: &str) -> Result<u64, ValidationError> {
-        estimate(&policy(), CallKind::Completion, body.as_bytes())
+        estimate(&policy(), CallKind::Completion, body.as_bytes()).map(|e| e.tokens)
     }
 
     #[test]
@@ -159,12 +194,37 @@ mod tests {
     fn embeddings_reserve_their_input_and_raw_calls_the_default_too() {
         let body = br#"{"model":"m","input":"hello there, model"}"#;
         let quarter = body.len() as u64 / 4;
-        assert_eq!(estimate(&policy(), CallKind::Embeddings, body), Ok(quarter));
-        assert_eq!(estimate(&policy(), CallKind::Raw, body), Ok(100 + quarter));
+        let tokens = |kind, body| estimate(&policy(), kind, body).map(|e| e.tokens);
+        assert_eq!(tokens(CallKind::Embeddings, body), Ok(quarter));
+        assert_eq!(tokens(CallKind::Raw, body), Ok(100 + quarter));
+        assert_eq!(tokens(CallKind::Embeddings, b""), Ok(1), "at least 1");
+    }
+
+    #[test]
+    fn what_the_client_chose_is_required_and_the_default_is_not() {
+        let of = |kind, body: &str| estimate(&policy(), kind, body.as_bytes()).expect("valid");
+        let named = r#"{"model":"m","max_tokens":10}"#;
+        let quarter = |body: &str| body.len() as u64 / 4;
         assert_eq!(
-            estimate(&policy(), CallKind::Embeddings, b""),
-            Ok(1),
-            "at least 1"
+            of(CallKind::Completion, named),
+            Estimate {
+                tokens: 10 + quarter(named),
+                required: 10 + quarter(named)
+            }
+        );
+        let unbounded = r#"{"model":"m"}"#;
+        assert_eq!(
+            of(CallKind::Completion, unbounded),
+            Estimate {
+                tokens: 100 + quarter(unbounded),
+                required: quarter(unbounded)
+            },
+            "the default is the gateway's, not the client's"
+        );
+        assert_eq!(of(CallKind::Raw, named).required, quarter(named));
+        assert_eq!(
+            of(CallKind::Embeddings, named),
+            Estimate::from(quarter(named))
         );
     }
 }
