@@ -101,8 +101,9 @@ impl Registry {
     /// credential goes only to the URL it was stored for: an endpoint of `version` gets the
     /// stored credential of the same URL (at its own index, else the first with that URL), never
     /// one stored for another URL, and when an endpoint that `version` says has a credential
-    /// finds none stored for its URL, the copy is out of date and the call is refused as
-    /// unavailable (503, to be retried) rather than sent without it.
+    /// finds none stored for its URL, the copy is out of date: the model's cached entries are
+    /// dropped (on every replica) and the call is refused as unavailable (503, to be retried:
+    /// the retry routes by the store's version) rather than sent without it.
     ///
     /// # Errors
     /// The store's errors; [`DomainError::Unavailable`] when `version` is out of date as above.
@@ -123,7 +124,15 @@ impl Registry {
             .repo
             .upstream_secrets(&version.model, version.version)
             .await?;
-        let secrets: EndpointSecrets = matched_secrets(version, stored)?.into();
+        let secrets: EndpointSecrets = match matched_secrets(version, stored) {
+            Ok(secrets) => secrets.into(),
+            Err(stale) => {
+                // The copy routed by is older than the store (an invalidation was missed or is
+                // on its way): drop it everywhere, so the next call routes by the store's.
+                self.invalidate(&version.model).await;
+                return Err(stale);
+            }
+        };
         self.secrets.put(version, secrets.clone());
         Ok(secrets)
     }

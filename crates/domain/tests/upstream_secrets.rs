@@ -5,6 +5,7 @@ use maas_domain::DomainError;
 use maas_domain::identity::Role;
 use maas_domain::inference::Target;
 use maas_domain::model::{NewVersion, VersionPatch};
+use maas_domain::ports::Scope;
 use maas_domain::serving::{EndpointList, EndpointsPatch};
 use maas_domain::test_util::{
     InMemory, keyed_version, model_name, new_endpoint, new_model, servable_version,
@@ -210,6 +211,9 @@ async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not
         )
         .await
         .expect("changed");
+    let invalidations = world
+        .model_cache
+        .invalidations_of(&Scope::Model(name.clone()));
     let mut stale = copy.clone();
     stale.updated_at -= chrono::Duration::seconds(1);
     let err = world
@@ -218,4 +222,11 @@ async fn an_older_copy_of_a_version_never_sends_a_credential_to_a_url_it_was_not
         .await
         .expect_err("b has no credential stored now");
     assert!(matches!(err, DomainError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        world
+            .model_cache
+            .invalidations_of(&Scope::Model(name.clone())),
+        invalidations + 1,
+        "the stale copy is dropped, so the retry routes by the store's version"
+    );
 }
