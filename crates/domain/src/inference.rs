@@ -205,6 +205,8 @@ pub struct UsageQuery {
     pub to: Option<DateTime<Utc>>,
     /// Only this model.
     pub model: Option<ModelName>,
+    /// Only these models (the acting key's allowlist; set by [`crate::Usage::report`]).
+    pub within: Option<crate::identity::ModelAllowlist>,
     /// Only calls of this user's keys (members see only their own).
     pub user_id: Option<Uuid>,
     /// Grouping.

@@ -28,9 +28,9 @@ impl Usage {
     }
 
     /// Aggregated usage: members see only their own keys' calls; admins see all, or one user's.
-    /// A key restricted to some models (its `models` allowlist) sees only those: the query must
-    /// name one of them in `model`, else it is refused (403), as the registry refuses the key
-    /// every other model.
+    /// A key restricted to some models (its `models` allowlist) sees only those: its report is
+    /// narrowed to them, and one that names another `model` is refused (403), as the registry
+    /// refuses the key every other model.
     ///
     /// # Errors
     /// [`DomainError::Forbidden`] for another user's usage (members) or a model outside the
@@ -49,20 +49,14 @@ impl Usage {
             query.user_id = Some(actor.user_id);
         }
         if let Some(allowlist) = &actor.models {
-            match &query.model {
-                Some(model) if allowlist.allows(model) => {}
-                Some(model) => {
-                    return Err(DomainError::Forbidden(format!(
-                        "this API key may not be used with model '{model}'"
-                    )));
-                }
-                None => {
-                    return Err(DomainError::Forbidden(
-                        "this API key is restricted to some models: name one of them in 'model'"
-                            .to_owned(),
-                    ));
-                }
+            if let Some(model) = &query.model
+                && !allowlist.allows(model)
+            {
+                return Err(DomainError::Forbidden(format!(
+                    "this API key may not be used with model '{model}'"
+                )));
             }
+            query.within = Some(allowlist.clone());
         }
         if let (Some(from), Some(to)) = (query.from, query.to)
             && from >= to

@@ -356,6 +356,7 @@ async fn usage_is_summed_per_model_key_or_utc_day_in_byte_order() {
         from: None,
         to: None,
         model: None,
+        within: None,
         user_id: None,
         group_by,
     };

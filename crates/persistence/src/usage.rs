@@ -201,6 +201,16 @@ impl<'f> Filters<'f> {
             .bind::<T, _>(value);
         self
     }
+
+    /// Adds `AND {column} = ANY($n)` bound to `values`.
+    fn any_of(mut self, column: &'static str, values: Vec<String>) -> Self {
+        self.binds += 1;
+        self.query = self
+            .query
+            .sql(format!(" AND {column} = ANY(${})", self.binds))
+            .bind::<diesel::sql_types::Array<Text>, _>(values);
+        self
+    }
 }
 
 #[async_trait]
@@ -300,6 +310,14 @@ impl UsageRepository for PgUsageRepository {
             }
             if let Some(user_id) = query.user_id {
                 filters = filters.and::<diesel::sql_types::Uuid, _>("user_id =", user_id);
+            }
+            if let Some(within) = &query.within {
+                let names: Vec<String> = within
+                    .names()
+                    .iter()
+                    .map(|n| n.as_str().to_owned())
+                    .collect();
+                filters = filters.any_of("model", names);
             }
             let report = filters.query.sql(format!(
                 " GROUP BY {} ORDER BY {}",

@@ -172,7 +172,7 @@ fn time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Validat
 #[utoipa::path(get, path = "/api/v1/usage", tag = "inference", params(UsageParams),
     responses(
         (status = 200, description = "The report", body = UsageReport),
-        (status = 403, description = "A member asked for another user", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member asked for another user, or a key restricted to some models named another model", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn report(
@@ -192,6 +192,7 @@ pub async fn report(
             .model
             .map(|m| ModelName::parse_as("model", m))
             .transpose()?,
+        within: None,
         user_id: params
             .user_id
             .as_deref()

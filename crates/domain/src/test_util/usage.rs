@@ -65,6 +65,12 @@ fn selected(event: &UsageEvent, query: &UsageQuery) -> bool {
             .as_ref()
             .is_none_or(|model| event.model == model.as_str())
         && query.user_id.is_none_or(|user| event.user_id == user)
+        && query.within.as_ref().is_none_or(|within| {
+            within
+                .names()
+                .iter()
+                .any(|name| name.as_str() == event.model)
+        })
 }
 
 /// What an event counts against quotas, as the Postgres adapter sums it: its charge when it had

@@ -128,6 +128,7 @@ fn all(group_by: UsageGrouping) -> UsageQuery {
         from: None,
         to: None,
         model: None,
+        within: None,
         user_id: None,
         group_by,
     }
@@ -230,6 +231,7 @@ async fn the_model_filter_keeps_only_that_models_calls() {
     let report = repo
         .aggregate_usage(&UsageQuery {
             model: Some(model_name("llama2")),
+            within: None,
             ..all(UsageGrouping::Key)
         })
         .await
@@ -252,6 +254,7 @@ async fn filters_combine_and_nothing_matching_is_an_empty_report() {
             from: Some(utc(2026, 1, 2, 0, 0, 0)),
             to: Some(utc(2026, 1, 4, 0, 0, 0)),
             model: Some(model_name("llama2")),
+            within: None,
             user_id: Some(who.bob),
             group_by: UsageGrouping::Day,
         })
@@ -265,6 +268,7 @@ async fn filters_combine_and_nothing_matching_is_an_empty_report() {
     let none = repo
         .aggregate_usage(&UsageQuery {
             model: Some(model_name("mistral")),
+            within: None,
             user_id: Some(who.alice),
             ..all(UsageGrouping::Model)
         })
@@ -348,4 +352,31 @@ async fn per_version_the_report_compares_versions_of_a_model_with_latency_percen
     );
     // All of llama's seven calls: 1, 10, 20, 30, 40, 100, 300.
     assert_eq!(by_model[1].p50_latency_ms, 30.0);
+}
+
+#[tokio::test]
+async fn within_keeps_only_the_calls_of_the_models_listed() {
+    let (_db, repo, _who) = with_calls().await;
+    let within = maas_domain::identity::ModelAllowlist::parse(vec![
+        "llama-3".to_owned(),
+        "mistral".to_owned(),
+        "not-called".to_owned(),
+    ])
+    .expect("an allowlist");
+
+    let report = repo
+        .aggregate_usage(&UsageQuery {
+            within: Some(within),
+            ..all(UsageGrouping::Model)
+        })
+        .await
+        .expect("aggregated");
+
+    assert_eq!(
+        summary(&report),
+        [
+            row("llama-3", 1, 1, (0, 0), 2.0),
+            row("mistral", 1, 0, (1, 1), 40.0),
+        ]
+    );
 }
