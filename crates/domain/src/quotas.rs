@@ -17,8 +17,10 @@
 //! ([`TokenDecision::Unseeded`]), the counter is seeded with what the durable record holds for
 //! the month ([`UsageRepository::tokens_used`]: every call's `quota_tokens`, else its reported
 //! tokens), and the call is decided again. Seeding keeps a counter another replica seeded
-//! meanwhile. What the record cannot hold yet: calls still in flight or queued for the writer
-//! when the counter was lost (each counted at its charge minus its reservation once settled).
+//! meanwhile; on one replica, calls that find the same counters missing at once share one
+//! seeding (`seeding.rs`), so losing Redis under load costs one query per key, not per call.
+//! What the record cannot hold yet: calls still in flight or queued for the writer when the
+//! counter was lost (each counted at its charge minus its reservation once settled).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use crate::ports::{
 };
 
 mod estimate;
+mod seeding;
 
 pub use estimate::{CallKind, Estimate, charge, estimate};
 
@@ -82,6 +85,7 @@ pub struct Quotas {
     identity: Arc<dyn IdentityRepository>,
     rates: RateLimits,
     policy: TokenPolicy,
+    seeding: Arc<seeding::Seeding>,
 }
 
 impl Quotas {
@@ -100,6 +104,7 @@ impl Quotas {
             identity,
             rates,
             policy,
+            seeding: Arc::default(),
         }
     }
 
@@ -155,7 +160,9 @@ impl Quotas {
         for _ in 0..2 {
             match self.limiter.reserve(&request).await {
                 TokenDecision::Unseeded { month, key, user } => {
-                    if self.seed(&request, month, key, user).await.is_err() {
+                    let id = (request.rate.key_id, request.user_id, month, key, user);
+                    let seed = || async { self.seed(&request, month, key, user).await.is_ok() };
+                    if !self.seeding.once(id, seed).await {
                         return TokenDecision::Unavailable;
                     }
                 }

@@ -748,3 +748,42 @@ async fn a_call_over_the_tpm_only_by_the_default_completion_reserves_the_tpm() {
         })
     ));
 }
+
+#[tokio::test]
+async fn calls_that_find_the_same_month_missing_at_once_share_one_seeding() {
+    let world = World::new();
+    let quotas = world.quotas(generous(), policy());
+    let alice = world
+        .member(
+            "alice",
+            TokenQuotas {
+                tpm: None,
+                monthly_tokens: monthly(1_000_000),
+            },
+            TokenQuotas::default(),
+        )
+        .await;
+    let controls = world.ports.usage_store.controls();
+    let hold = controls.hold_next("tokens_used");
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (quotas, alice) = (quotas.clone(), alice.clone());
+            tokio::spawn(async move { quotas.reserve(&alice, 100).await })
+        })
+        .collect();
+    hold.reached().await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        controls.calls("tokens_used"),
+        1,
+        "the others wait for the seeding in flight"
+    );
+    hold.release();
+    for call in calls {
+        admitted(&call.await.expect("joined"));
+    }
+    assert_eq!(controls.calls("tokens_used"), 1, "one query for four calls");
+    assert_eq!(world.limiter.key_month(alice.key_id), Some(400));
+}
