@@ -19,11 +19,64 @@ pub enum CallKind {
     Raw,
 }
 
-/// The fields of an OpenAI body the estimate reads; everything else is skipped.
-#[derive(Deserialize)]
+/// What an OpenAI body asks for, read from `max_tokens` and `max_completion_tokens` wherever
+/// they occur: a body may name one twice, and the model server may believe either occurrence
+/// (most JSON readers keep the last, some the first), so the largest of them all is what the
+/// call may cost. Everything else is skipped without being built.
+#[derive(Default)]
 struct Asked {
-    max_tokens: Option<serde_json::Value>,
-    max_completion_tokens: Option<serde_json::Value>,
+    /// The largest count named, if any.
+    named: Option<u64>,
+    /// The first of the two fields found holding something other than a count.
+    invalid: Option<&'static str>,
+}
+
+/// A top-level key of an OpenAI body, as far as the estimate cares.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum AskedKey {
+    MaxTokens,
+    MaxCompletionTokens,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Asked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Asked;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Asked, A::Error> {
+                let mut asked = Asked::default();
+                while let Some(key) = map.next_key::<AskedKey>()? {
+                    let field = match key {
+                        AskedKey::MaxTokens => "max_tokens",
+                        AskedKey::MaxCompletionTokens => "max_completion_tokens",
+                        AskedKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    match believed(field, map.next_value()?) {
+                        Ok(count) => asked.named = asked.named.max(count),
+                        Err(_) => {
+                            asked.invalid.get_or_insert(field);
+                        }
+                    }
+                }
+                Ok(asked)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// What a call reserves: `tokens`, of which `required` are fixed by the client's own request (its
@@ -50,7 +103,7 @@ impl From<u64> for Estimate {
 }
 
 /// Tokens a call reserves: its completion (a completion's `max_completion_tokens` or
-/// `max_tokens`, the larger when both are given, at most `policy.max_tokens`; else
+/// `max_tokens`, the largest of every occurrence of either, at most `policy.max_tokens`; else
 /// `policy.default_max_tokens`; embeddings none; a raw call `policy.default_max_tokens`) plus its
 /// body's length in bytes / 4 (for the prompt, which is most of a body), at least 1. Linear in
 /// the body, which serde skips through without building it.
@@ -70,17 +123,11 @@ pub fn estimate(
         CallKind::Completion => {
             // The handler has read the body as a JSON object already; anything else is its
             // error to report, so here it only means "nothing asked".
-            let asked = serde_json::from_slice::<Asked>(body).ok();
-            let named = match asked {
-                Some(asked) => [
-                    believed("max_tokens", asked.max_tokens)?,
-                    believed("max_completion_tokens", asked.max_completion_tokens)?,
-                ]
-                .into_iter()
-                .flatten()
-                .max(),
-                None => None,
-            };
+            let asked = serde_json::from_slice::<Asked>(body).unwrap_or_default();
+            if let Some(field) = asked.invalid {
+                return Err(invalid_count(field));
+            }
+            let named = asked.named;
             match named {
                 Some(n) => (n.min(policy.max_tokens), true),
                 None => (policy.default_max_tokens, false),
@@ -96,15 +143,23 @@ pub fn estimate(
 }
 
 /// A token count as the client wrote it: `None` when absent or `null`.
-fn believed(field: &str, value: Option<serde_json::Value>) -> Result<Option<u64>, ValidationError> {
+fn believed(
+    field: &'static str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<u64>, ValidationError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
-        Some(_) => Err(ValidationError::new(
-            field,
-            "must be a non-negative integer (of at most 18446744073709551615)",
-        )),
+        Some(_) => Err(invalid_count(field)),
     }
+}
+
+/// `field` holds something other than a token count.
+fn invalid_count(field: &'static str) -> ValidationError {
+    ValidationError::new(
+        field,
+        "must be a non-negative integer (of at most 18446744073709551615)",
+    )
 }
 
 /// What a call is charged against its token quotas, from its usage event:
@@ -174,6 +229,24 @@ mod tests {
             completion(huge),
             Ok(1_000 + huge.len() as u64 / 4),
             "bounded"
+        );
+    }
+
+    #[test]
+    fn a_count_named_twice_reserves_the_larger_whichever_the_server_believes() {
+        // A model server may read either occurrence; the reservation must cover both.
+        for body in [
+            r#"{"max_tokens":1,"max_tokens":1000}"#,
+            r#"{"max_tokens":1000,"max_tokens":1}"#,
+            r#"{"max_tokens":1,"max_completion_tokens":1000,"max_tokens":null}"#,
+        ] {
+            let expected = 1000 + u64::try_from(body.len() / 4).expect("small");
+            assert_eq!(completion(body).expect(body), expected, "{body}");
+        }
+        let twice_wrong = r#"{"max_tokens":1,"max_tokens":"lots"}"#;
+        assert_eq!(
+            completion(twice_wrong).expect_err("a string").field,
+            "max_tokens"
         );
     }
 
