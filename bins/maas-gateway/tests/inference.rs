@@ -745,18 +745,15 @@ fn port_of(stub: &Stub) -> u16 {
         .expect("the stub's port")
 }
 
-/// An app that keeps the default address policy: no allowance for loopback.
-async fn spawn_without_loopback_allowance() -> TestApp {
-    spawn_with(Options {
-        loopback_upstreams: false,
-        ..Options::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_member_cannot_point_a_version_at_the_gateway_s_host_or_a_metadata_service() {
-    let app = spawn_without_loopback_allowance().await;
+    let logs = maas_cache::test_util::CapturedLogs::new();
+    let app = spawn_with(Options {
+        loopback_upstreams: false,
+        logs: Some(logs.clone()),
+        ..Options::default()
+    })
+    .await;
     // Listens where the attacks point: it must hear nothing.
     let stub = start_stub().await;
     let port = port_of(&stub);
@@ -821,6 +818,24 @@ async fn a_member_cannot_point_a_version_at_the_gateway_s_host_or_a_metadata_ser
     assert!(
         !message.contains("127.0.0.1"),
         "addresses stay in the log: {err}"
+    );
+    // The operator's side: one warning naming the model, the version, the endpoint and why.
+    let refusals: Vec<_> = logs
+        .records()
+        .into_iter()
+        .filter(|r| r.message.contains("endpoint address not allowed"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let refusal = &refusals[0];
+    assert_eq!(refusal.level, slog::Level::Warning);
+    assert_eq!(refusal.field("model"), Some("probe"));
+    assert_eq!(refusal.field("version"), Some("1"));
+    assert_eq!(refusal.field("endpoint"), Some("0"));
+    assert!(
+        refusal
+            .field("reason")
+            .is_some_and(|r| r.contains("127.0.0.1")),
+        "the log says which address: {refusal:?}"
     );
 
     // Nor can the version be moved onto an address afterwards.

@@ -191,3 +191,75 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_failures() {
     assert_eq!(res.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn keys_made_before_checked_keys_still_work_against_postgres_and_redis() {
+    // A bootstrap admin key an operator wrote in the old shape.
+    let old_admin = legacy_key();
+    let app = spawn_with(Options {
+        admin_key: Some(old_admin.clone()),
+        ..Options::default()
+    })
+    .await;
+    let me = |key: String| {
+        let client = client_with_key(&key);
+        let url = app.url("/api/v1/users/me");
+        async move {
+            let res = client.get(url).send().await.expect("GET");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, admin) = me(old_admin.clone()).await;
+    assert_eq!((status, admin["role"].as_str()), (200, Some("admin")));
+
+    // A member's key stored as the gateway stored keys before checked ones: its hash, written
+    // straight into Postgres.
+    let (member_id, _) = app.user_with_key("veteran", "member").await;
+    let old_key = legacy_key();
+    let plaintext = PlaintextKey::read(&old_key).expect("the legacy shape is still read");
+    let pool = maas_persistence::connect(&app.db.settings())
+        .await
+        .expect("pool");
+    let identity = maas_persistence::PgIdentityRepository::new(pool);
+    maas_domain::ports::IdentityRepository::create_key(
+        &identity,
+        maas_domain::identity::NewApiKey {
+            user_id: member_id.parse().expect("uuid"),
+            name: maas_domain::identity::KeyName::parse("from-2026".to_owned()).expect("name"),
+            hash: plaintext.hash(),
+            prefix: plaintext.display_prefix(),
+            expires_at: None,
+            rate_limit_rpm: None,
+            models: None,
+            tokens: maas_domain::identity::TokenQuotas::default(),
+        },
+        None,
+    )
+    .await
+    .expect("an old key's row");
+    // Looked up in Postgres the first time, then from the cache: both answer the same.
+    for _ in 0..2 {
+        let (status, user) = me(old_key.clone()).await;
+        assert_eq!(status, 200, "{user}");
+        assert_eq!(user["username"], "veteran");
+    }
+    let cached = format!("c:key:{}", plaintext.hash().to_hex());
+    assert_eq!(
+        redis_keys(&app, &cached).await.len(),
+        1,
+        "a known old key is cached like any other"
+    );
+    // One typo in an old key is not a checksum failure: it is looked up, and refused.
+    let (status, _) = me(one_typo_from_legacy(&old_key)).await;
+    assert_eq!(status, 401);
+    app.stop().await;
+}
+
+/// `key` (an old-shape one) with one character of its secret changed.
+fn one_typo_from_legacy(key: &str) -> String {
+    let mut raw = key.as_bytes().to_vec();
+    let i = PlaintextKey::LEGACY_PREFIX.len() + 3;
+    raw[i] = if raw[i] == b'a' { b'b' } else { b'a' };
+    String::from_utf8(raw).expect("ascii")
+}
