@@ -13,18 +13,22 @@
 #    gateway (on a free loopback port): healthy; /health, /health/ready, the bootstrap admin key,
 #    a model served by a stub model server container on the compose network, an alias, a chat
 #    completion and a streamed one, /metrics.
-# 4. Restart, down + up: the model, the key and the usage rows are still there. `stop` while a
+# 4. Restart, down + up: the model, its alias, a member's API key created through the API (it
+#    still authenticates as that member) and the usage rows are still there. `stop` while a
 #    stream is in flight: the stream completes, exit code 0, the log shows the drain and the
 #    usage flush.
-# 5. Postgres killed: readiness 503 within 5 s, ready again by itself once Postgres is started
-#    again, with no gateway restart; a killed gateway process is brought back by
-#    `restart: unless-stopped`.
-# 6. Three replicas behind the `lb` profile's proxy: a model created through one is served by the
-#    others at once, one rate limit holds across them, and each replica's memory (RSS) idle and
-#    under load is printed.
+# 5. Postgres killed: readiness 503 within 5 s (from the kill to the first 503 answer, printed),
+#    ready again by itself once Postgres is started again, with no gateway restart; a killed
+#    gateway process is brought back by `restart: unless-stopped`.
+# 6. Three replicas behind the `lb` profile's proxy, each also reached on its own published
+#    port: a model (version, alias) created through one is read and served at once by the other
+#    two, which had just been asked for it (404); one rate limit holds across them (calls sent
+#    round-robin to the three replicas' own ports); each replica's memory (RSS) idle and under
+#    load through the proxy is printed.
 # 7. The `tests` profile for one crate (CRATE=maas-domain).
-# On exit, also on failure: `down -v` of everything it started, its containers removed (its
-# images stay, as build cache), and an engine it started is stopped.
+# On exit, also on failure: its background jobs (a held stream, a `stop`, the load generator)
+# killed, `down -v` of everything it started, its containers removed (its images stay, as build
+# cache), and an engine it started is stopped.
 #
 # Env: KEEP=1 leaves the stack running for a look; DOCKER_TEST_PARTS (default
 # "image stack restart outage replicas tests") runs only some parts, in that order (each needs
@@ -54,9 +58,24 @@ fail() {
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up, also on failure.
+# kill_tree PID: SIGKILL to a background job of this script and every process under it (a job
+# running a shell function is a subshell, whose child does the work), children first. Only for
+# this script's own jobs that are still running (`jobs -rp`), whose ids cannot have been reused.
+kill_tree() {
+    local child
+    [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 1 ] || return 0
+    for child in $(pgrep -P "$1" 2>/dev/null || true); do kill_tree "$child"; done
+    kill -KILL "$1" 2>/dev/null || true
+}
+# cleanup [STATUS]: the exit trap; STATUS when called for a signal (else the script's own).
 cleanup() {
-    local status=$?
+    local status=${1:-$?} pid
     trap - EXIT INT TERM
+    # Background jobs first (a held stream, a `stop`, the load generator): none outlives the test.
+    # Reaped quietly, so that bash does not report each kill.
+    for pid in $(jobs -rp); do kill_tree "$pid"; done
+    for pid in $(jobs -p); do wait "$pid" 2>/dev/null || true; done
+    [ "$status" -lt 128 ] || echo "[docker-test] interrupted (exit $status): cleaning up" >&2
     if [ "$status" -ne 0 ] && [ ${#compose_cli[@]} -gt 0 ]; then
         echo "[docker-test] logs of the stack (the last 60 lines of each):" >&2
         compose --profile lb logs --no-color --tail=60 >&2 2>/dev/null || true
@@ -76,7 +95,9 @@ cleanup() {
     rm -rf "$work"
     exit "$status"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup 130' INT
+trap 'cleanup 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # Engine, clients, base images.
@@ -131,7 +152,8 @@ rust_image=$(awk '/^FROM rust:/ {print $2; exit}' docker/Dockerfile)
 runtime_base=$(awk '/^FROM gcr.io/ {print $2; exit}' docker/Dockerfile)
 # ensure_image NAME STANDIN: present, or pulled, or built as a stand-in.
 ensure_image() {
-    local name=$1 standin=$2
+    local name=$1 standin=$2 rust_version=${rust_image#rust:}
+    rust_version=${rust_version%%-*}
     docker image inspect "$name" >/dev/null 2>&1 && return 0
     if timeout 120 docker pull -q "$name" >/dev/null 2>&1; then
         say "pulled $name"
@@ -139,8 +161,7 @@ ensure_image() {
     fi
     [ -x "$offline/build-standins" ] || fail "$name cannot be pulled and there are no stand-ins"
     say "$name cannot be pulled: building a local stand-in"
-    RUST_VERSION="${rust_image#rust:}" RUST_VERSION="${RUST_VERSION%%-*}" \
-        "$offline/build-standins" "$standin" >"$work/standin-$standin.log" 2>&1 ||
+    RUST_VERSION="$rust_version" "$offline/build-standins" "$standin" >"$work/standin-$standin.log" 2>&1 ||
         { tail -30 "$work/standin-$standin.log" >&2; fail "building the stand-in of $name"; }
 }
 ensure_image debian:bookworm-slim debian
@@ -155,10 +176,12 @@ ensure_image redis:7-alpine redis
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # json EXPR: evaluates a Python expression over the JSON on stdin, bound to `d`.
 json() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
-# http METHOD URL [BODY]: prints the body, then the status on a line of its own.
+# http METHOD URL [BODY]: prints the body, then the status on a line of its own. As the admin;
+# `as_key=KEY http ...` (or expect) calls with another key.
 http() {
     local method=$1 url=$2 body=${3:-}
-    local args=(-sS -m 30 -X "$method" -H "Authorization: Bearer $MAAS_ADMIN_KEY" -w '\n%{http_code}')
+    local args=(-sS -m 30 -X "$method" -H "Authorization: Bearer ${as_key:-$MAAS_ADMIN_KEY}"
+        -w '\n%{http_code}')
     [ -n "$body" ] && args+=(-H 'content-type: application/json' -d "$body")
     curl "${args[@]}" "$url"
 }
@@ -207,10 +230,23 @@ kill_pid() {
     [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 1 ] || fail "not a process to kill: '$1'"
     kill -KILL "$1"
 }
+# requests_served URL: the sum of a gateway's http_requests_total samples on its /metrics.
+requests_served() {
+    curl -sS -m 5 "$1/metrics" | awk '/^http_requests_total[{ ]/ {s += $NF} END {printf "%d", s}'
+}
 rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# The member's key (made in `stack`) authenticates as the member: GET /api/v1/users/me with it
+# answers 200 with that user.
+member_is_me() {
+    local me
+    me=$(as_key=$member_key expect 200 GET "$base/api/v1/users/me") || return 1
+    [ "$(json 'd["id"], d["username"], d["role"]' <<<"$me")" = "('$member_id', 'ci-member', 'member')" ] ||
+        fail "the member's key authenticates as someone else: $me"
+}
 
 export COMPOSE_PROJECT_NAME="$project"
-export MAAS_ADMIN_KEY="maas_ci$(random_hex 24)"
+MAAS_ADMIN_KEY="maas_ci$(random_hex 24)"
+export MAAS_ADMIN_KEY
 gateway_port=$(free_port)
 export MAAS_PUBLISH="127.0.0.1:$gateway_port:8000"
 export MAAS_IMAGE="maas-gateway:latest"
@@ -249,6 +285,14 @@ if part stack; then
     [ "$(curl -sS -m 5 "$base/health/ready" | json 'd["status"]')" = ready ] || fail "/health/ready"
     [ "$(expect 200 GET "$base/api/v1/users/me" | json 'd["role"]')" = admin ] ||
         fail "the bootstrap admin key (MAAS_ADMIN_KEY) is not an admin's"
+    # A member and its key, made through the API as the README shows (the admin creates the
+    # user, then a key on its behalf): the restarts below must keep both.
+    member_id=$(expect 201 POST "$base/api/v1/users" '{"username":"ci-member","role":"member"}' |
+        json 'd["id"]')
+    member_key=$(expect 201 POST "$base/api/v1/keys" "{\"name\":\"ci member\",\"user_id\":\"$member_id\"}" |
+        json 'd["key"]')
+    [ -n "$member_key" ] && [ "$member_key" != None ] || fail "POST /api/v1/keys returned no key"
+    member_is_me || fail "the member's new key does not authenticate as the member"
 
     # A model server on the compose network: the e2e stub, in a container of its own.
     mkdir -p "$work/stub"
@@ -293,9 +337,10 @@ EOF
     say "stack healthy; registry, chat, stream, metrics and usage work through the published port"
 fi
 
-# The model, the admin key and the usage rows, after a restart of some kind.
+# The model, the admin key, the member's key and the usage rows, after a restart of some kind.
 still_there() {
     expect 200 GET "$base/api/v1/models/ci-echo" >/dev/null
+    member_is_me || fail "the member's API key no longer authenticates after $1"
     [ "$(expect 200 GET "$base/api/v1/models/ci-echo/aliases/production" | json 'd["version"]')" = 1 ] ||
         fail "the alias is gone after $1"
     [ "$(usage_requests ci-echo)" -ge 2 ] || fail "the usage rows are gone after $1"
@@ -311,7 +356,7 @@ if part restart; then
     wait_healthy 180 api-gateway
     stub_join
     still_there "down and up"
-    say "restart and down + up: model, alias, key and usage rows kept"
+    say "restart and down + up: model, alias, usage rows and the member's API key kept"
 
     # A stream in flight while the gateway is told to stop: it must finish, then the process
     # exits 0 after writing the usage events.
@@ -353,16 +398,22 @@ if part outage; then
     started_at=$(docker inspect -f '{{.State.StartedAt}}' "$gateway")
     postgres=$(cid postgres)
     # SIGKILL through the engine, which counts as stopped by hand: it stays down until started.
+    # Timed from when the kill is done to when the first 503 answer has arrived (not to when the
+    # probe that got it was sent): probes go on back to back for up to 30 s, so that a slow one
+    # is measured and reported rather than cut off at the deadline.
     docker kill "$postgres" >/dev/null
     killed=$(date +%s%N)
-    status=""
-    while [ $(($(date +%s%N) - killed)) -lt 5000000000 ]; do
+    status="" waited_ms=0
+    while [ "$waited_ms" -lt 30000 ]; do
         status=$(ready_status)
+        waited_ms=$((($(date +%s%N) - killed) / 1000000))
         [ "$status" = 503 ] && break
-        sleep 0.2
+        sleep 0.1
     done
-    [ "$status" = 503 ] || fail "readiness answered $status, not 503, within 5 s of Postgres dying"
-    say "Postgres killed: readiness 503 after $((($(date +%s%N) - killed) / 1000000)) ms"
+    [ "$status" = 503 ] || fail "readiness still answered $status, not 503, ${waited_ms} ms after Postgres was killed"
+    [ "$waited_ms" -le 5000 ] ||
+        fail "readiness answered 503 only ${waited_ms} ms after Postgres was killed, over 5 s"
+    say "Postgres killed: readiness 503 after ${waited_ms} ms (at most 5000)"
     sleep 2
     [ "$(ready_status)" = 503 ] || fail "readiness is not 503 while Postgres is down"
     compose start postgres >/dev/null 2>&1
@@ -397,11 +448,21 @@ if part replicas; then
     compose --profile lb up -d --no-build --scale api-gateway=3 >"$work/scale.log" 2>&1 ||
         { cat "$work/scale.log" >&2; fail "compose --profile lb up --scale api-gateway=3"; }
     wait_healthy 180 api-gateway
-    replicas=()
-    for c in $(compose ps -q api-gateway); do
-        replicas+=("http://$(docker port "$c" 8000 | head -1)")
+    # Each replica's own published port (MAAS_PUBLISH without a host port gives each an
+    # ephemeral one): calls can then go to one replica in particular, not through the proxy.
+    # Replica N is the container Compose numbered N (by name: ..._api-gateway_N).
+    gateways=() replicas=()
+    for c in $(for id in $(compose ps -q api-gateway); do
+        printf '%s %s\n' "$(docker inspect -f '{{.Name}}' "$id")" "$id"
+    done | sort -V | awk '{print $2}'); do
+        addr=$(docker port "$c" 8000/tcp | grep -m1 -E '^127\.0\.0\.1:[0-9]+$' || true)
+        [ -n "$addr" ] || fail "replica $c publishes no port 8000 on 127.0.0.1: $(docker port "$c")"
+        gateways+=("$c")
+        replicas+=("http://$addr")
     done
     [ ${#replicas[@]} = 3 ] || fail "expected 3 replicas, found ${#replicas[@]}"
+    [ "$(printf '%s\n' "${replicas[@]}" | sort -u | wc -l)" = 3 ] ||
+        fail "the replicas do not have a port each: ${replicas[*]}"
     lb="http://127.0.0.1:$lb_port"
     for i in $(seq 1 60); do
         [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "$lb/health")" = 200 ] && break
@@ -409,38 +470,64 @@ if part replicas; then
         sleep 0.5
     done
 
-    expect 201 POST "${replicas[0]}/api/v1/models" '{"name":"ci-scaled"}' >/dev/null
+    # Replicas 2 and 3 are asked for the model first, so that a miss they kept (in a cache of
+    # their own) would be stale once replica 1 has made it: the model, its alias, a call to it.
     for r in "${replicas[@]:1}"; do
-        expect 200 GET "$r/api/v1/models/ci-scaled" >/dev/null
+        expect 404 GET "$r/api/v1/models/ci-scaled" >/dev/null
+        expect 404 GET "$r/api/v1/models/ci-scaled/aliases/production" >/dev/null
+        expect 404 POST "$r/v1/chat/completions" "$(chat_body ci-scaled@production 'not yet')" >/dev/null
     done
-    say "a model created through one replica is served by the other two at once"
+    expect 201 POST "${replicas[0]}/api/v1/models" '{"name":"ci-scaled"}' >/dev/null
+    expect 201 POST "${replicas[0]}/api/v1/models/ci-scaled/versions" \
+        '{"source_uri":"s3://ci/scaled","endpoint_url":"http://stub:9000/v1"}' >/dev/null
+    expect 200 PUT "${replicas[0]}/api/v1/models/ci-scaled/aliases/production" '{"version":1}' >/dev/null
+    # At once: no retry, no wait.
+    for n in 2 3; do
+        r=${replicas[$((n - 1))]}
+        expect 200 GET "$r/api/v1/models/ci-scaled" >/dev/null
+        [ "$(expect 200 GET "$r/api/v1/models/ci-scaled/aliases/production" | json 'd["version"]')" = 1 ] ||
+            fail "replica $n does not see the alias made through replica 1"
+        answer=$(expect 200 POST "$r/v1/chat/completions" "$(chat_body ci-scaled@production "via replica $n")")
+        [ "$(json 'd["choices"][0]["message"]["content"]' <<<"$answer")" = "echo: via replica $n" ] ||
+            fail "a chat completion through replica $n answered $answer"
+    done
+    say "a model, version and alias made through replica 1 were read and served at once by replicas 2 and 3 (which had just found none)"
 
     member=$(expect 201 POST "$lb/api/v1/users" '{"username":"ci-limited","role":"member"}' | json 'd["id"]')
     limited=$(expect 201 POST "$lb/api/v1/keys" "{\"name\":\"ci\",\"user_id\":\"$member\",\"rate_limit_rpm\":1}" |
         json 'd["key"]')
     # rate_limit.burst is 20: 20 requests a minute (and one more per minute that passes) are
-    # admitted across the three replicas. After the first 40, leases (250 ms) have ended and
-    # given back what they did not use; the last 10 must not find any of it lost.
+    # admitted across the three replicas. The calls go round-robin straight to the three
+    # replicas' own ports, so each replica decides a third of them. After the first 40, leases
+    # (250 ms) have ended and given back what they did not use; the last 10 must not find any of
+    # it lost.
     admitted=0
+    per_replica=(0 0 0)
     limit_start=$(date +%s)
-    for i in $(seq 1 50); do
-        [ "$i" = 41 ] && sleep 2
-        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $limited" "$lb/api/v1/users/me")
+    for i in $(seq 0 49); do
+        [ "$i" = 40 ] && sleep 2
+        n=$((i % 3))
+        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $limited" \
+            "${replicas[$n]}/api/v1/users/me")
         case "$code" in
-            200) admitted=$((admitted + 1)) ;;
+            200) admitted=$((admitted + 1)) per_replica[n]=$((per_replica[n] + 1)) ;;
             429) ;;
-            *) fail "a rate-limited call through the lb answered $code" ;;
+            *) fail "a rate-limited call to replica $((n + 1)) answered $code" ;;
         esac
     done
     allowed=$((20 + ($(date +%s) - limit_start) / 60))
     [ "$admitted" -ge 20 ] && [ "$admitted" -le "$allowed" ] ||
-        fail "three replicas admitted $admitted of 50 calls of a key with rpm 1 and burst 20"
-    say "one rate limit across three replicas: $admitted of 50 admitted (limit 1/min, burst 20)"
+        fail "three replicas admitted $admitted of 50 calls (${per_replica[*]} by replica) of a key with rpm 1 and burst 20"
+    say "one rate limit across three replicas: $admitted of 50 admitted (${per_replica[*]} by replica 1, 2, 3; limit 1/min, burst 20)"
 
-    # Memory of each replica: idle, then under load through the lb.
+    # Memory of each replica: idle, then under load through the lb (which must spread it over
+    # all three: each replica's http_requests_total grows).
     fast=$(expect 201 POST "$lb/api/v1/keys" "{\"name\":\"ci-load\",\"rate_limit_rpm\":1000000}" | json 'd["key"]')
-    pids=()
-    for c in $(compose ps -q api-gateway); do pids+=("$(host_pid_child "$c")"); done
+    pids=() served=()
+    for n in 0 1 2; do
+        pids+=("$(host_pid_child "${gateways[$n]}")")
+        served+=("$(requests_served "${replicas[$n]}")")
+    done
     idle=$(for p in "${pids[@]}"; do rss_mib "$p"; echo; done | sort -n | tail -1)
     python3 - "$lb" "$fast" >"$work/load.txt" <<'EOF' &
 import http.client, sys, threading, time
@@ -471,7 +558,13 @@ EOF
         done
     done
     wait "$load" || fail "the load generator failed"
-    say "RSS per replica: idle ${idle} MiB; at $(cat "$work/load.txt") requests/s through the lb (32 connections), peak ${peak} MiB"
+    spread=()
+    for n in 0 1 2; do
+        spread+=("$(($(requests_served "${replicas[$n]}") - served[n]))")
+        [ "${spread[$n]}" -ge 100 ] ||
+            fail "the lb sent replica $((n + 1)) only ${spread[$n]} of the load's requests (${spread[*]})"
+    done
+    say "RSS per replica: idle ${idle} MiB; at $(cat "$work/load.txt") requests/s through the lb (32 connections; ${spread[*]} requests by replica 1, 2, 3), peak ${peak} MiB"
     export MAAS_PUBLISH="127.0.0.1:$gateway_port:8000"
 fi
 

@@ -52,7 +52,8 @@
 //! refuses as before), advancing `TAT` by one interval per granted request, exactly as that
 //! many single checks would. The process admits the first and keeps the rest as the key's
 //! lease, admitting later requests of that key from it without Redis, for at most `D` after the
-//! grant; what is left then is dropped (never given back).
+//! grant; what is left then is given back to Redis (see *What a lease does not use goes back*
+//! below).
 //!
 //! - `want` follows the key's demand in this process: what its last lease admitted, scaled to a
 //!   whole lease period, at most 4 times the last lease and at most `burst / 2` (at least 1).
@@ -117,7 +118,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use maas_domain::ports::{Allowance, RateDecision, RateLimiter, RateRequest};
-use maas_telemetry::metrics::{HandleMemo, memoised};
+use maas_telemetry::handles::{HandleMemo, memoised};
 use maas_telemetry::names::{self, rate_limit_decision};
 use redis::Script;
 use uuid::Uuid;
