@@ -146,31 +146,51 @@ pub fn healthcheck(settings: &Settings) -> Result<(), Error> {
         "::" | "[::]" => "::1",
         other => other,
     };
-    probe(host, settings.server.port).map_err(Error::Unhealthy)
+    Ok(probe(host, settings.server.port)?)
 }
 
-fn probe(host: &str, port: u16) -> Result<(), String> {
+/// Why `healthcheck` found the server unhealthy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The host could not be resolved.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// `server.host`, or the loopback address standing for a wildcard.
+        host: String,
+        /// What the resolver said.
+        source: std::io::Error,
+    },
+    /// The host resolved to no address.
+    #[error("{0} does not resolve")]
+    NoAddress(String),
+    /// No connection within the timeout, or the connection failed while asking or reading.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The server answered, not with 200: the start of its status line.
+    #[error("unexpected answer {0:?}")]
+    UnexpectedAnswer(String),
+}
+
+fn probe(host: &str, port: u16) -> Result<(), ProbeError> {
     let timeout = Duration::from_secs(3);
     let address: SocketAddr = (host, port)
         .to_socket_addrs()
-        .map_err(|e| e.to_string())?
+        .map_err(|source| ProbeError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{host} does not resolve"))?;
-    let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+        .ok_or_else(|| ProbeError::NoAddress(host.to_owned()))?;
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    stream.read_exact(&mut head)?;
     match &head {
         b"HTTP/1.1 200" | b"HTTP/1.0 200" => Ok(()),
-        other => Err(format!(
-            "unexpected answer {:?}",
-            String::from_utf8_lossy(other)
+        other => Err(ProbeError::UnexpectedAnswer(
+            String::from_utf8_lossy(other).into_owned(),
         )),
     }
 }

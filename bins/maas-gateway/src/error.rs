@@ -8,7 +8,7 @@ use maas_domain::DomainError;
 pub enum Error {
     /// The Prometheus recorder could not be installed.
     #[error("the metrics recorder: {0}")]
-    Metrics(String),
+    Metrics(#[from] maas_telemetry::TelemetryError),
     /// PostgreSQL: unreachable, or a migration failed.
     #[error(transparent)]
     Database(#[from] maas_persistence::PersistenceError),
@@ -17,7 +17,7 @@ pub enum Error {
     Redis(#[from] maas_cache::CacheError),
     /// The HTTP client for model servers (no usable CA certificates).
     #[error("cannot build the upstream HTTP client: {0}")]
-    Upstream(String),
+    Upstream(#[from] maas_api::proxy::ClientError),
     /// The listen address.
     #[error("cannot bind {address}: {source}")]
     Bind {
@@ -43,5 +43,5 @@ pub enum Error {
     Settings(#[from] crate::settings::SettingsError),
     /// The health probe found the server unhealthy.
     #[error("unhealthy: {0}")]
-    Unhealthy(String),
+    Unhealthy(#[from] crate::commands::ProbeError),
 }

@@ -85,8 +85,7 @@ impl Application {
     /// Postgres unreachable for `database.startup_timeout_seconds`, a failed migration, an
     /// unusable Redis URL, no usable CA certificates, a port that cannot be bound.
     pub async fn build(settings: Settings, log: &Logger) -> Result<Self, Error> {
-        let metrics = maas_telemetry::metrics::install_recorder(env!("CARGO_PKG_VERSION"))
-            .map_err(|e| Error::Metrics(e.to_string()))?;
+        let metrics = maas_telemetry::metrics::install_recorder(env!("CARGO_PKG_VERSION"))?;
         crate::commands::migrate(log, &settings).await?;
         let pg = maas_persistence::connect(&settings.database).await?;
         let redis = maas_cache::connect(&settings.redis).await?;
@@ -130,8 +129,7 @@ impl Application {
         let limiter = RedisRateLimiter::from_settings(redis.clone(), &settings.redis)
             .with_leases(Duration::from_millis(settings.rate_limit.lease_ms))
             .with_logger(log.clone());
-        let upstream = maas_api::proxy::Upstream::new(&settings.upstream)
-            .map_err(Error::Upstream)?
+        let upstream = maas_api::proxy::Upstream::new(&settings.upstream)?
             .with_max_tokens_per_call(settings.usage.max_tokens_per_call);
         maas_api::meters::limit_models(settings.metrics.max_models);
         let (usage_queue, usage_receiver) =

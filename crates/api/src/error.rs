@@ -152,15 +152,22 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-/// The proxy's failures in HTTP terms: no answer in time is 504, none at all 502, and a path
-/// that cannot go upstream is the caller's invalid `path` (422).
+/// The proxy's failures in HTTP terms: no answer in time (or a body gone idle) is 504, none at
+/// all (or a body that broke off) 502, and a path that cannot go upstream is the caller's
+/// invalid `path` (422).
+///
+/// A streamed body's failures ([`UpstreamError::BrokeOff`], [`UpstreamError::WentIdle`]) come
+/// after the status was sent, so they never become a response: the HTTP server logs them and
+/// closes the connection. They are mapped here all the same, so the mapping stays whole.
 impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> Self {
         match e {
-            UpstreamError::Timeout => Self::UpstreamTimeout,
+            UpstreamError::Timeout | UpstreamError::WentIdle(_) => Self::UpstreamTimeout,
             UpstreamError::Unreachable(reason) | UpstreamError::NotConnected(reason) => {
                 Self::UpstreamUnreachable(reason)
             }
+            // Its reason is the body's error alone: kept with what it broke.
+            broke @ UpstreamError::BrokeOff(_) => Self::UpstreamUnreachable(broke.to_string()),
             UpstreamError::InvalidPath(reason) => ValidationError::new("path", reason).into(),
             UpstreamError::AddressNotAllowed(reason) => Self::UpstreamAddressNotAllowed(reason),
             UpstreamError::Busy => Self::Overloaded,
@@ -520,6 +527,18 @@ mod tests {
                 UpstreamError::InvalidStatus(777),
                 502,
                 "upstream_invalid_response",
+                None,
+            ),
+            (
+                UpstreamError::BrokeOff("connection reset (os error 104)".into()),
+                502,
+                "upstream_unreachable",
+                None,
+            ),
+            (
+                UpstreamError::WentIdle(std::time::Duration::from_secs(300)),
+                504,
+                "upstream_timeout",
                 None,
             ),
         ];

@@ -1,5 +1,5 @@
 //! The per-request metrics, with their handles kept per thread (in
-//! [`maas_telemetry::metrics`]' `HandleMap` and `HandleList`).
+//! [`maas_telemetry::handles`]' `HandleMap`, `HandleList` and `HandleMemo`).
 //!
 //! `metrics::counter!(name, "label" => value)` builds a key (allocating its owned label
 //! values), hashes it and looks it up in the recorder's registry, under a lock, on every call.
@@ -17,14 +17,15 @@
 //! share `model="other"`), statuses are 100 to 599 (a model server's status outside them is
 //! `invalid`).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::Method;
-use maas_telemetry::metrics::{HandleList, HandleMap, HandleMemo, memoised, with_mapped};
+use maas_telemetry::handles::{
+    HandleList, HandleMap, HandleMemo, memoised, with_admitted, with_mapped,
+};
 use maas_telemetry::names;
 use metrics::{Counter, Gauge, Histogram};
 
@@ -79,20 +80,14 @@ pub const OTHER_MODELS: &str = "other";
 /// The `status` label of a model server's status outside 100 to 599.
 pub const INVALID_STATUS: &str = "invalid";
 
-/// This thread's meters of the models with series of their own, and those of the others.
-#[derive(Default)]
-struct ModelTable {
-    by_name: HashMap<String, ModelMeters>,
-    other: Option<ModelMeters>,
-}
-
 thread_local! {
     static IN_FLIGHT: Gauge = metrics::gauge!(names::HTTP_REQUESTS_IN_FLIGHT);
     static OVERHEAD: Histogram = metrics::histogram!(names::GATEWAY_OVERHEAD_SECONDS);
     /// By route pattern, then by method.
     static ROUTES: HandleMap<HandleList<&'static str, MethodMeters>> = HandleMap::new();
-    /// By model name, for the models [`MODEL_LABELS`] admitted.
-    static MODELS: RefCell<ModelTable> = RefCell::new(ModelTable::default());
+    /// By model name, for the models [`MODEL_LABELS`] admitted; the others share the map's
+    /// overflow entry, labelled [`OTHER_MODELS`] (kept apart from a model of that name).
+    static MODELS: HandleMap<ModelMeters> = HandleMap::new();
     /// `maas_usage_rejected_total` by reason.
     static USAGE_REJECTED: HandleMemo<&'static str, Counter> = const { HandleMemo::new() };
     /// `maas_upstream_refused_total` by reason.
@@ -212,25 +207,16 @@ pub fn record_overhead(overhead: Duration) {
 
 /// Runs `f` on the meters of `model` (registering them the first time), or on those of
 /// [`OTHER_MODELS`] when `model` has no series of its own; `f` gets the label too.
+/// [`MODEL_LABELS`] is asked only when this thread has no meters of `model` yet.
 fn with_model(model: &str, f: impl FnOnce(&mut ModelMeters, &str)) {
-    let _ = MODELS.try_with(|table| {
-        let mut table = table.borrow_mut();
-        let table = &mut *table;
-        if let Some(meters) = table.by_name.get_mut(model) {
-            return f(meters, model);
-        }
-        if MODEL_LABELS.admit(model) {
-            let meters = table
-                .by_name
-                .entry(model.to_owned())
-                .or_insert_with(|| ModelMeters::new(model));
-            return f(meters, model);
-        }
-        let other = table
-            .other
-            .get_or_insert_with(|| ModelMeters::new(OTHER_MODELS));
-        f(other, OTHER_MODELS);
-    });
+    let _ = with_admitted(
+        &MODELS,
+        model,
+        OTHER_MODELS,
+        |model| MODEL_LABELS.admit(model),
+        ModelMeters::new,
+        f,
+    );
 }
 
 /// Counts a call forwarded to `model`'s server, by the status the caller got

@@ -1,10 +1,14 @@
-//! The `server` section of the settings.
+//! The sections of the settings the api crate reads: `server`, `auth`, `rate_limit`,
+//! `upstream`, `usage`, `registry` and `metrics`.
+//!
+//! `upstream` ([`UpstreamSettings`]) is the proxy's own, defined in `proxy::settings` and
+//! re-exported here: this module uses the proxy's types, the proxy none of this module's.
 
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::policy::{
-    AddressPolicy, DEFAULT_DENIED_NETWORKS, IpNetwork, deserialize_networks,
-};
+use crate::proxy::policy::{IpNetwork, deserialize_networks};
+use crate::proxy::settings::DEFAULT_MAX_TOKENS_PER_CALL;
+pub use crate::proxy::settings::UpstreamSettings;
 
 /// How the HTTP server listens and behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,72 +193,6 @@ impl RateLimitSettings {
     }
 }
 
-/// The `upstream` section: calls to model servers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UpstreamSettings {
-    /// Longest wait for a model server's response headers, and between two chunks of its body
-    /// (504 past it).
-    pub timeout_seconds: u64,
-    /// Longest wait to open a connection to a model server (502 past it).
-    pub connect_timeout_seconds: u64,
-    /// Largest accepted inference request body, in bytes (prompts can be long).
-    pub max_body_bytes: usize,
-    /// Idle keep-alive connections kept per model server.
-    pub pool_max_idle_per_host: usize,
-    /// Addresses the gateway may connect to even inside `denied_networks` (none by default):
-    /// e.g. `127.0.0.1/32` for a model server on the gateway's own host.
-    #[serde(deserialize_with = "deserialize_networks")]
-    pub allowed_networks: Vec<IpNetwork>,
-    /// Addresses the gateway never connects to unless allowed (see [`DEFAULT_DENIED_NETWORKS`]:
-    /// loopback, unspecified, link-local, multicast, broadcast).
-    #[serde(deserialize_with = "deserialize_networks")]
-    pub denied_networks: Vec<IpNetwork>,
-    /// Inference calls this replica serves at once; past it, new ones get 503 with
-    /// `Retry-After` before their body is read (each may hold up to `max_body_bytes`).
-    pub max_concurrent_calls: usize,
-    /// An endpoint that fails this many calls in a row (no connection, no allowed address, no
-    /// answer in time, or 502/503/504) is taken out of its version's rotation on this replica;
-    /// 0: never.
-    pub eject_after_failures: u32,
-    /// How long an endpoint is out the first time; doubled each time its trial call fails
-    /// (at most 5 minutes), back to this once a call succeeds.
-    pub eject_seconds: u64,
-    /// A call that cannot have reached a model server (no connection made, none to an allowed
-    /// address, or 503 before any body byte) is sent again to another endpoint of its version
-    /// at most this many times.
-    pub max_retries: u32,
-    /// A version's retries on this replica may add at most this share of its calls over 10 s
-    /// (beyond it, a floor of 10 per 10 s shared by the versions, 3 at most each), so that a
-    /// failing fleet does not get twice the load and cannot spend other versions' failover.
-    pub retry_budget_percent: u32,
-}
-
-impl Default for UpstreamSettings {
-    fn default() -> Self {
-        Self {
-            timeout_seconds: 300,
-            connect_timeout_seconds: 5,
-            max_body_bytes: 16 * 1024 * 1024,
-            pool_max_idle_per_host: 256,
-            allowed_networks: Vec::new(),
-            denied_networks: DEFAULT_DENIED_NETWORKS.to_vec(),
-            max_concurrent_calls: 1024,
-            eject_after_failures: 3,
-            eject_seconds: 10,
-            max_retries: 2,
-            retry_budget_percent: 20,
-        }
-    }
-}
-
-impl UpstreamSettings {
-    /// The rule `allowed_networks` and `denied_networks` make.
-    pub fn address_policy(&self) -> AddressPolicy {
-        AddressPolicy::new(&self.allowed_networks, &self.denied_networks)
-    }
-}
-
 /// The `usage` section: the in-memory queue of usage events and its writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -277,7 +215,7 @@ impl Default for UsageSettings {
         Self {
             queue_capacity: 10_000,
             batch_size: 50,
-            max_tokens_per_call: 10_000_000,
+            max_tokens_per_call: DEFAULT_MAX_TOKENS_PER_CALL,
         }
     }
 }

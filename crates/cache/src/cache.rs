@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use maas_domain::ports::{Cache, CacheLookup, Field, FillToken, Scope};
-use maas_telemetry::metrics::{HandleMemo, memoised};
+use maas_telemetry::handles::{HandleMemo, memoised};
 use maas_telemetry::names::{self, cache_result};
 use redis::{RedisError, Script};
 

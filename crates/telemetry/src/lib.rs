@@ -9,10 +9,14 @@
 //! - [`exposition`]: gauges written at scrape time beside the recorder's text, for series that
 //!   must go when what they describe goes.
 //! - [`names`]: every metric name, so no other crate spells one as a literal.
+//! - [`handles`]: a thread's metric handles by label values ([`handles::HandleMemo`],
+//!   [`handles::HandleList`], [`handles::HandleMap`]), for metrics recorded on every request:
+//!   each label set registered once per thread, then used with no allocation and no lock.
 //!
-//! Features: `logging` (the first) and `prometheus` (the second and third), both on by default. Without
-//! them the crate is [`names`] alone and depends on nothing, which is how `maas-persistence` uses
-//! it.
+//! Features: `logging` (the first) and `prometheus` (the second and third), both on by default.
+//! Without them the crate is [`names`] and [`handles`] alone and depends on nothing, which is how
+//! `maas-persistence` and `maas-cache` use it: an adapter crate counts under the gateway's names,
+//! through per-thread handles, without pulling in a logger or the Prometheus exporter.
 //!
 //! ```
 //! use maas_telemetry::logging::{LogFormat, LogSettings, build_logger};
@@ -29,6 +33,7 @@
 
 #[cfg(feature = "prometheus")]
 pub mod exposition;
+pub mod handles;
 #[cfg(feature = "logging")]
 pub mod json;
 #[cfg(feature = "logging")]
@@ -39,11 +44,15 @@ pub mod names;
 #[cfg(feature = "logging")]
 pub mod pretty;
 
-/// Why telemetry could not be set up.
+/// Why telemetry could not be set up. Cloned to every caller of
+/// [`metrics::install_recorder`], which tries once per process.
 #[cfg(feature = "prometheus")]
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TelemetryError {
-    /// The metrics recorder could not be built or installed.
+    /// The metrics recorder could not be built.
     #[error("metrics: {0}")]
-    Metrics(String),
+    Metrics(#[source] std::sync::Arc<metrics_exporter_prometheus::BuildError>),
+    /// Another metrics recorder was installed in the process first.
+    #[error("metrics: another metrics recorder is installed")]
+    RecorderTaken,
 }

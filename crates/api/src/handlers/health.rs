@@ -19,7 +19,16 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Liveness {
     /// Always `ok`.
-    pub status: String,
+    #[schema(inline)]
+    pub status: LivenessStatus,
+}
+
+/// What `/health` says of the process (in lower case): it serves HTTP, nothing else is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LivenessStatus {
+    /// The process answers.
+    Ok,
 }
 
 /// Whether the gateway is ready to serve, as `/health/ready` says it (in lower case).
@@ -86,7 +95,7 @@ pub struct CheckReport {
     responses((status = 200, description = "Alive", body = Liveness)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Liveness {
-        status: "ok".to_owned(),
+        status: LivenessStatus::Ok,
     })
 }
 
@@ -202,6 +211,17 @@ mod tests {
         assert_eq!(
             serde_json::to_value(CheckStatus::Down).ok(),
             Some("down".into())
+        );
+    }
+
+    #[test]
+    fn a_liveness_body_is_the_same_json_as_before() {
+        let body = Liveness {
+            status: LivenessStatus::Ok,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).ok().as_deref(),
+            Some(r#"{"status":"ok"}"#)
         );
     }
 

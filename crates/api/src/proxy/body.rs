@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::UpstreamError;
 use super::balance::Lease;
 use super::client::CallSlot;
 use super::meter::Meter;
@@ -20,8 +21,11 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// The upstream body, passed through chunk by chunk (an OpenAI call's through its
 /// [`Rewriter`]). Dropping it (the client went away) drops the upstream response, which cancels
-/// the upstream call. A body that sends nothing for `upstream.timeout_seconds` is cut off (the
-/// call is recorded with status 504).
+/// the upstream call. A body that breaks off fails with [`UpstreamError::BrokeOff`] (the call
+/// is recorded with status 502); one that sends nothing for `upstream.timeout_seconds` is cut
+/// off with [`UpstreamError::WentIdle`] (recorded with status 504). Those errors reach the HTTP
+/// server after the response's status and headers went out: it logs them and closes the
+/// connection, so the client sees the body end early.
 pub struct MeteredBody<B> {
     inner: B,
     meter: Meter,
@@ -131,14 +135,11 @@ where
 
     /// The next upstream chunk as the client gets it, possibly empty (all of it held back or
     /// dropped by the rewriter), so that a reader can count the upstream's bytes as they come.
-    pub async fn next_piece(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
+    pub async fn next_piece(&mut self) -> Option<Result<Bytes, UpstreamError>> {
         futures_util::future::poll_fn(|cx| self.poll_piece(cx)).await
     }
 
-    fn poll_piece(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, actix_web::Error>>> {
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, UpstreamError>>> {
         if self.ended {
             return Poll::Ready(None);
         }
@@ -165,9 +166,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.meter.finish(Some(502));
-                    Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(format!(
-                        "the model server's response broke off: {e}"
-                    )))))
+                    Poll::Ready(Some(Err(UpstreamError::BrokeOff(e.to_string()))))
                 }
                 Poll::Ready(None) => {
                     self.meter.finish(None);
@@ -181,10 +180,7 @@ where
                 }
                 Poll::Pending if self.idle_expired(cx) => {
                     self.meter.finish(Some(504));
-                    Poll::Ready(Some(Err(actix_web::error::ErrorGatewayTimeout(format!(
-                        "the model server sent nothing for {} s",
-                        self.idle.as_secs()
-                    )))))
+                    Poll::Ready(Some(Err(UpstreamError::WentIdle(self.idle))))
                 }
                 Poll::Pending => Poll::Pending,
             };
@@ -197,7 +193,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    type Item = Result<Bytes, actix_web::Error>;
+    type Item = Result<Bytes, UpstreamError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -214,5 +210,88 @@ where
 impl<S> Drop for MeteredBody<S> {
     fn drop(&mut self) {
         self.meter.finish(Some(CLIENT_CLOSED_REQUEST));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::usage::UsageQueue;
+
+    /// A body that sends `first`, then fails (`Some`) or waits for ever (`None`).
+    struct Faulty {
+        first: Option<Bytes>,
+        fails_with: Option<&'static str>,
+    }
+
+    /// A body's error, as hyper's would be.
+    #[derive(Debug)]
+    struct Reset(&'static str);
+
+    impl std::fmt::Display for Reset {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl hyper::body::Body for Faulty {
+        type Data = Bytes;
+        type Error = Reset;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            if let Some(first) = self.first.take() {
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+            }
+            match self.fails_with {
+                Some(reason) => Poll::Ready(Some(Err(Reset(reason)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn metered(fails_with: Option<&'static str>, idle: Duration) -> MeteredBody<Faulty> {
+        let (queue, _receiver) = UsageQueue::new(1);
+        let meter = Meter::new(
+            crate::usage::tests::event(),
+            Instant::now(),
+            Instant::now(),
+            false,
+            queue,
+            1_000,
+        );
+        let body = Faulty {
+            first: Some(Bytes::from_static(b"{\"id\":")),
+            fails_with,
+        };
+        MeteredBody::new(body, meter, idle)
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_or_goes_quiet_fails_with_the_proxy_s_own_errors() {
+        let mut broken = metered(Some("connection reset"), Duration::from_secs(5));
+        assert!(matches!(broken.next_piece().await, Some(Ok(_))));
+        match broken.next_piece().await {
+            Some(Err(e @ UpstreamError::BrokeOff(_))) => assert_eq!(
+                e.to_string(),
+                "the model server's response broke off: connection reset"
+            ),
+            other => panic!("broke off: {other:?}"),
+        }
+        assert!(broken.meter.event().is_none(), "the call is recorded");
+
+        let mut quiet = metered(None, Duration::from_millis(20));
+        assert!(matches!(quiet.next_piece().await, Some(Ok(_))));
+        match quiet.next_piece().await {
+            Some(Err(e @ UpstreamError::WentIdle(_))) => {
+                assert_eq!(e.to_string(), "the model server sent nothing for 0 s");
+            }
+            other => panic!("went idle: {other:?}"),
+        }
+        assert!(quiet.meter.event().is_none(), "the call is recorded");
     }
 }

@@ -14,14 +14,14 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use maas_telemetry::metrics::{HandleMemo, memoised};
+use maas_telemetry::handles::{HandleMemo, memoised};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::UpstreamError;
 use super::balance::Balancer;
 use super::guard::{AddressRefused, Guarded, PolicyResolver};
 use super::policy::AddressPolicy;
-use crate::settings::{UpstreamSettings, UsageSettings};
+use super::settings::{DEFAULT_MAX_TOKENS_PER_CALL, UpstreamSettings};
 
 /// The HTTP client behind [`Upstream`]: hyper-util's pooled client, plain HTTP or rustls, over
 /// connections the address policy allows.
@@ -92,26 +92,49 @@ thread_local! {
     static THREAD_CLIENTS: HandleMemo<u64, HttpClient> = const { HandleMemo::new() };
 }
 
+/// Why the [`Upstream`] client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The system has CA certificates, and none of them is usable.
+    #[error(
+        "none of the system's CA certificates is usable ({invalid} unparsable): {}",
+        joined(.errors)
+    )]
+    NoUsableCertificates {
+        /// How many certificates could not be parsed.
+        invalid: usize,
+        /// What went wrong loading them.
+        errors: Vec<rustls_native_certs::Error>,
+    },
+    /// rustls refused the TLS settings.
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The errors' messages, separated by `; `.
+fn joined(errors: &[rustls_native_certs::Error]) -> String {
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    errors.join("; ")
+}
+
 /// rustls with the ring provider and the system's CA roots. A system without any (a bare
 /// container image) still gets a client: plain-HTTP model servers work, HTTPS ones fail their
 /// handshake with an unknown-issuer error, which reaches the log of the failed call. A system
 /// whose certificates are there but none of them usable is a start-up error.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (valid, invalid) = roots.add_parsable_certificates(found.certs);
     if valid == 0 && (invalid > 0 || !found.errors.is_empty()) {
-        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(format!(
-            "none of the system's CA certificates is usable ({invalid} unparsable): {}",
-            errors.join("; ")
-        ));
+        return Err(ClientError::NoUsableCertificates {
+            invalid,
+            errors: found.errors,
+        });
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth())
 }
@@ -143,8 +166,9 @@ impl Upstream {
     /// A client with the configured timeouts and pool size.
     ///
     /// # Errors
-    /// When the system's CA certificates exist but none of them can be used.
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+    /// [`ClientError::NoUsableCertificates`] when the system's CA certificates exist but none
+    /// of them can be used.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, ClientError> {
         let slots = settings.max_concurrent_calls.min(Semaphore::MAX_PERMITS);
         Ok(Self {
             tls: Arc::new(tls_config()?),
@@ -153,7 +177,7 @@ impl Upstream {
             timeout: Duration::from_secs(settings.timeout_seconds),
             policy: Arc::new(settings.address_policy()),
             slots: Arc::new(Semaphore::new(slots)),
-            max_tokens_per_call: UsageSettings::default().max_tokens_per_call,
+            max_tokens_per_call: DEFAULT_MAX_TOKENS_PER_CALL,
             balancer: Arc::new(Balancer::new(settings)),
         })
     }

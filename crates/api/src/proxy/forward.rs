@@ -302,7 +302,7 @@ impl Answer {
 /// Reads a rewritten body until its new length is known, it is over, or [`SETTLE_LIMIT`]
 /// bytes of the model server's came (counted as they arrive, not as they come out: inside a
 /// long `model` value nothing comes out); hands back what it read, to be sent first.
-async fn settle<B>(body: &mut MeteredBody<B>) -> Vec<Result<Bytes, actix_web::Error>>
+async fn settle<B>(body: &mut MeteredBody<B>) -> Vec<Result<Bytes, UpstreamError>>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,

@@ -60,7 +60,7 @@ use maas_domain::ports::{
     RateFigures, Reservation, Settlement, TokenDecision, TokenLimiter, TokenRefusal, TokenRequest,
     WindowFigures,
 };
-use maas_telemetry::metrics::{HandleMemo, memoised};
+use maas_telemetry::handles::{HandleMemo, memoised};
 use maas_telemetry::names::{self, rate_limit_decision, token_limit_decision};
 
 use super::{

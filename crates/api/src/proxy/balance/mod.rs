@@ -33,8 +33,8 @@ use self::budget::{FleetBudget, RetryBudget};
 use self::health::{Change, Ejection, EndpointHealth};
 use self::table::Table;
 pub use self::table::{IDLE, MAX_FLEETS, MAX_FLEETS_PER_MODEL};
+use super::settings::UpstreamSettings;
 use crate::meters;
-use crate::settings::UpstreamSettings;
 
 /// How often [`sweep_every`] drops the fleets idle for [`IDLE`].
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
