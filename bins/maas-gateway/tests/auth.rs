@@ -479,10 +479,7 @@ async fn a_role_change_applies_to_the_very_next_request() {
 async fn revocation_reaches_another_replicas_in_process_cache() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let res = a

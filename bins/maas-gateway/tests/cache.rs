@@ -54,10 +54,7 @@ async fn reads_fill_the_cache_and_writes_invalidate_it_before_responding() {
 async fn a_write_on_one_replica_reaches_the_other_replicas_in_process_cache() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     a.create_model("shared").await;

@@ -190,19 +190,13 @@ async fn moving_the_whole_weight_is_one_put_that_another_replica_routes_by_on_it
     // B reads the shared Redis directly (no in-process tier), so what A's write invalidated
     // before it answered is gone for B's very next call.
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
         local_cache: false,
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     // C keeps the in-process tier, dropped by A's invalidation message when it arrives.
     let c = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let stub = start_stub().await;

@@ -894,10 +894,7 @@ async fn every_call_is_checked_where_it_connects_whoever_registered_the_endpoint
 
     let strict = spawn_with(Options {
         loopback_upstreams: false,
-        db: Some(permissive.db.clone()),
-        redis: Some(permissive.redis.clone()),
-        admin_key: Some(permissive.admin_key.clone()),
-        ..Options::default()
+        ..permissive.replica_options()
     })
     .await;
     for (n, endpoint) in endpoints.iter().enumerate() {

@@ -257,10 +257,7 @@ async fn an_allowlist_is_one_to_a_hundred_valid_names() {
 async fn a_changed_allowlist_applies_to_the_next_call_on_every_replica() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let stub = start_stub().await;

@@ -136,11 +136,8 @@ async fn two_replicas_sharing_redis_admit_no_more_than_limit_plus_burst_together
     })
     .await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
         rate_limit: limits(rpm, burst, true),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let (_, key) = a.user_with_key("shared", "member").await;

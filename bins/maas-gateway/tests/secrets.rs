@@ -104,10 +104,7 @@ async fn a_credential_is_encrypted_in_postgres_absent_from_redis_and_still_sent_
 async fn a_changed_credential_is_used_from_the_next_call_on_every_replica() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let stub = start_stub().await;

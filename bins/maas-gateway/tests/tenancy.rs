@@ -148,10 +148,7 @@ async fn a_member_cannot_spend_another_members_private_model_nor_learn_that_it_e
 async fn an_admins_grant_opens_a_private_model_to_one_user_on_every_replica() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let stub = start_stub().await;

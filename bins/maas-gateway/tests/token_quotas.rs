@@ -372,10 +372,7 @@ async fn release_and_read(stub: &Stub, held: Vec<reqwest::Response>) {
 async fn two_gateways_on_one_redis_admit_no_more_tokens_together_than_the_key_s_tpm() {
     let a = spawn_app().await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let stub = start_stub().await;

@@ -89,11 +89,8 @@ async fn two_replicas_with_leases_hold_a_members_keys_to_its_limit_together() {
     })
     .await;
     let b = spawn_with(Options {
-        db: Some(a.db.clone()),
-        redis: Some(a.redis.clone()),
-        admin_key: Some(a.admin_key.clone()),
         rate_limit: settings,
-        ..Options::default()
+        ..a.replica_options()
     })
     .await;
     let (_, keys) = member_with_keys(&a, "alice", 3).await;

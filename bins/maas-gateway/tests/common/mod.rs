@@ -286,6 +286,17 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
 
 impl TestApp {
     /// Creates a user with `role` and a key for it (as the admin); returns (user id, key).
+    /// Options for another replica of this app: the same database, Redis prefix and bootstrap
+    /// admin key; the rest as [`Options::default`] (override fields with `..app.replica_options()`).
+    pub fn replica_options(&self) -> Options {
+        Options {
+            db: Some(self.db.clone()),
+            redis: Some(self.redis.clone()),
+            admin_key: Some(self.admin_key.clone()),
+            ..Options::default()
+        }
+    }
+
     pub async fn user_with_key(&self, username: &str, role: &str) -> (String, String) {
         let res = self
             .post_json(

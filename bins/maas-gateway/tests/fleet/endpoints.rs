@@ -427,10 +427,7 @@ async fn an_endpoint_at_an_address_not_allowed_is_taken_out_rather_than_retried_
             eject_seconds: 300,
             ..UpstreamSettings::default()
         },
-        db: Some(permissive.db.clone()),
-        redis: Some(permissive.redis.clone()),
-        admin_key: Some(permissive.admin_key.clone()),
-        ..Options::default()
+        ..permissive.replica_options()
     })
     .await;
     for i in 0..40 {
